@@ -1,0 +1,126 @@
+"""``nvc-train``: LightningCLI for fit/validate/test; plain subcommands for everything else.
+
+Every user error ends in one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def configure_wandb_env(run_dir: str | Path) -> None:
+    """Offline W&B by default (``WANDB_MODE=online`` to sync live), all files in the run folder."""
+    run_dir = Path(run_dir).resolve()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".wandb-cache"), ("WANDB_CONFIG_DIR", ".wandb-config"),
+                     ("WANDB_DATA_DIR", ".wandb-data"), ("WANDB_ARTIFACT_DIR", ".wandb-artifacts")):
+        path = run_dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(path)
+
+
+def run_lightning(args: list[str] | None) -> None:
+    """``nvc-train fit|validate|test --config FILE ...`` (LightningCLI)."""
+    from lightning.pytorch.cli import LightningCLI
+    import lightning as L
+
+    from nvc_train.lit.data import SyntheticClipDataModule
+    from nvc_train.lit.module import SSFLitModule
+
+    class NVCTrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            from jsonargparse import lazy_instance
+
+            parser.set_defaults({"data": lazy_instance(SyntheticClipDataModule)})
+
+        def before_instantiate_classes(self):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            configure_wandb_env(cfg.trainer.default_root_dir or "runs/default")
+
+    NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
+                save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+                seed_everything_default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvc-train", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"Lightning {name} (see `nvc-train {name} --help`)", add_help=False)
+
+    s = sub.add_parser("export-float", help="Lightning checkpoint → plain ScaleSpaceFlow state dict (CompressAI-loadable)")
+    s.add_argument("checkpoint", help="Lightning .ckpt from `nvc-train fit`")
+    s.add_argument("out", help="output .pth.tar")
+
+    s = sub.add_parser("export", help="QAT Lightning checkpoint → integer checkpoint <name>-<sha8>.ckpt + model card")
+    s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--name", default="ssf-int", help="file name stem (default: %(default)s)")
+
+    s = sub.add_parser("conformance", help="decode a checkpoint's embedded conformance bitstream; exit 0 only if exact")
+    s.add_argument("checkpoint")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+    s = sub.add_parser("verify", help="print per-frame latent SHA-256 of a bitstream (diff across machines)")
+    s.add_argument("bitstream")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--device", default="cpu")
+
+    s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
+    s.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+    s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")
+    s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
+    s.add_argument("--qat-steps", type=int, default=None, help="override the QAT preset's max_steps")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nvc_train.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            # LightningCLI reads sys.argv itself when called from the console script.
+            _run_lightning_guarded(argv, from_sys_argv=argv == sys.argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
+        from nvc_train import commands
+
+        return getattr(commands, args.command.replace("-", "_"))(args) or 0
+    except UserError as exc:
+        print(f"nvc-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nvc-train: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_lightning_guarded(argv: list[str], from_sys_argv: bool = False) -> None:
+    """Turn config and argument errors into one-line :class:`UserError`s."""
+    from jsonargparse import ArgumentError
+
+    from nvc_train.errors import UserError
+
+    try:
+        run_lightning(None if from_sys_argv else argv)
+    except ArgumentError as exc:
+        raise UserError(_first_line(str(exc))) from None
+    except SystemExit as exc:  # --help and --print_config exit 0; keep that
+        if exc.code not in (0, None):
+            raise UserError(f"invalid arguments for `{argv[0]}`") from None
+        raise
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "invalid configuration"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

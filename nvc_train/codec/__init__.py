@@ -1,0 +1,1 @@
+"""Bitstreams: the container format and encode/decode of frame sequences."""

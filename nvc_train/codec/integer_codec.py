@@ -1,0 +1,186 @@
+"""The integer SSF codec: a keyframe then P-frames, with integer hyper-decoders on both sides.
+
+Analysis and synthesis transforms, warping and reconstruction stay float (pixels may drift
+slightly between machines, DESIGN.md §2); everything that decides what the range decoder
+reads — z symbols, CDF indexes, means — is integer, so the decoded latents are
+bit-identical on every machine. Strings are coded with CompressAI's own rANS coder and the
+entropy tables stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+import torch
+from compressai.entropy_models.entropy_models import EntropyModel
+from compressai.models.video import ScaleSpaceFlow
+from torch import Tensor, nn
+
+from nvc_train.models.ssf import PARTS, hyperprior
+from nvc_train.quant.config import MEAN_FRAC_BITS, SYMBOL_LIMIT
+from nvc_train.quant.fake_quant import integer_hyper_input
+from nvc_train.quant.integer import IntegerHyperDecoder
+
+FRAME_PARTS = {"I": ("keyframe",), "P": ("motion", "residual")}
+"""Which hyperpriors a frame of each type codes, in bitstream order."""
+
+
+class CodedLatent(NamedTuple):
+    """One hyperprior's bitstream for one frame: ``z_shape`` is (h, w) of the hyper-latent."""
+
+    y_string: bytes
+    z_string: bytes
+    z_shape: tuple[int, int]
+
+
+class CodedFrame(NamedTuple):
+    frame_type: str  # "I" or "P"
+    latents: dict[str, CodedLatent]
+
+
+class DecodedFrame(NamedTuple):
+    """Reconstruction (1, 3, H, W) float32 and the SHA-256 of its decoded latents."""
+
+    x_hat: Tensor
+    latent_sha256: str
+
+
+def latent_digest(latents: list[Tensor]) -> str:
+    """SHA-256 (hex) of decoded latents: shapes and float32 little-endian bytes, in order."""
+    h = hashlib.sha256()
+    for t in latents:
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
+
+
+class IntegerHyperprior(nn.Module):
+    """Entropy coding of one SSF latent with frozen integer hyper-decoders.
+
+    Args:
+        hp: the float Hyperprior (hyper-encoder for encoding; its EntropyBottleneck and
+            GaussianConditional must carry their stored CDF tables).
+        median_q: (C,) int64 ``round_half_up(median·2**k)``.
+        mean_decoder, scale_decoder: the integer hyper-decoders.
+        input_frac_bits: k.
+    """
+
+    def __init__(self, hp: nn.Module, median_q: Tensor, mean_decoder: IntegerHyperDecoder,
+                 scale_decoder: IntegerHyperDecoder, input_frac_bits: int):
+        super().__init__()
+        self.hp = hp
+        self.register_buffer("median_q", median_q.clone())
+        self.mean_decoder = mean_decoder
+        self.scale_decoder = scale_decoder
+        self.input_frac_bits = int(input_frac_bits)
+
+    def _entropy_parameters(self, z_symbols: Tensor) -> tuple[Tensor, Tensor]:
+        """Means on the 2**-8 grid (int64) and CDF indexes (int32) from z symbols."""
+        z_int = integer_hyper_input(z_symbols, self.median_q, self.input_frac_bits)
+        return self.mean_decoder(z_int), self.scale_decoder(z_int)
+
+    @staticmethod
+    def _y_hat(y_symbols: Tensor, mean_q: Tensor) -> Tensor:
+        # symbol·256 + mean is an integer; its float32 conversion is correctly rounded on
+        # every device, and the power-of-two scaling is exact.
+        return (y_symbols.long() * 2**MEAN_FRAC_BITS + mean_q).float() * 2.0**-MEAN_FRAC_BITS
+
+    def compress(self, y: Tensor) -> tuple[Tensor, CodedLatent]:
+        """y (1, C, H, W) float → (y_hat, strings). y_hat equals what the decoder will get."""
+        eb, gc = self.hp.entropy_bottleneck, self.hp.gaussian_conditional
+        z = self.hp.hyper_encoder(y)
+        med = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        z_symbols = torch.clamp(torch.round(z - med), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+        z_string = EntropyModel.compress(eb, z_symbols, eb._build_indexes(z.size()))[0]
+        mean_q, indexes = self._entropy_parameters(z_symbols.long())
+        means = mean_q.float() * 2.0**-MEAN_FRAC_BITS
+        y_symbols = torch.round(y - means)
+        y_string = EntropyModel.compress(gc, y_symbols, indexes)[0]
+        return self._y_hat(y_symbols, mean_q), CodedLatent(y_string, z_string, tuple(z.shape[-2:]))
+
+    def decompress(self, coded: CodedLatent, device: torch.device) -> Tensor:
+        """Strings → y_hat (1, C, H, W) float32, bit-identical to the encoder's."""
+        eb, gc = self.hp.entropy_bottleneck, self.hp.gaussian_conditional
+        size = (1, self.median_q.numel(), *coded.z_shape)
+        z_indexes = eb._build_indexes(size).to(device)
+        z_symbols = EntropyModel.decompress(eb, [coded.z_string], z_indexes, torch.float32)
+        mean_q, indexes = self._entropy_parameters(z_symbols.long())
+        y_symbols = EntropyModel.decompress(gc, [coded.y_string], indexes, torch.float32)
+        return self._y_hat(y_symbols, mean_q)
+
+
+class IntegerSSF(nn.Module):
+    """ScaleSpaceFlow whose three hyperpriors decode through exact integer arithmetic."""
+
+    def __init__(self, model: ScaleSpaceFlow, hyperpriors: dict[str, IntegerHyperprior]):
+        super().__init__()
+        self.model = model
+        self.hyperpriors = nn.ModuleDict(hyperpriors)
+
+    @torch.no_grad()
+    def compress(self, frames: list[Tensor], gop: int | None = None) -> tuple[list[CodedFrame], list[DecodedFrame]]:
+        """Encode frames (each (1, 3, H, W), H and W multiples of 128) as I P P … (a keyframe
+        every ``gop`` frames). Returns the coded frames and the encoder-side reconstructions
+        with their latent hashes (what a decoder must reproduce)."""
+        m = self.model
+        coded, recon = [], []
+        x_ref = None
+        for t, x in enumerate(frames):
+            if x.shape[0] != 1:
+                raise ValueError("the integer codec encodes one sequence at a time (batch size 1)")
+            if x_ref is None or (gop and t % gop == 0):
+                y_hat, c = self.hyperpriors["keyframe"].compress(m.img_encoder(x))
+                x_ref = m.img_decoder(y_hat)
+                coded.append(CodedFrame("I", {"keyframe": c}))
+                latents = [y_hat]
+            else:
+                y_motion_hat, c_motion = self.hyperpriors["motion"].compress(m.motion_encoder(torch.cat((x, x_ref), dim=1)))
+                x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
+                y_res_hat, c_res = self.hyperpriors["residual"].compress(m.res_encoder(x - x_pred))
+                x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+                coded.append(CodedFrame("P", {"motion": c_motion, "residual": c_res}))
+                latents = [y_motion_hat, y_res_hat]
+            recon.append(DecodedFrame(x_ref, latent_digest(latents)))
+        return coded, recon
+
+    @torch.no_grad()
+    def decompress_iter(self, coded_frames, device: torch.device | str = "cpu"):
+        """Decode frame by frame (a generator: memory does not grow with the sequence)."""
+        m = self.model
+        device = torch.device(device)
+        x_ref = None
+        for cf in coded_frames:
+            if cf.frame_type == "I":
+                y_hat = self.hyperpriors["keyframe"].decompress(cf.latents["keyframe"], device)
+                x_ref = m.img_decoder(y_hat)
+                latents = [y_hat]
+            else:
+                if x_ref is None:
+                    raise ValueError("bitstream starts with a P-frame: no reference to predict from")
+                y_motion_hat = self.hyperpriors["motion"].decompress(cf.latents["motion"], device)
+                x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
+                y_res_hat = self.hyperpriors["residual"].decompress(cf.latents["residual"], device)
+                x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+                latents = [y_motion_hat, y_res_hat]
+            yield DecodedFrame(x_ref, latent_digest(latents))
+
+    def decompress(self, coded_frames, device: torch.device | str = "cpu") -> list[DecodedFrame]:
+        return list(self.decompress_iter(coded_frames, device))
+
+
+def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], activation_qmax: int,
+                      input_frac_bits: int) -> IntegerSSF:
+    """Assemble an :class:`IntegerSSF` from a float model with stored entropy tables and the
+    integer tensors ``"<part>.median_q"``, ``"<part>.<role>.<name>"``."""
+    hps = {}
+    for part in PARTS:
+        dec = {}
+        for role in ("mean", "scale"):
+            prefix = f"{part}.{role}."
+            tensors = {k[len(prefix):]: v for k, v in int_tensors.items() if k.startswith(prefix)}
+            dec[role] = IntegerHyperDecoder(role, tensors, activation_qmax)
+        hps[part] = IntegerHyperprior(hyperprior(model, part), int_tensors[f"{part}.median_q"],
+                                      dec["mean"], dec["scale"], input_frac_bits)
+    return IntegerSSF(model, hps)

@@ -1,0 +1,150 @@
+"""Implementations of the plain ``nvc-train`` subcommands (everything but fit/validate/test)."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import torch
+
+from nvc_train.errors import UserError
+
+PACKAGES = ("nvc-train", "torch", "compressai", "lightning", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def read_lightning_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as a dict, with one-line errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise UserError(f"{path} is not a Lightning checkpoint from `nvc-train fit`")
+    return ckpt
+
+
+def lit_module_from_checkpoint(path: str | Path):
+    from nvc_train.lit.module import SSFLitModule
+
+    ckpt = read_lightning_checkpoint(path)
+    hparams = {**ckpt["hyper_parameters"], "init_weights": None}  # weights come from the checkpoint
+    module = SSFLitModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        keys = (missing or unexpected)[:3]
+        raise UserError(f"{path} does not match the SSF training module (e.g. {', '.join(keys)})")
+    return module.eval(), ckpt
+
+
+def export_float(args) -> int:
+    """Plain ScaleSpaceFlow state dict with entropy tables, loadable by CompressAI's tools."""
+    from nvc_train.quant.export import atomic_write_bytes
+
+    module, _ = lit_module_from_checkpoint(args.checkpoint)
+    model = module.model
+    model.update(force=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(Path(args.out), buf.getvalue())
+    print(f"wrote {args.out} (ScaleSpaceFlow state dict, λ={module.lmbda})")
+    return 0
+
+
+def export(args) -> int:
+    """Integer checkpoint from a QAT Lightning checkpoint."""
+    path = export_integer_from_lightning(args.checkpoint, Path(args.out), args.name)
+    print(f"wrote {path}")
+    print(f"wrote {path.with_suffix('.md')}")
+    return 0
+
+
+def export_integer_from_lightning(checkpoint: str | Path, out_dir: Path, name: str) -> Path:
+    from nvc_train.quant.export import export_integer_checkpoint
+    from nvc_train.quant.integer import ExportError
+
+    module, ckpt = lit_module_from_checkpoint(checkpoint)
+    if module.qat is None:
+        raise UserError(f"{checkpoint} was trained without QAT (model.qat is unset): fine-tune it with a qat config first")
+    hp = dict(ckpt["hyper_parameters"])
+    meta = {
+        "quality": hp.get("quality"), "lmbda": module.lmbda, "config": {"model": hp, "data": ckpt.get("datamodule_hyper_parameters")},
+        "packages": package_versions(), "global_step": ckpt.get("global_step"),
+        "training_data": _describe_data(ckpt),
+    }
+    try:
+        return export_integer_checkpoint(module.model, module.qat, out_dir, name, json.loads(json.dumps(meta, default=str)))
+    except ExportError as exc:
+        raise UserError(f"export failed: {exc}") from None
+
+
+def _describe_data(ckpt: dict) -> str:
+    hp = ckpt.get("datamodule_hyper_parameters") or {}
+    return ", ".join(f"{k}={v}" for k, v in hp.items()) or "unknown"
+
+
+def conformance(args) -> int:
+    """Decode the embedded conformance bitstream on ``--device``; exit 1 on any difference."""
+    from nvc_train.codec.bitstream import read_bitstream_bytes
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    device = _device(args.device)
+    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    _, coded = read_bitstream_bytes(ck.conformance["bitstream"])
+    expected = ck.conformance["latent_sha256"]
+    failures = 0
+    for t, (frame, want) in enumerate(zip(ck.codec.decompress_iter(coded, device), expected)):
+        ok = frame.latent_sha256 == want
+        failures += not ok
+        print(f"frame {t} {coded[t].frame_type} {frame.latent_sha256} {'OK' if ok else 'MISMATCH expected ' + want}")
+    verdict = "PASS" if failures == 0 else f"FAIL ({failures} of {len(expected)} frames differ)"
+    print(f"conformance {verdict}: {Path(args.checkpoint).name} on {device}")
+    return 0 if failures == 0 else 1
+
+
+def verify(args) -> int:
+    """Per-frame latent hashes of a bitstream, one line per frame, for ``diff`` across machines."""
+    from nvc_train.codec.bitstream import EMBEDDED, read_bitstream_bytes
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    path = Path(args.bitstream)
+    if not path.is_file():
+        raise UserError(f"bitstream not found: {path}")
+    device = _device(args.device)
+    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    header, coded = read_bitstream_bytes(path.read_bytes())
+    if header.checkpoint_sha256 not in (EMBEDDED, bytes.fromhex(ck.sha256)):
+        raise UserError(f"{path} was encoded with checkpoint {header.checkpoint_sha256.hex()[:8]}, not {ck.sha256[:8]}")
+    for t, frame in enumerate(ck.codec.decompress_iter(coded, device)):
+        print(f"{t} {coded[t].frame_type} {frame.latent_sha256}")
+    return 0
+
+
+def _device(name: str) -> str:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}: use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available on this machine")
+    return name
+
+
+def demo(args) -> int:
+    from nvc_train.demo import run_demo
+
+    return run_demo(Path(args.out), Path(args.checkpoints), args.float_steps, args.qat_steps)

@@ -1,0 +1,1 @@
+"""Training and evaluation data: synthetic clips and the Lightning DataModule."""

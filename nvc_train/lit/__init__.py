@@ -1,0 +1,1 @@
+"""Lightning integration: the LightningModule wrapping SSF and its callbacks."""

@@ -1,0 +1,180 @@
+"""The one LightningModule: trains a stock ScaleSpaceFlow, optionally with QAT hyperpriors.
+
+Optimisation follows CompressAI's ``examples/train_video.py``: Adam on the network, a
+separate Adam learning rate for the entropy bottlenecks' quantiles (auxiliary loss),
+gradient clipping on the network only. Because the auxiliary loss only reaches the
+quantiles and the RD loss never does, one Adam with two parameter groups on the summed
+loss computes exactly the same updates as two optimizers, and keeps Lightning's automatic
+optimisation (global step, accumulation, precision plugins, checkpoints) intact.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from nvc_train.codec.integer_codec import IntegerSSF
+from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
+from nvc_train.models.loss import quality_to_lambda, rd_loss
+from nvc_train.models.ssf import build_ssf, float_hyperprior_forward, load_ssf, resize_entropy_buffers, ssf_forward
+from nvc_train.quant.config import QuantConfig
+from nvc_train.quant.fake_quant import HyperpriorQAT
+
+
+def is_aux_parameter(name: str) -> bool:
+    """EntropyBottleneck quantiles are trained by the auxiliary loss only."""
+    return name.endswith("quantiles")
+
+
+class SSFLitModule(L.LightningModule):
+    """Scale-Space Flow training.
+
+    Args:
+        quality: preset 1–9 mapped to λ (see ``models.loss.QUALITY_LAMBDAS``).
+        lmbda: explicit λ, overrides ``quality``.
+        learning_rate: Adam learning rate of the network (and QAT scales).
+        aux_learning_rate: Adam learning rate of the entropy-bottleneck quantiles.
+        clip_max_norm: gradient-norm clipping of the network parameters (0 disables).
+        lr_milestones: global steps at which the network learning rate is multiplied by
+            ``lr_gamma``.
+        lr_gamma: learning-rate decay factor.
+        init_weights: ScaleSpaceFlow state dict to start from (fine-tuning; distinct from
+            resuming with ``--ckpt_path``); loaded strictly.
+        qat: quantization settings; when set, the hyper-decoders train through the exact
+            integer arithmetic from ``qat_start_step`` on.
+        qat_start_step: global step at which QAT begins (0: QAT from the first step).
+        autocast: "bf16" runs analysis/synthesis transforms under bfloat16 autocast; the
+            hyperpriors (entropy parameters) always run in float32.
+        real_coding_clips: validation clips that are also really compressed and decoded.
+    """
+
+    def __init__(
+        self,
+        quality: int = 3,
+        lmbda: float | None = None,
+        learning_rate: float = 1e-4,
+        aux_learning_rate: float = 1e-3,
+        clip_max_norm: float = 1.0,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
+        init_weights: str | None = None,
+        qat: QuantConfig | None = None,
+        qat_start_step: int = 0,
+        autocast: Literal["none", "bf16"] = "none",
+        real_coding_clips: int = 1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
+        self.model = load_ssf(init_weights) if init_weights else build_ssf()
+        if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
+            qat = QuantConfig(**qat)
+        self.qat = HyperpriorQAT(qat) if qat is not None else None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        resize_entropy_buffers(self.model, state_dict, prefix="model.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # --- forward -------------------------------------------------------------------------
+    @property
+    def qat_active(self) -> bool:
+        return self.qat is not None and self.global_step >= self.hparams.qat_start_step
+
+    def forward(self, frames: list[Tensor]):
+        hp_forward = self.qat.hyperprior_forward if self.qat_active else float_hyperprior_forward
+        dtype = torch.bfloat16 if self.hparams.autocast == "bf16" else None
+        return ssf_forward(self.model, frames, hp_forward, autocast_dtype=dtype)
+
+    def _step(self, batch: Tensor, stage: str):
+        frames = list(batch.unbind(1))  # (N, T, 3, H, W) → T × (N, 3, H, W)
+        outputs = self(frames)
+        rd = rd_loss(outputs, frames, self.lmbda)
+        n = batch.shape[0]
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/loss": rd.loss, f"{stage}/bpp": rd.bpp, f"{stage}/psnr": rd.psnr,
+                       f"{stage}/mse": rd.mse}, prog_bar=stage == "train", on_step=on_step, on_epoch=not on_step,
+                      batch_size=n, sync_dist=not on_step)
+        self.log_dict({f"{stage}/bpp.{k}": v for k, v in rd.bpp_parts.items()}, on_step=on_step,
+                      on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
+        return outputs, frames, rd
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        _, _, rd = self._step(batch, "train")
+        aux = torch.stack(self.model.aux_loss()).sum()
+        self.log("train/aux_loss", aux, on_step=True, batch_size=batch.shape[0])
+        self.log("train/qat", float(self.qat_active), on_step=True, batch_size=batch.shape[0])
+        return rd.loss + aux
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        outputs, frames, _ = self._step(batch, "val")
+        value = ms_ssim(torch.cat([o.x_hat for o in outputs]), torch.cat(frames))
+        if value is not None:
+            self.log("val/ms_ssim", value, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
+        if batch_idx < self.hparams.real_coding_clips:
+            self._real_coding(frames, outputs)
+
+    # --- real coding during validation ---------------------------------------------------
+    def integer_codec(self) -> IntegerSSF:
+        """The integer codec as export would freeze it (in memory, on this module's device)."""
+        from nvc_train.codec.integer_codec import build_integer_ssf
+        from nvc_train.quant.export import integer_tensors
+
+        self.model.update(force=True)
+        tensors = integer_tensors(self.model, self.qat)
+        return build_integer_ssf(self.model, tensors, self.qat.config.activation_qmax, self.qat.config.input_frac_bits)
+
+    @torch.no_grad()
+    def _real_coding(self, frames: list[Tensor], outputs) -> None:
+        """Compress and decompress the first sample; log real bits beside the estimate."""
+        frames = [f[:1] for f in frames]
+        h, w = frames[0].shape[-2:]
+        if self.qat is not None and bool(self.qat.decoder("keyframe", "mean").calibrated):
+            codec = self.integer_codec()
+            coded, _ = codec.compress(frames)
+            decoded = [d.x_hat for d in codec.decompress(coded, frames[0].device)]
+            bits = sum(bits_of([lat.y_string, lat.z_string]) for cf in coded for lat in cf.latents.values())
+        else:
+            self.model.update(force=True)
+            strings, shapes = self.model.compress(frames)
+            decoded = self.model.decompress(strings, shapes)
+            bits = bits_of(strings)
+        real_bpp = bits / (h * w * len(frames))
+        real_psnr = sum(psnr(d, x) for d, x in zip(decoded, frames)) / len(frames)
+        self.log_dict({"val/real_bpp": real_bpp, "val/real_psnr": real_psnr}, on_epoch=True, batch_size=1)
+        self._log_images(frames[-1], decoded[-1])
+
+    def _log_images(self, original: Tensor, decoded: Tensor) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                pair = torch.cat([original[0], decoded[0].clamp(0, 1)], dim=-1)
+                logger.log_image("val/reconstruction", [pair], step=self.global_step,
+                                 caption=["original | decoded (last frame)"])
+
+    # --- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self):
+        named = list(self.named_parameters())
+        main = [p for n, p in named if not is_aux_parameter(n) and p.requires_grad]
+        aux = [p for n, p in named if is_aux_parameter(n)]
+        optimizer = torch.optim.Adam([
+            {"params": main, "lr": self.hparams.learning_rate, "name": "net"},
+            {"params": aux, "lr": self.hparams.aux_learning_rate, "name": "aux"},
+        ])
+        milestones = sorted(self.hparams.lr_milestones or [])
+        gamma = self.hparams.lr_gamma
+
+        def net_factor(step: int) -> float:
+            return gamma ** sum(step >= m for m in milestones)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [net_factor, lambda step: 1.0])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip the network's gradient norm only, as CompressAI does (quantiles excluded)."""
+        if self.hparams.clip_max_norm > 0:
+            params = [p for n, p in self.named_parameters() if not is_aux_parameter(n)]
+            torch.nn.utils.clip_grad_norm_(params, self.hparams.clip_max_norm)

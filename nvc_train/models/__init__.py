@@ -1,0 +1,1 @@
+"""SSF model construction, strict loading, and the training forward."""

@@ -1,0 +1,176 @@
+"""CompressAI's ScaleSpaceFlow, unforked: construction, strict loading, and a training forward.
+
+The model object is always a stock ``compressai.models.video.ScaleSpaceFlow`` so its state
+dict stays loadable by CompressAI's own tools. :func:`ssf_forward` mirrors
+``ScaleSpaceFlow.forward`` but lets the caller decide how each hyperprior runs (float, as
+in CompressAI, or through the QAT fake-quant hyper-decoders) and keeps the entropy
+parameters out of reduced-precision autocast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.video import ScaleSpaceFlow
+from torch import Tensor, nn
+
+from nvc_train.errors import UserError
+
+PARTS = ("keyframe", "motion", "residual")
+"""Names of the three hyperpriors, as CompressAI's likelihood dicts call them."""
+
+HYPERPRIOR_ATTR = {"keyframe": "img_hyperprior", "motion": "motion_hyperprior", "residual": "res_hyperprior"}
+
+MODEL_MULTIPLE = 128
+"""Frame sides must be multiples of this: 4 stride-2 analysis layers, then 3 hyper layers."""
+
+
+def build_ssf() -> ScaleSpaceFlow:
+    """A freshly initialised ScaleSpaceFlow with CompressAI's defaults."""
+    return ScaleSpaceFlow()
+
+
+def hyperprior(model: ScaleSpaceFlow, part: str) -> nn.Module:
+    """The Hyperprior sub-model of ``part`` ("keyframe", "motion" or "residual")."""
+    return getattr(model, HYPERPRIOR_ATTR[part])
+
+
+class FrameOutput(NamedTuple):
+    """One frame of :func:`ssf_forward`: reconstruction (N, 3, H, W) and likelihoods per latent."""
+
+    x_hat: Tensor
+    likelihoods: dict[str, dict[str, Tensor]]
+
+
+HyperpriorForward = Callable[[str, nn.Module, Tensor], tuple[Tensor, dict[str, Tensor]]]
+
+
+def float_hyperprior_forward(part: str, hp: nn.Module, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """CompressAI's own Hyperprior.forward (noisy z for the hyper-decoders)."""
+    return hp(y)
+
+
+def ssf_forward(
+    model: ScaleSpaceFlow,
+    frames: list[Tensor],
+    hyperprior_forward: HyperpriorForward = float_hyperprior_forward,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[FrameOutput]:
+    """ScaleSpaceFlow.forward with a pluggable hyperprior and optional autocast.
+
+    Args:
+        frames: T tensors (N, 3, H, W) in [0, 1]; the first is coded as a keyframe.
+        hyperprior_forward: runs one hyperprior on a latent y (N, 192, H/16, W/16).
+        autocast_dtype: e.g. torch.bfloat16 to run the analysis/synthesis transforms in
+            reduced precision; hyperpriors (entropy parameters) always run in float32.
+
+    Returns:
+        T :class:`FrameOutput`; like CompressAI, the reference of frame t+1 is the detached
+        reconstruction of frame t (no gradient through time, as in the SSF paper).
+    """
+    device_type = frames[0].device.type
+
+    def transforms():
+        return torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+
+    def run_hyperprior(part: str, y: Tensor):
+        with torch.autocast(device_type, enabled=False):
+            return hyperprior_forward(part, hyperprior(model, part), y.float())
+
+    outputs = []
+    with transforms():
+        y = model.img_encoder(frames[0])
+    y_hat, lik = run_hyperprior("keyframe", y)
+    with transforms():
+        x_hat = model.img_decoder(y_hat).float()
+    outputs.append(FrameOutput(x_hat, {"keyframe": lik}))
+    x_ref = x_hat.detach()
+    for x_cur in frames[1:]:
+        with transforms():
+            y_motion = model.motion_encoder(torch.cat((x_cur, x_ref), dim=1))
+        y_motion_hat, lik_motion = run_hyperprior("motion", y_motion)
+        with transforms():
+            motion_info = model.motion_decoder(y_motion_hat)
+        x_pred = model.forward_prediction(x_ref, motion_info.float())
+        with transforms():
+            y_res = model.res_encoder(x_cur - x_pred)
+        y_res_hat, lik_res = run_hyperprior("residual", y_res)
+        with transforms():
+            x_res_hat = model.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+        x_rec = x_pred + x_res_hat.float()
+        outputs.append(FrameOutput(x_rec, {"motion": lik_motion, "residual": lik_res}))
+        x_ref = x_rec.detach()
+    return outputs
+
+
+def resize_entropy_buffers(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], prefix: str = "") -> None:
+    """Resize the entropy models' CDF buffers to those in ``state_dict`` (no recomputation).
+
+    CompressAI sizes these buffers in ``update()``; a plain ``nn.Module.load_state_dict`` of a
+    parent module (e.g. Lightning restoring a checkpoint) would otherwise reject them.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, EntropyBottleneck):
+            buffers = ["_quantized_cdf", "_offset", "_cdf_length"]
+        elif isinstance(module, GaussianConditional):
+            buffers = ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"]
+        else:
+            continue
+        for buf in buffers:
+            key = f"{prefix}{name}.{buf}"
+            if key in state_dict:
+                getattr(module, buf).resize_(state_dict[key].shape)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Load a ScaleSpaceFlow state dict from a file, with one-line errors for bad files.
+
+    Accepts a plain state dict (CompressAI zoo, ``nvc-train export-float``) or a CompressAI
+    training checkpoint ``{"state_dict": ...}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise UserError(f"{path} is not a readable PyTorch file ({type(exc).__name__})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_ssf_state_dict(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], source: str = "state dict") -> None:
+    """Strictly load ``state_dict`` into ``model``; a mismatch names the offending keys.
+
+    Entropy-model CDF buffers are resized by CompressAI's own loader, never recomputed.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    resizable = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+    wrong_shape = sorted(
+        k
+        for k in set(expected) & set(state_dict)
+        if expected[k].shape != state_dict[k].shape and not k.endswith(resizable)
+    )
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise UserError(f"{source} is not a ScaleSpaceFlow state dict: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def load_ssf(path: str | Path) -> ScaleSpaceFlow:
+    """A ScaleSpaceFlow with the weights (and entropy tables, if present) from ``path``."""
+    model = build_ssf()
+    load_ssf_state_dict(model, read_state_dict(path), source=str(path))
+    return model

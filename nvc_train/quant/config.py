@@ -1,0 +1,52 @@
+"""Quantization settings of the integer hyperprior, validated once, shared by QAT and export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SYMBOL_LIMIT = 2**15
+"""Hyper-latent symbols are clamped to ±this before the integer hyper-decoders (both sides
+clamp, so decoding stays identical); it bounds the first layer's accumulators."""
+
+MEAN_FRAC_BITS = 8
+"""Means live on the grid k·2**-8, so ``symbol + mean`` is an exact float32."""
+
+MEAN_BOUND = 2**23 - 1
+"""|mean| <= MEAN_BOUND·2**-8 ≈ 32768; keeps symbol·256 + mean inside float32's 2**24."""
+
+QRELU_MAX = 255.0
+"""SSF's scale hyper-decoder clamps activations to [0, 255] (QReLU, bit_depth=8)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the six hyper-decoders are quantized.
+
+    Attributes:
+        activation_bits: 8 (default) or 16; activations after ReLU/QReLU are unsigned.
+        input_frac_bits: k in ``z_int = symbol·2**k + round(median·2**k)``; medians keep
+            k fractional bits.
+        act_range: "learned" (LSQ scales, initialised from the first batch, trained) or
+            "observed" (initialised from the first batch, then frozen).
+        observe_quantile: quantile of each activation used to initialise its range;
+            below 1 so that a few outliers do not waste the 8-bit range.
+    """
+
+    activation_bits: int = 8
+    input_frac_bits: int = 8
+    act_range: str = "learned"
+    observe_quantile: float = 0.9999
+
+    def __post_init__(self):
+        if self.activation_bits not in (8, 16):
+            raise ValueError(f"activation_bits must be 8 or 16, got {self.activation_bits}")
+        if not 0 <= self.input_frac_bits <= 12:
+            raise ValueError(f"input_frac_bits must be in [0, 12], got {self.input_frac_bits}")
+        if self.act_range not in ("learned", "observed"):
+            raise ValueError(f"act_range must be 'learned' or 'observed', got {self.act_range!r}")
+        if not 0.5 < self.observe_quantile <= 1.0:
+            raise ValueError(f"observe_quantile must be in (0.5, 1], got {self.observe_quantile}")
+
+    @property
+    def activation_qmax(self) -> int:
+        return 2**self.activation_bits - 1

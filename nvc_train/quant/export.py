@@ -1,0 +1,208 @@
+"""The integer checkpoint: what it holds, how it is written, and how it is verified on load.
+
+File layout (all integers big-endian)::
+
+    magic        12 bytes  b"NVCTRAIN-INT"
+    version       4 bytes  format version (uint32)
+    length        8 bytes  payload length in bytes (uint64)
+    sha256       32 bytes  SHA-256 of the payload
+    payload               torch.save of {"tensors", "metadata", "conformance"}
+
+``tensors`` holds the float ScaleSpaceFlow state dict (``ssf.*``, entropy-model CDF tables
+included, computed once here) and the integer hyper-decoders (``int.*``). Loading checks
+magic, version, length and hash before unpickling (with ``weights_only=True``), and never
+recomputes a table. Files are named ``<name>-<sha8>.ckpt`` (first 8 hex digits of the
+payload hash), as CompressAI's zoo names its weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from compressai.models.video import ScaleSpaceFlow
+from torch import Tensor
+
+from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
+from nvc_train.errors import UserError
+from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
+from nvc_train.quant.config import QuantConfig
+from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
+from nvc_train.quant.integer import convert_decoder
+
+MAGIC = b"NVCTRAIN-INT"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">12sIQ32s")
+
+
+class IntegerCheckpoint(NamedTuple):
+    """A loaded integer checkpoint: the codec, its metadata, the conformance data, the hash."""
+
+    codec: IntegerSSF
+    metadata: dict
+    conformance: dict
+    sha256: str
+
+
+def integer_tensors(model: ScaleSpaceFlow, qat: HyperpriorQAT) -> dict[str, Tensor]:
+    """Convert the six calibrated hyper-decoders to integer tensors (see ``convert_decoder``).
+
+    ``model.update(force=True)`` must have run, so the scale tables are the stored ones.
+    """
+    k = qat.config.input_frac_bits
+    out: dict[str, Tensor] = {}
+    for part in PARTS:
+        hp = hyperprior(model, part)
+        median_q = quantize_medians(hp.entropy_bottleneck._get_medians(), k)
+        out[f"{part}.median_q"] = median_q
+        for role in ROLES:
+            tensors = convert_decoder(
+                hyper_decoder(hp, role), qat.decoder(part, role), input_bound(median_q, k),
+                hp.gaussian_conditional.scale_table if role == "scale" else None,
+            )
+            out.update({f"{part}.{role}.{name}": t for name, t in tensors.items()})
+    return out
+
+
+def conformance_clip(num_frames: int = 3, size: int = 128) -> list[Tensor]:
+    """The fixed synthetic clip every checkpoint's conformance bitstream encodes."""
+    from nvc_train.data.synthetic import synthetic_clip
+
+    clip = synthetic_clip(seed=20200614, num_frames=num_frames, height=size, width=size)
+    return [f.unsqueeze(0) for f in clip]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make exports private
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_integer_checkpoint(
+    model: ScaleSpaceFlow, qat: HyperpriorQAT, out_dir: Path, name: str, metadata: dict
+) -> Path:
+    """Freeze ``model`` + ``qat`` into ``out_dir/<name>-<sha8>.ckpt`` and write its model card.
+
+    Computes the entropy tables once (``update(force=True)``), converts the hyper-decoders
+    (raising ``ExportError`` if an accumulator could leave the exact range), then encodes
+    the conformance clip on the CPU with the codec *as it will be loaded* and records the
+    SHA-256 of its latents.
+    """
+    from nvc_train.codec.bitstream import write_bitstream_bytes
+
+    model = model.cpu().eval()
+    qat = qat.cpu().eval()
+    model.update(force=True)
+    tensors = {f"ssf.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    tensors.update({f"int.{k}": v for k, v in integer_tensors(model, qat).items()})
+    metadata = {**metadata, "format_version": FORMAT_VERSION, "quant": asdict(qat.config)}
+
+    codec = _codec_from_tensors(tensors, qat.config)
+    frames = conformance_clip()
+    coded, recon = codec.compress(frames)
+    h, w = frames[0].shape[-2:]
+    conformance = {
+        "bitstream": torch.frombuffer(bytearray(write_bitstream_bytes(coded, width=w, height=h, checkpoint_sha256=None)), dtype=torch.uint8),
+        "latent_sha256": [r.latent_sha256 for r in recon],
+    }
+    buf = io.BytesIO()
+    torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True), "conformance": {
+        "bitstream": conformance["bitstream"], "latent_sha256": json.dumps(conformance["latent_sha256"])}}, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    path = Path(out_dir) / f"{name}-{digest[:8]}.ckpt"
+    atomic_write_bytes(path, _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), bytes.fromhex(digest)) + payload)
+    atomic_write_bytes(path.with_suffix(".md"), model_card(path.name, digest, metadata, tensors).encode())
+    return path
+
+
+def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig) -> IntegerSSF:
+    model = build_ssf()
+    load_ssf_state_dict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ssf.")}, "integer checkpoint")
+    model.eval()
+    int_tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
+    return build_integer_ssf(model, int_tensors, config.activation_qmax, config.input_frac_bits).eval()
+
+
+def load_integer_checkpoint(path: str | Path, device: str = "cpu") -> IntegerCheckpoint:
+    """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    if len(data) < _HEADER.size or not data.startswith(MAGIC):
+        if data[:2] == b"PK" or data[:1] == b"\x80":
+            raise UserError(f"{path} is a float PyTorch checkpoint, not an integer one: run `nvc-train export` on it first")
+        raise UserError(f"{path} is not an nvc-train integer checkpoint (bad magic)")
+    _, version, length, digest = _HEADER.unpack_from(data)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} has format version {version}; this nvc-train reads up to {FORMAT_VERSION}: upgrade nvc-train")
+    if version < 1:
+        raise UserError(f"{path} has an invalid format version {version}")
+    payload = data[_HEADER.size:]
+    if len(payload) != length:
+        raise UserError(f"{path} is truncated or padded: payload has {len(payload)} bytes, header says {length}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise UserError(f"{path} failed its SHA-256 check: the file is corrupted or was modified")
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        metadata = json.loads(obj["metadata"])
+        config = QuantConfig(**metadata["quant"])
+        codec = _codec_from_tensors(obj["tensors"], config).to(device)
+        conformance = {
+            "bitstream": obj["conformance"]["bitstream"].numpy().tobytes(),
+            "latent_sha256": json.loads(obj["conformance"]["latent_sha256"]),
+        }
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{path} passed its hash check but its content is not a valid integer checkpoint ({exc})") from None
+    return IntegerCheckpoint(codec, metadata, conformance, digest.hex())
+
+
+def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Tensor]) -> str:
+    """Markdown model card written beside the checkpoint."""
+    bounds = {k: int(v) for k, v in tensors.items() if k.endswith("acc_bound")}
+    worst = max(bounds.values()) if bounds else 0
+    lines = [
+        f"# {filename}",
+        "",
+        "Scale-Space Flow (CompressAI `ssf2020` architecture) with integer hyper-decoders:",
+        "the decoded latents are bit-identical on every machine (nvc-train DESIGN.md §3).",
+        "",
+        f"- SHA-256 of the payload: `{digest}`",
+        f"- format version: {metadata.get('format_version')}",
+        f"- quality: {metadata.get('quality')}, lambda: {metadata.get('lmbda')}",
+        f"- quantization: {metadata.get('quant')}",
+        f"- largest accumulator bound: {worst} (< 2**53 = {2**53}: exact in float64)",
+        f"- training data: {metadata.get('training_data')}",
+        f"- packages: {metadata.get('packages')}",
+        "",
+        "Check it on your machine: `nvc-train conformance " + filename + " [--device cuda]`.",
+        "",
+        "## Resolved config",
+        "```json",
+        json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"

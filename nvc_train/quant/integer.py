@@ -1,0 +1,106 @@
+"""Frozen integer hyper-decoders: conversion from QAT/PTQ state, and their inference.
+
+:func:`convert_decoder` turns a float hyper-decoder plus its fake-quant state into plain
+integer tensors (weights int8, biases, fixed-point multipliers and shifts, saturation
+bounds, scale-index thresholds) and proves at export time that every accumulator stays
+exact. :class:`IntegerHyperDecoder` runs those tensors with :mod:`nvc_train.quant.arith`
+only: nothing on this path is a float computation whose result could differ by machine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from nvc_train.quant import arith
+from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS
+from nvc_train.quant.fake_quant import FakeQuantHyperDecoder, hyper_decoder_layers
+
+
+class ExportError(Exception):
+    """The model cannot be frozen into exact integers (e.g. an accumulator bound fails)."""
+
+
+def convert_decoder(
+    decoder: nn.Module, fq: FakeQuantHyperDecoder, in_bound: int, scale_table: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Integer tensors of one hyper-decoder.
+
+    Args:
+        decoder: float HyperDecoder (role "mean") or HyperDecoderWithQReLU (role "scale").
+        fq: its calibrated fake-quant state.
+        in_bound: largest |z_int| of the integer input (see ``fake_quant.input_bound``).
+        scale_table: (L,) GaussianConditional scale table, required for role "scale".
+
+    Returns:
+        Flat dict: ``layer{i}.weight`` int8 (C_in, C_out, 5, 5), ``layer{i}.bias`` int64,
+        ``layer{i}.multiplier/shift/saturation`` int64 (C,), ``layer{i}.acc_bound``
+        int64 scalar (proven worst |accumulator|), and ``scale_thresholds`` int64 (C, L-1) for role "scale".
+    """
+    if not bool(fq.calibrated):
+        raise ExportError(f"{fq.role} hyper-decoder was never calibrated: run QAT or PTQ calibration first")
+    qmax = fq.config.activation_qmax
+    act_scales = fq.effective_act_scales().detach()
+    s_in: Tensor = torch.tensor(2.0**-fq.config.input_frac_bits)
+    bound = int(in_bound)
+    out: dict[str, Tensor] = {}
+    layers = hyper_decoder_layers(decoder)
+    for i, conv in enumerate(layers):
+        w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
+        acc_scale = arith.accumulator_scale(s_in, s_w)
+        b_int = arith.quantize_bias(conv.bias, acc_scale)
+        acc_bound = arith.accumulator_bound(w_int, b_int, bound)
+        if acc_bound >= arith.EXACT_FLOAT64:
+            raise ExportError(
+                f"{fq.role} layer {i}: accumulators may reach {acc_bound:.3g} >= 2**53, float64 would round"
+            )
+        out[f"layer{i}.weight"] = w_int.to(torch.int8)
+        out[f"layer{i}.bias"] = b_int
+        out[f"layer{i}.acc_bound"] = torch.tensor(acc_bound, dtype=torch.int64)
+        if i < len(layers) - 1:
+            fp = arith.fixed_point(acc_scale / act_scales[i].double(), qmax)
+            s_in, bound = act_scales[i], qmax
+        elif fq.role == "mean":
+            fp = arith.fixed_point(acc_scale * 2.0**MEAN_FRAC_BITS, MEAN_BOUND)
+        else:
+            if scale_table is None:
+                raise ValueError("scale_table is required for the scale hyper-decoder")
+            out["scale_thresholds"] = arith.scale_index_thresholds(scale_table, acc_scale)
+            break
+        try:
+            arith.check_fixed_point(fp)
+        except ValueError as exc:
+            raise ExportError(f"{fq.role} layer {i}: {exc}") from None
+        out[f"layer{i}.multiplier"], out[f"layer{i}.shift"], out[f"layer{i}.saturation"] = fp
+    return out
+
+
+class IntegerHyperDecoder(nn.Module):
+    """Inference of one frozen integer hyper-decoder from :func:`convert_decoder` tensors."""
+
+    def __init__(self, role: str, tensors: dict[str, Tensor], activation_qmax: int):
+        super().__init__()
+        self.role = role
+        self.activation_qmax = int(activation_qmax)
+        for name, value in tensors.items():
+            self.register_buffer(name.replace(".", "_"), value.clone())
+
+    def _t(self, name: str) -> Tensor:
+        return getattr(self, name.replace(".", "_"))
+
+    def _fixed_point(self, i: int) -> arith.FixedPoint:
+        return arith.FixedPoint(self._t(f"layer{i}.multiplier"), self._t(f"layer{i}.shift"), self._t(f"layer{i}.saturation"))
+
+    def forward(self, z_int: Tensor) -> Tensor:
+        """(N, 192, h, w) int64 → means on the 2**-8 grid (int64) or CDF indexes (int32),
+        (N, 192, 8h, 8w)."""
+        x = z_int
+        for i in range(3):
+            acc = arith.add_bias(arith.conv_transpose_exact(x, self._t(f"layer{i}.weight")), self._t(f"layer{i}.bias"))
+            if i < 2:
+                x = arith.requantize(acc, self._fixed_point(i), 0, self.activation_qmax)
+            elif self.role == "mean":
+                return arith.requantize(acc, self._fixed_point(i), -MEAN_BOUND, MEAN_BOUND)
+            else:
+                return arith.scale_indexes(acc, self._t("scale_thresholds"))
+        raise AssertionError("unreachable")
