@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/nvc-train demo --out runs/demo
+	$(VENV)/bin/nvc-train demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
 
     s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
-    s.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
     s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")
     s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
     s.add_argument("--qat-steps", type=int, default=None, help="override the QAT preset's max_steps")

@@ -147,4 +147,4 @@ def _device(name: str) -> str:
 def demo(args) -> int:
     from nvc_train.demo import run_demo
 
-    return run_demo(Path(args.out), Path(args.checkpoints), args.float_steps, args.qat_steps)
+    return run_demo(Path("runs/demo"), Path(args.checkpoints), args.float_steps, args.qat_steps)

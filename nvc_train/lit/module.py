@@ -19,7 +19,7 @@ from torch import Tensor
 from nvc_train.codec.integer_codec import IntegerSSF
 from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.models.loss import quality_to_lambda, rd_loss
-from nvc_train.models.ssf import build_ssf, float_hyperprior_forward, load_ssf, resize_entropy_buffers, ssf_forward
+from nvc_train.models.ssf import HYPERPRIOR_ATTR, build_ssf, float_hyperprior_forward, load_ssf, resize_entropy_buffers, ssf_forward
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
 
@@ -49,6 +49,11 @@ class SSFLitModule(L.LightningModule):
         autocast: "bf16" runs analysis/synthesis transforms under bfloat16 autocast; the
             hyperpriors (entropy parameters) always run in float32.
         real_coding_clips: validation clips that are also really compressed and decoded.
+        train_scope: "all" trains every parameter; "hyperpriors" freezes the analysis and
+            synthesis transforms and trains only the three hyperpriors (hyper-encoders,
+            hyper-decoders, entropy bottlenecks) and the QAT scales — QAT fine-tuning then
+            changes nothing but the entropy model, so the integer model's RD is directly
+            comparable with its float parent's.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class SSFLitModule(L.LightningModule):
         qat_start_step: int = 0,
         autocast: Literal["none", "bf16"] = "none",
         real_coding_clips: int = 1,
+        train_scope: Literal["all", "hyperpriors"] = "all",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -73,6 +79,10 @@ class SSFLitModule(L.LightningModule):
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
             qat = QuantConfig(**qat)
         self.qat = HyperpriorQAT(qat) if qat is not None else None
+        if train_scope == "hyperpriors":
+            trainable = tuple(f"{attr}." for attr in HYPERPRIOR_ATTR.values())
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(trainable))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         resize_entropy_buffers(self.model, state_dict, prefix="model.")
@@ -159,7 +169,7 @@ class SSFLitModule(L.LightningModule):
     def configure_optimizers(self):
         named = list(self.named_parameters())
         main = [p for n, p in named if not is_aux_parameter(n) and p.requires_grad]
-        aux = [p for n, p in named if is_aux_parameter(n)]
+        aux = [p for n, p in named if is_aux_parameter(n) and p.requires_grad]
         optimizer = torch.optim.Adam([
             {"params": main, "lr": self.hparams.learning_rate, "name": "net"},
             {"params": aux, "lr": self.hparams.aux_learning_rate, "name": "aux"},

@@ -1,0 +1,140 @@
+"""Integer codec: round trip, exact latents under everything that differs between machines."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from nvc_train.codec.bitstream import BitstreamError, read_bitstream_bytes, write_bitstream_bytes
+from nvc_train.codec.integer_codec import latent_digest
+from nvc_train.data.synthetic import synthetic_clip
+from nvc_train.models.loss import likelihood_bits
+from nvc_train.quant.export import load_integer_checkpoint
+
+
+@pytest.fixture(scope="module")
+def loaded(int_checkpoint):
+    return load_integer_checkpoint(int_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return [f.unsqueeze(0) for f in synthetic_clip(4242, 3, 128, 256)]
+
+
+@pytest.fixture(scope="module")
+def encoded(loaded, clip):
+    coded, recon = loaded.codec.compress(clip)
+    data = write_bitstream_bytes(coded, width=256, height=128, checkpoint_sha256=loaded.sha256)
+    return data, recon
+
+
+def decode_hashes(codec, data, device="cpu"):
+    _, coded = read_bitstream_bytes(data)
+    return [f.latent_sha256 for f in codec.decompress_iter(coded, device)]
+
+
+def perturb_(module: torch.nn.Module, rel: float, seed: int) -> None:
+    """Multiply every float parameter by (1 + rel·N(0, 1)): another machine's round-off, simulated."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(1 + rel * torch.randn(p.shape, generator=g))
+
+
+def test_round_trip_reproduces_encoder_latents_and_reconstruction(loaded, encoded):
+    data, recon = encoded
+    _, coded = read_bitstream_bytes(data)
+    decoded = list(loaded.codec.decompress_iter(coded))
+    assert [d.latent_sha256 for d in decoded] == [r.latent_sha256 for r in recon]
+    for d, r in zip(decoded, recon):
+        assert torch.equal(d.x_hat, r.x_hat)  # same machine, same float synthesis: identical
+
+
+def test_real_bits_match_the_estimate(qat_module, loaded, clip):
+    """Real rANS bits vs the model's eval-mode estimate on the same clip.
+
+    The coder adds a flush of a few bytes per string (6 strings per P-frame) and codes each
+    element with the table scale just above its predicted scale (64 log-spaced scales, a
+    ratio of 1.13 between neighbours), which costs a little over the continuous estimate;
+    10 % + 32 bytes per string covers both with margin.
+    """
+    coded, _ = loaded.codec.compress(clip)
+    real = sum(8 * (len(lat.y_string) + len(lat.z_string)) for cf in coded for lat in cf.latents.values())
+    with torch.no_grad():
+        m = copy.deepcopy(qat_module).eval()
+        outputs = m(clip)
+    est = sum(float(likelihood_bits(lik)) for o in outputs for liks in o.likelihoods.values() for lik in liks.values())
+    n_strings = sum(2 * len(cf.latents) for cf in coded)
+    assert abs(real - est) <= 0.10 * est + 8 * 32 * n_strings, (real, est)
+
+
+def test_latents_identical_with_1_or_2_threads_and_mkldnn_on_off(loaded, encoded):
+    data, recon = encoded
+    want = [r.latent_sha256 for r in recon]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for mkldnn in (True, False):
+                with torch.backends.mkldnn.flags(enabled=mkldnn):
+                    assert decode_hashes(loaded.codec, data) == want
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_integer_hyper_decoders_independent_of_batch_size(loaded):
+    dec = loaded.codec.hyperpriors["motion"]
+    g = torch.Generator().manual_seed(0)
+    symbols = torch.randint(-6, 7, (4, 192, 2, 3), generator=g)
+    batch_mean, batch_index = dec._entropy_parameters(symbols)
+    for i in range(4):
+        mean, index = dec._entropy_parameters(symbols[i:i + 1])
+        assert torch.equal(mean, batch_mean[i:i + 1]) and torch.equal(index, batch_index[i:i + 1])
+
+
+def test_perturbed_float_layers_leave_integer_latents_unchanged(int_checkpoint, encoded):
+    data, recon = encoded
+    other_machine = load_integer_checkpoint(int_checkpoint)
+    perturb_(other_machine.codec.model, 1e-6, seed=1)
+    assert decode_hashes(other_machine.codec, data) == [r.latent_sha256 for r in recon]
+
+
+def test_same_perturbation_breaks_stock_float_ssf(loaded, clip):
+    """Control: stock CompressAI SSF decodes different latents under the same perturbation."""
+    model = copy.deepcopy(loaded.codec.model)
+    with torch.no_grad():
+        strings, shapes = model.compress(clip)
+        y_ref = model.img_hyperprior.decompress(strings[0]["keyframe"] if isinstance(strings[0], dict) else strings[0], shapes[0])
+        perturb_(model, 1e-6, seed=1)
+        y_other = model.img_hyperprior.decompress(strings[0]["keyframe"] if isinstance(strings[0], dict) else strings[0], shapes[0])
+    assert latent_digest([y_ref]) != latent_digest([y_other])
+
+
+@pytest.mark.gpu
+def test_cpu_encode_gpu_decode_latents_equal(int_checkpoint, encoded):
+    data, recon = encoded
+    gpu = load_integer_checkpoint(int_checkpoint, device="cuda")
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        assert decode_hashes(gpu.codec, data, "cuda") == [r.latent_sha256 for r in recon]
+
+
+def test_damaged_bitstreams_are_rejected(encoded):
+    data, _ = encoded
+    flipped = bytearray(data)
+    flipped[len(data) - 10] ^= 0x40
+    with pytest.raises(BitstreamError, match="CRC"):
+        read_bitstream_bytes(bytes(flipped))
+    with pytest.raises(BitstreamError, match="truncated"):
+        read_bitstream_bytes(data[:-7])
+    with pytest.raises(BitstreamError, match="magic"):
+        read_bitstream_bytes(b"XXXX" + data[4:])
+    with pytest.raises(BitstreamError, match="empty"):
+        read_bitstream_bytes(b"")
+    header = bytearray(data)
+    header[20] ^= 1  # inside the checkpoint hash: header CRC catches it
+    with pytest.raises(BitstreamError, match="header CRC"):
+        read_bitstream_bytes(bytes(header))

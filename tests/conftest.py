@@ -1,0 +1,90 @@
+"""Shared fixtures: small real models trained here (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _fit(module, tmp_dir, max_steps: int, crop: int = 128, batch_size: int = 2, callbacks=()):
+    import lightning as L
+
+    from nvc_train.lit.data import SyntheticClipDataModule
+
+    data = SyntheticClipDataModule(crop=crop, train_size=crop + 32, val_size=128, num_train_clips=10_000,
+                                   num_val_clips=1, batch_size=batch_size, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_dir), limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=list(callbacks), enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+class LossRecorder:
+    """Lightning callback keeping the RD loss of every step (without the auxiliary loss)."""
+
+    def __new__(cls):
+        import lightning as L
+
+        class _Recorder(L.Callback):
+            def __init__(self):
+                self.losses = []
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+        return _Recorder()
+
+
+@pytest.fixture(scope="session")
+def float_module(tmp_path_factory):
+    """SSF trained 25 steps from scratch (λ of q5) on synthetic clips: a real, if young, model."""
+    from lightning import seed_everything
+
+    from nvc_train.lit.module import SSFLitModule
+
+    seed_everything(0)
+    module = SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
+    recorder = LossRecorder()
+    _fit(module, tmp_path_factory.mktemp("float"), max_steps=25, callbacks=[recorder])
+    module.recorded_losses = recorder.losses
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def qat_module(float_module, tmp_path_factory):
+    """QAT fine-tuning of ``float_module`` for 8 steps (calibrated, learned scales)."""
+    from lightning import seed_everything
+
+    from nvc_train.lit.module import SSFLitModule
+    from nvc_train.quant.config import QuantConfig
+
+    seed_everything(1)
+    module = SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0)
+    module.load_state_dict(float_module.state_dict(), strict=False)
+    _fit(module, tmp_path_factory.mktemp("qat"), max_steps=8)
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def int_checkpoint(qat_module, tmp_path_factory):
+    """An exported integer checkpoint of ``qat_module`` (path)."""
+    import copy
+
+    from nvc_train.quant.export import export_integer_checkpoint
+
+    m = copy.deepcopy(qat_module)
+    return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("int"), "test", {"quality": 5})

@@ -1,0 +1,36 @@
+"""Bad input to the training CLI: one line on stderr, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.quant.test_export import assert_one_line_error, cli
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "configs" / "demo" / "float.yaml")
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  qualty: 3\n")
+    assert_one_line_error(cli("fit", "--config", DEMO, "--config", str(cfg), cwd=tmp_path), "qualty")
+
+
+def test_wrong_type(tmp_path):
+    assert_one_line_error(cli("fit", "--config", DEMO, "--model.learning_rate", "fast", cwd=tmp_path), "learning_rate")
+
+
+def test_missing_checkpoint_file(tmp_path):
+    assert_one_line_error(cli("export-float", str(tmp_path / "none.ckpt"), str(tmp_path / "out.pth.tar")), "not found")
+
+
+def test_state_dict_of_another_model(tmp_path):
+    from compressai.zoo import bmshj2018_factorized
+
+    other = tmp_path / "bmshj.pth.tar"
+    torch.save(bmshj2018_factorized(quality=1, pretrained=False).state_dict(), other)
+    result = cli("fit", "--config", DEMO, "--model.init_weights", str(other), "--trainer.max_steps", "1", cwd=tmp_path)
+    assert_one_line_error(result, "not a ScaleSpaceFlow state dict")
+    assert "missing: " in result.stderr and "unexpected: " in result.stderr

@@ -1,0 +1,113 @@
+"""The integer contract against slow, obviously-correct references (numpy int64 / Python int)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nvc_train.quant import arith
+
+
+def reference_conv_transpose(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) in numpy int64 loops.
+
+    Every input pixel scatters w[:, :, ky, kx] into output position (2i + ky - 2, 2j + kx - 2).
+    """
+    n, cin, h, wd = x.shape
+    _, cout, k, _ = w.shape
+    full = np.zeros((n, cout, 2 * h + 4, 2 * wd + 4), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            contrib = np.einsum("nchw,cd->ndhw", x, w[:, :, ky, kx])
+            full[:, :, ky:ky + 2 * h:2, kx:kx + 2 * wd:2] += contrib
+    return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_conv_transpose_exact_matches_int64_reference_beyond_2_24(seed):
+    g = np.random.default_rng(seed)
+    x = g.integers(-2**20, 2**20, size=(2, 16, 5, 6), dtype=np.int64)  # wide first-layer inputs
+    w = g.integers(-127, 128, size=(16, 8, 5, 5), dtype=np.int64)
+    ref = reference_conv_transpose(x, w)
+    got = arith.conv_transpose_exact(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    assert np.abs(ref).max() > 2**24, "test must exercise accumulators float32 cannot hold"
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_float32_would_not_be_exact():
+    """The reason for float64: the same products in float32 round (so the test above bites)."""
+    g = np.random.default_rng(0)
+    x = g.integers(-2**20, 2**20, size=(1, 16, 5, 6), dtype=np.int64)
+    w = g.integers(-127, 128, size=(16, 8, 5, 5), dtype=np.int64)
+    ref = reference_conv_transpose(x, w)
+    f32 = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).float(), torch.from_numpy(w).float(),
+                                               stride=2, padding=2, output_padding=1)
+    assert (torch.round(f32).long().numpy() != ref).any()
+
+
+def python_requantize(acc: int, m: int, shift: int, sat: int, lo: int, hi: int) -> int:
+    acc = max(-sat, min(sat, acc))
+    return max(lo, min(hi, (acc * m + (1 << (shift - 1))) >> shift))  # Python >> floors: round half up
+
+
+@pytest.mark.parametrize("out_bound", [255, 65535])
+def test_requantize_matches_python_integers(out_bound):
+    g = torch.Generator().manual_seed(out_bound)
+    real = torch.rand(7, generator=g, dtype=torch.float64) * 1e-3 + 1e-7
+    fp = arith.fixed_point(real, out_bound)
+    arith.check_fixed_point(fp)
+    acc = torch.randint(-2**45, 2**45, (3, 7, 4, 4), generator=g)
+    acc[0, :, 0, 0] = torch.round(out_bound / real * 0.5).long()  # some values inside the range
+    got = arith.requantize(acc, fp, 0, out_bound)
+    for idx in np.ndindex(*acc.shape):
+        c = idx[1]
+        want = python_requantize(int(acc[idx]), int(fp.multiplier[c]), int(fp.shift[c]), int(fp.saturation[c]), 0, out_bound)
+        assert int(got[idx]) == want
+
+
+def test_requantize_rounds_half_up():
+    fp = arith.FixedPoint(torch.tensor([1]), torch.tensor([1]), torch.tensor([10**6]))  # multiply by 1/2
+    acc = torch.tensor([-3, -1, 1, 3]).view(1, 1, 1, 4).expand(1, 1, 1, 4).reshape(1, 1, 1, 4)
+    acc = acc.permute(0, 1, 2, 3)
+    out = arith.requantize(acc.reshape(1, 1, 1, 4), fp, -10, 10)
+    assert out.flatten().tolist() == [-1, 0, 1, 2]  # -1.5→-1, -0.5→0, 0.5→1, 1.5→2
+
+
+def test_fixed_point_is_precise_and_saturation_is_equivalent():
+    real = torch.tensor([3.7e-5, 0.25, 0.9999, 1.7e-9], dtype=torch.float64)
+    fp = arith.fixed_point(real, 255)
+    approx = fp.multiplier.double() * torch.ldexp(torch.ones(4, dtype=torch.float64), -fp.shift)
+    # Round to nearest: |m·2**-s − M| <= 2**-s / 2, i.e. relative error <= 1 / (2m); the shift
+    # cap for tiny multipliers still leaves m >= 2**20 here (relative error < 1e-6).
+    assert torch.all(torch.abs(approx / real - 1) <= 0.5 / fp.multiplier.double())
+    assert torch.all(fp.multiplier >= 2**20)
+    # Clamping at ±saturation changes no output: just beyond it the output is already saturated.
+    for c in range(4):
+        s = int(fp.saturation[c])
+        assert python_requantize(s, int(fp.multiplier[c]), int(fp.shift[c]), 2**62, 0, 255) == 255
+
+
+def test_scale_index_thresholds_agree_with_float_comparison_at_the_edges():
+    table = torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)).float()
+    g = torch.Generator().manual_seed(0)
+    acc_scale = (torch.rand(5, generator=g, dtype=torch.float64) * 1e-4 + 1e-7).float().double()
+    thr = arith.scale_index_thresholds(table, acc_scale)
+    # Accumulators at and around every threshold: the hardest cases for a float comparison.
+    acc = (thr.unsqueeze(-1) + torch.arange(-2, 3)).reshape(5, -1)  # (C, 63*5)
+    acc = acc.T.reshape(1, -1, 5, 1).permute(0, 2, 1, 3).contiguous()  # (1, C, 315, 1)
+    got = arith.scale_indexes(acc, thr)
+    scales = acc.double() * acc_scale.view(1, -1, 1, 1)
+    want = sum((scales > t).int() for t in table[:-1].double())
+    assert torch.equal(got, want)
+
+
+def test_accumulator_bound_is_an_upper_bound():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-127, 128, (8, 4, 5, 5), generator=g)
+    b = torch.randint(-1000, 1000, (4,), generator=g)
+    x = torch.full((1, 8, 3, 3), 255)
+    x[0, :, 1, 1] = -255
+    bound = arith.accumulator_bound(w, b, 255)
+    worst_case = arith.add_bias(arith.conv_transpose_exact(x * torch.sign(w.sum((1, 2, 3))).view(1, -1, 1, 1), w), b)
+    assert worst_case.abs().max() <= bound

@@ -1,0 +1,116 @@
+"""prepare (fake-quant, float) and convert (integer) agree element for element."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from nvc_train.data.synthetic import synthetic_clip
+from nvc_train.models.ssf import PARTS, hyperprior
+from nvc_train.quant.export import integer_tensors
+from nvc_train.quant.fake_quant import (
+    fake_quant_scale_indexes, hyper_decoder, hyper_input, input_bound, quantize_medians,
+)
+from nvc_train.quant.integer import ExportError, IntegerHyperDecoder, convert_decoder
+
+
+@pytest.fixture(scope="module")
+def frozen(qat_module):
+    m = copy.deepcopy(qat_module)
+    m.model.update(force=True)
+    tensors = integer_tensors(m.model, m.qat)
+    return m, tensors
+
+
+def integer_decoder(tensors, part, role, qmax=255):
+    prefix = f"{part}.{role}."
+    return IntegerHyperDecoder(role, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, qmax)
+
+
+def real_latents(model, seed):
+    """Latents y of each part from a synthetic clip (keyframe, motion, residual encoders)."""
+    frames = [f.unsqueeze(0) for f in synthetic_clip(seed, 2, 128, 128)]
+    with torch.no_grad():
+        y_key = model.img_encoder(frames[0])
+        y_motion = model.motion_encoder(torch.cat(frames[::-1], dim=1))
+        y_res = model.res_encoder(frames[1] - frames[0])
+    return {"keyframe": y_key, "motion": y_motion, "residual": y_res}
+
+
+def compare(m, tensors, part, y):
+    hp = hyperprior(m.model, part)
+    k = m.qat.config.input_frac_bits
+    with torch.no_grad():
+        _, z_int, z_hat = hyper_input(hp.hyper_encoder(y), hp.entropy_bottleneck._get_medians(), k)
+        fq_mean = m.qat.decoder(part, "mean")(hyper_decoder(hp, "mean"), z_int, z_hat)
+        fq_scale = m.qat.decoder(part, "scale")(hyper_decoder(hp, "scale"), z_int, z_hat)
+    int_mean = integer_decoder(tensors, part, "mean")(z_int)
+    int_index = integer_decoder(tensors, part, "scale")(z_int)
+    fq_index = fake_quant_scale_indexes(fq_scale, hp.gaussian_conditional.scale_table)
+    return fq_mean, int_mean, fq_index, int_index
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("part", PARTS)
+def test_convert_matches_fake_quant_on_real_latents(frozen, part, seed):
+    m, tensors = frozen
+    y = real_latents(m.model, 100 + seed)[part]
+    fq_mean, int_mean, fq_index, int_index = compare(m, tensors, part, y)
+    assert torch.equal(int_mean, fq_mean.integer)
+    assert torch.equal(int_mean.float() * 2**-8, fq_mean.value)  # means on the grid, as float32
+    assert torch.equal(int_index, fq_index)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_convert_matches_fake_quant_on_random_inputs(frozen, seed):
+    m, tensors = frozen
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(2, 192, 16, 16, generator=g) * (2 + 6 * seed)  # from tame to far outside training range
+    fq_mean, int_mean, fq_index, int_index = compare(m, tensors, "keyframe", y)
+    assert torch.equal(int_mean, fq_mean.integer)
+    assert torch.equal(int_index, fq_index)
+    assert int_index.unique().numel() > 5, "inputs must exercise many CDF tables for the test to mean anything"
+
+
+def test_export_refuses_uncalibrated_decoders(float_module):
+    from nvc_train.quant.config import QuantConfig
+    from nvc_train.quant.fake_quant import HyperpriorQAT
+
+    qat = HyperpriorQAT(QuantConfig())
+    hp = hyperprior(float_module.model, "keyframe")
+    with pytest.raises(ExportError, match="never calibrated"):
+        convert_decoder(hyper_decoder(hp, "mean"), qat.decoder("keyframe", "mean"), 2**20)
+
+
+def test_export_proves_the_accumulator_bound(frozen):
+    m, _ = frozen
+    hp = hyperprior(m.model, "keyframe")
+    median_q = quantize_medians(hp.entropy_bottleneck._get_medians(), 8)
+    fq = m.qat.decoder("keyframe", "mean")
+    convert_decoder(hyper_decoder(hp, "mean"), fq, input_bound(median_q, 8))  # fine
+    with pytest.raises(ExportError, match="2\\*\\*53"):
+        convert_decoder(hyper_decoder(hp, "mean"), fq, 2**40)  # inputs this wide could round
+
+
+def test_qat_state_survives_state_dict(qat_module):
+    from nvc_train.lit.module import SSFLitModule
+
+    clone = SSFLitModule(quality=5, qat=qat_module.hparams.qat)
+    clone.load_state_dict(qat_module.state_dict())
+    for key in ("keyframe_mean", "residual_scale"):
+        a, b = clone.qat.decoders[key], qat_module.qat.decoders[key]
+        assert torch.equal(a.act_scale, b.act_scale) and bool(a.calibrated)
+
+
+def test_qat_gradients_reach_weights_scales_and_encoder(qat_module):
+    m = copy.deepcopy(qat_module).train()
+    hp = hyperprior(m.model, "keyframe")
+    y = real_latents(m.model, 5)["keyframe"].requires_grad_(True)
+    y_hat, lik = m.qat.hyperprior_forward("keyframe", hp, y)
+    (lik["y"].log().sum() + lik["z"].log().sum() + y_hat.square().sum()).backward()
+    assert hyper_decoder(hp, "mean")[0].weight.grad.abs().sum() > 0
+    assert hp.hyper_decoder_scale.deconv3.weight.grad.abs().sum() > 0
+    assert m.qat.decoder("keyframe", "scale").act_scale.grad.abs().sum() > 0
+    assert hp.hyper_encoder[0].weight.grad.abs().sum() > 0
