@@ -136,6 +136,80 @@ def verify(args) -> int:
     return 0
 
 
+def ptq(args) -> int:
+    """Post-training quantization of a float model: one configuration or the full search."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from nvc_train.data.synthetic import synthetic_clip
+    from nvc_train.models.loss import quality_to_lambda
+    from nvc_train.models.ssf import load_ssf
+    from nvc_train.quant import ptq as P
+    from nvc_train.quant.export import atomic_write_bytes, export_integer_checkpoint
+    from nvc_train.quant.integer import ExportError
+
+    source = Path(args.model)
+    if source.suffix == ".ckpt":
+        module, _ = lit_module_from_checkpoint(source)
+        model, lmbda = module.model, module.lmbda
+    else:
+        model, lmbda = load_ssf(source), None
+    if args.lmbda is not None or args.quality is not None or lmbda is None:
+        lmbda = args.lmbda if args.lmbda is not None else quality_to_lambda(args.quality or 3)
+    model.eval().update(force=True)
+    try:
+        choices = P.all_choices() if args.search else [P.PTQChoice(args.weight_observer, args.weight_scheme,
+                                                                   args.act_observer, args.act_scheme)]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    def clips(first_seed: int, n: int):
+        return [[f.unsqueeze(0) for f in synthetic_clip(first_seed + i, args.frames, args.size, args.size)] for i in range(n)]
+
+    calib, val = clips(8_000_000, args.calib_clips), clips(9_000_000, args.val_clips)
+    config = P.QuantConfig()
+    latents = P.hyper_latents(model, calib, config.input_frac_bits)
+    float_point = P.evaluate_float(model, val, lmbda)
+    rows = []
+    for choice in tqdm(choices, desc="PTQ candidates", disable=args.quiet):
+        try:
+            rows.append(P.SearchRow(choice, P.evaluate_integer(model, P.ptq_quantizer(model, choice, latents, config), val, lmbda)))
+        except (ExportError, ValueError) as exc:
+            rows.append(P.SearchRow(choice, None, str(exc)))
+    rows = P.search_rows_sorted(rows)
+    out = Path(args.out)
+    report = P.report_markdown(float_point, rows, lmbda)
+    atomic_write_bytes(out / "ptq_report.md", report.encode())
+    table = [{**dataclasses.asdict(r.choice), **(r.point._asdict() if r.point else {}), "error": r.error} for r in rows]
+    atomic_write_bytes(out / "ptq_report.json", json.dumps({"lmbda": lmbda, "float": float_point._asdict(),
+                                                            "candidates": table}, indent=2).encode())
+    _log_ptq_to_wandb(out, table, float_point)
+    print(report)
+    best = rows[0]
+    if best.point is None:
+        raise UserError("no PTQ candidate could be frozen into exact integers")
+    meta = {"quality": args.quality, "lmbda": lmbda, "config": {"ptq": dataclasses.asdict(best.choice), "source": str(source)},
+            "packages": package_versions(), "training_data": "PTQ calibration: synthetic clips"}
+    path = export_integer_checkpoint(model, P.ptq_quantizer(model, best.choice, latents, config), out, args.name, meta)
+    print(f"best candidate: {best.choice.name}")
+    print(f"wrote {out / 'ptq_report.md'}, {out / 'ptq_report.json'}, {path}")
+    return 0
+
+
+def _log_ptq_to_wandb(out: Path, table: list[dict], float_point) -> None:
+    """One W&B run (offline unless WANDB_MODE says otherwise) holding the search table."""
+    from nvc_train.cli import configure_wandb_env
+
+    configure_wandb_env(out)
+    import wandb
+
+    columns = sorted({k for row in table for k in row})
+    run = wandb.init(project="nvc-train", dir=str(out), job_type="ptq-search", config={"float": float_point._asdict()})
+    run.log({"ptq/search": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in table])})
+    run.finish()
+
+
 def _device(name: str) -> str:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}: use cpu or cuda")

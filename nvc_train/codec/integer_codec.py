@@ -170,8 +170,7 @@ class IntegerSSF(nn.Module):
         return list(self.decompress_iter(coded_frames, device))
 
 
-def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], activation_qmax: int,
-                      input_frac_bits: int) -> IntegerSSF:
+def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], input_frac_bits: int) -> IntegerSSF:
     """Assemble an :class:`IntegerSSF` from a float model with stored entropy tables and the
     integer tensors ``"<part>.median_q"``, ``"<part>.<role>.<name>"``."""
     hps = {}
@@ -180,7 +179,7 @@ def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], act
         for role in ("mean", "scale"):
             prefix = f"{part}.{role}."
             tensors = {k[len(prefix):]: v for k, v in int_tensors.items() if k.startswith(prefix)}
-            dec[role] = IntegerHyperDecoder(role, tensors, activation_qmax)
+            dec[role] = IntegerHyperDecoder(role, tensors)
         hps[part] = IntegerHyperprior(hyperprior(model, part), int_tensors[f"{part}.median_q"],
                                       dec["mean"], dec["scale"], input_frac_bits)
     return IntegerSSF(model, hps)

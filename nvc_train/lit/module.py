@@ -134,7 +134,7 @@ class SSFLitModule(L.LightningModule):
 
         self.model.update(force=True)
         tensors = integer_tensors(self.model, self.qat)
-        return build_integer_ssf(self.model, tensors, self.qat.config.activation_qmax, self.qat.config.input_frac_bits)
+        return build_integer_ssf(self.model, tensors, self.qat.config.input_frac_bits)
 
     @torch.no_grad()
     def _real_coding(self, frames: list[Tensor], outputs) -> None:

@@ -141,7 +141,7 @@ def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig) -> Inte
     load_ssf_state_dict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ssf.")}, "integer checkpoint")
     model.eval()
     int_tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
-    return build_integer_ssf(model, int_tensors, config.activation_qmax, config.input_frac_bits).eval()
+    return build_integer_ssf(model, int_tensors, config.input_frac_bits).eval()
 
 
 def load_integer_checkpoint(path: str | Path, device: str = "cpu") -> IntegerCheckpoint:

@@ -129,6 +129,16 @@ class FakeQuantHyperDecoder(nn.Module):
         hi = self.activation_ceiling / qmax
         return torch.clamp(self.act_scale, min=1e-8, max=hi)
 
+    def weight_quant(self, layer: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Integer weights and per-output-channel scales of ``layer`` (QAT: symmetric int8
+        per channel, recomputed from the live float weights)."""
+        return arith.quantize_weight_per_channel(weight)
+
+    def act_spec(self, layer: int) -> tuple[Tensor, int, int]:
+        """Scale (scalar tensor, carries the LSQ gradient) and integer range [lo, hi] of the
+        activation after intermediate ``layer``."""
+        return self.effective_act_scales()[layer], 0, self.config.activation_qmax
+
     @torch.no_grad()
     def _calibrate(self, layer: int, pre_activation: Tensor) -> None:
         x = torch.clamp(pre_activation.detach().float(), 0, self.activation_ceiling).flatten()
@@ -157,12 +167,11 @@ class FakeQuantHyperDecoder(nn.Module):
         return self._run(decoder, z_int, z_hat, calibrate=False)
 
     def _run(self, decoder: nn.Module, z_int: Tensor, z_hat: Tensor, calibrate: bool) -> DecoderOutput:
-        qmax = self.config.activation_qmax
         layers = hyper_decoder_layers(decoder)
         x, x_int = z_hat, z_int
         s_in: Tensor = torch.tensor(2.0**-self.config.input_frac_bits)
         for i, conv in enumerate(layers):
-            w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
+            w_int, s_w = self.weight_quant(i, conv.weight)
             w_fq = conv.weight + (w_int * s_w.view(1, -1, 1, 1) - conv.weight).detach()
             acc_scale = arith.accumulator_scale(s_in, s_w)
             b_int = arith.quantize_bias(conv.bias, acc_scale)
@@ -173,11 +182,11 @@ class FakeQuantHyperDecoder(nn.Module):
             if i < len(layers) - 1:
                 if calibrate:
                     self._calibrate(i, y)
-                s_out = self.effective_act_scales()[i]
-                fp = arith.fixed_point(acc_scale / s_out.detach().double(), qmax)
-                a_int = arith.requantize(acc, fp, 0, qmax)
-                s_lsq = _grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * qmax))
-                a_float = torch.clamp(quantize_ste(y / s_lsq), 0, qmax) * s_lsq
+                s_out, lo, hi = self.act_spec(i)
+                fp = arith.fixed_point(acc_scale / s_out.detach().double(), max(abs(lo), abs(hi)))
+                a_int = arith.requantize(acc, fp, lo, hi)
+                s_lsq = _grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
+                a_float = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq
                 x = a_float + (a_int.float() * s_out - a_float).detach()
                 x_int, s_in = a_int, s_out.detach()
             elif self.role == "mean":

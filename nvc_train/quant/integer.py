@@ -34,19 +34,18 @@ def convert_decoder(
 
     Returns:
         Flat dict: ``layer{i}.weight`` int8 (C_in, C_out, 5, 5), ``layer{i}.bias`` int64,
-        ``layer{i}.multiplier/shift/saturation`` int64 (C,), ``layer{i}.acc_bound``
-        int64 scalar (proven worst |accumulator|), and ``scale_thresholds`` int64 (C, L-1) for role "scale".
+        ``layer{i}.multiplier/shift/saturation`` int64 (C,), ``layer{i}.act_lo/act_hi``
+        int64 scalars (integer activation range), ``layer{i}.acc_bound`` int64 scalar
+        (proven worst |accumulator|), and ``scale_thresholds`` int64 (C, L-1) for role "scale".
     """
     if not bool(fq.calibrated):
         raise ExportError(f"{fq.role} hyper-decoder was never calibrated: run QAT or PTQ calibration first")
-    qmax = fq.config.activation_qmax
-    act_scales = fq.effective_act_scales().detach()
     s_in: Tensor = torch.tensor(2.0**-fq.config.input_frac_bits)
     bound = int(in_bound)
     out: dict[str, Tensor] = {}
     layers = hyper_decoder_layers(decoder)
     for i, conv in enumerate(layers):
-        w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
+        w_int, s_w = fq.weight_quant(i, conv.weight)
         acc_scale = arith.accumulator_scale(s_in, s_w)
         b_int = arith.quantize_bias(conv.bias, acc_scale)
         acc_bound = arith.accumulator_bound(w_int, b_int, bound)
@@ -54,12 +53,16 @@ def convert_decoder(
             raise ExportError(
                 f"{fq.role} layer {i}: accumulators may reach {acc_bound:.3g} >= 2**53, float64 would round"
             )
-        out[f"layer{i}.weight"] = w_int.to(torch.int8)
+        # int8 for symmetric weights; affine ones (PTQ) span w_q - zero_point in [-255, 255].
+        out[f"layer{i}.weight"] = w_int.to(torch.int8 if w_int.abs().max() <= 127 else torch.int16)
         out[f"layer{i}.bias"] = b_int
         out[f"layer{i}.acc_bound"] = torch.tensor(acc_bound, dtype=torch.int64)
         if i < len(layers) - 1:
-            fp = arith.fixed_point(acc_scale / act_scales[i].double(), qmax)
-            s_in, bound = act_scales[i], qmax
+            s_out, lo, hi = fq.act_spec(i)
+            s_out = s_out.detach()
+            fp = arith.fixed_point(acc_scale / s_out.double(), max(abs(lo), abs(hi)))
+            out[f"layer{i}.act_lo"], out[f"layer{i}.act_hi"] = torch.tensor(lo), torch.tensor(hi)
+            s_in, bound = s_out, max(abs(lo), abs(hi))
         elif fq.role == "mean":
             fp = arith.fixed_point(acc_scale * 2.0**MEAN_FRAC_BITS, MEAN_BOUND)
         else:
@@ -78,10 +81,9 @@ def convert_decoder(
 class IntegerHyperDecoder(nn.Module):
     """Inference of one frozen integer hyper-decoder from :func:`convert_decoder` tensors."""
 
-    def __init__(self, role: str, tensors: dict[str, Tensor], activation_qmax: int):
+    def __init__(self, role: str, tensors: dict[str, Tensor]):
         super().__init__()
         self.role = role
-        self.activation_qmax = int(activation_qmax)
         for name, value in tensors.items():
             self.register_buffer(name.replace(".", "_"), value.clone())
 
@@ -98,7 +100,8 @@ class IntegerHyperDecoder(nn.Module):
         for i in range(3):
             acc = arith.add_bias(arith.conv_transpose_exact(x, self._t(f"layer{i}.weight")), self._t(f"layer{i}.bias"))
             if i < 2:
-                x = arith.requantize(acc, self._fixed_point(i), 0, self.activation_qmax)
+                lo, hi = int(self._t(f"layer{i}.act_lo")), int(self._t(f"layer{i}.act_hi"))
+                x = arith.requantize(acc, self._fixed_point(i), lo, hi)
             elif self.role == "mean":
                 return arith.requantize(acc, self._fixed_point(i), -MEAN_BOUND, MEAN_BOUND)
             else:

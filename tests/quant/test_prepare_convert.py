@@ -24,9 +24,9 @@ def frozen(qat_module):
     return m, tensors
 
 
-def integer_decoder(tensors, part, role, qmax=255):
+def integer_decoder(tensors, part, role):
     prefix = f"{part}.{role}."
-    return IntegerHyperDecoder(role, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, qmax)
+    return IntegerHyperDecoder(role, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 def real_latents(model, seed):
