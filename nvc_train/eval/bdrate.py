@@ -1,0 +1,51 @@
+"""Bjøntegaard delta rate and delta PSNR (VCEG-M33), with piecewise cubic interpolation.
+
+Common practice since JVET's CTC spreadsheets: interpolate each curve with a monotone
+piecewise cubic (PCHIP) instead of the original cubic polynomial fit, integrate over the
+overlapping interval, and average the difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+
+def _validate(rate, quality, label: str) -> tuple[np.ndarray, np.ndarray]:
+    r, q = np.asarray(rate, dtype=np.float64), np.asarray(quality, dtype=np.float64)
+    if r.shape != q.shape or r.ndim != 1 or len(r) < 2:
+        raise ValueError(f"{label}: need at least 2 (rate, quality) points of equal count")
+    if np.any(r <= 0) or not np.all(np.isfinite(r)) or not np.all(np.isfinite(q)):
+        raise ValueError(f"{label}: rates must be positive and all values finite")
+    order = np.argsort(q)
+    if np.any(np.diff(q[order]) <= 0):
+        raise ValueError(f"{label}: quality values must be distinct")
+    return r[order], q[order]
+
+
+def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    f = PchipInterpolator(x, y)
+    return float(f.integrate(lo, hi))
+
+
+def bd_rate(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
+    """Average rate difference (%) of ``test`` vs ``anchor`` at equal PSNR; positive = costlier."""
+    ra, qa = _validate(rate_anchor, psnr_anchor, "anchor")
+    rt, qt = _validate(rate_test, psnr_test, "test")
+    lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
+    if lo >= hi:
+        raise ValueError("the two curves do not overlap in quality")
+    diff = (_integral(qt, np.log(rt), lo, hi) - _integral(qa, np.log(ra), lo, hi)) / (hi - lo)
+    return float((np.exp(diff) - 1) * 100)
+
+
+def bd_psnr(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
+    """Average PSNR difference (dB) of ``test`` vs ``anchor`` at equal rate; positive = better."""
+    ra, qa = _validate(rate_anchor, psnr_anchor, "anchor")
+    rt, qt = _validate(rate_test, psnr_test, "test")
+    la, lt = np.log(ra), np.log(rt)
+    oa, ot = np.argsort(la), np.argsort(lt)
+    lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
+    if lo >= hi:
+        raise ValueError("the two curves do not overlap in rate")
+    return float((_integral(lt[ot], qt[ot], lo, hi) - _integral(la[oa], qa[oa], lo, hi)) / (hi - lo))
