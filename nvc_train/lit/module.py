@@ -183,6 +183,12 @@ class SSFLitModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [net_factor, lambda step: 1.0])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning clears gradients only before the next backward; freeing them here keeps
+        # the previous step's 34 M gradients (130 MB fp32) out of the next forward's peak.
+        optimizer.zero_grad(set_to_none=True)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the network's gradient norm only, as CompressAI does (quantiles excluded)."""
         if self.hparams.clip_max_norm > 0:

@@ -152,18 +152,19 @@ class FakeQuantHyperDecoder(nn.Module):
     def forward(self, decoder: nn.Module, z_int: Tensor, z_hat: Tensor) -> DecoderOutput:
         """Run ``decoder``'s weights through the integer arithmetic.
 
-        The first training call initialises the activation scales from this batch (one
-        extra pass without gradients), layer by layer, each on the quantized output of the
-        previous one.
+        The first call (training or not) initialises the activation scales from its batch
+        (one extra pass without gradients), layer by layer, each on the quantized output of
+        the previous one; uncalibrated scales are never used.
 
         Args:
             decoder: the float hyper-decoder whose ConvTranspose2d weights are used.
             z_int: (N, 192, h, w) int64 integer input (see :func:`hyper_input`).
             z_hat: (N, 192, h, w) float32 ``z_int·2**-k`` carrying the gradient.
         """
-        if self.training and not bool(self.calibrated):
+        if not bool(self.calibrated):
             with torch.no_grad():
                 self._run(decoder, z_int, z_hat, calibrate=True)
+            self.calibrated.fill_(True)
         return self._run(decoder, z_int, z_hat, calibrate=False)
 
     def _run(self, decoder: nn.Module, z_int: Tensor, z_hat: Tensor, calibrate: bool) -> DecoderOutput:
@@ -193,12 +194,10 @@ class FakeQuantHyperDecoder(nn.Module):
                 fp = arith.fixed_point(acc_scale * 2.0**MEAN_FRAC_BITS, MEAN_BOUND)
                 mean_q = arith.requantize(acc, fp, -MEAN_BOUND, MEAN_BOUND)
                 means = mean_q.float() * 2.0**-MEAN_FRAC_BITS
-                self.calibrated.fill_(True)
                 return DecoderOutput(y + (means - y).detach(), mean_q, None)
             else:
                 scales = torch.clamp(acc.double() * acc_scale.view(1, -1, 1, 1), 0, QRELU_MAX).float()
                 y_q = QReLU.apply(y, 8, 100)
-                self.calibrated.fill_(True)
                 return DecoderOutput(y_q + (scales - y_q).detach(), acc, acc_scale)
         raise AssertionError("unreachable")
 

@@ -120,6 +120,9 @@ def test_cpu_encode_gpu_decode_latents_equal(int_checkpoint, encoded):
     for benchmark in (False, True):
         torch.backends.cudnn.benchmark = benchmark
         assert decode_hashes(gpu.codec, data, "cuda") == [r.latent_sha256 for r in recon]
+    _, conformance = read_bitstream_bytes(gpu.conformance["bitstream"])
+    got = [f.latent_sha256 for f in gpu.codec.decompress_iter(conformance, "cuda")]
+    assert got == gpu.conformance["latent_sha256"]
 
 
 def test_damaged_bitstreams_are_rejected(encoded):

@@ -114,3 +114,19 @@ def test_qat_gradients_reach_weights_scales_and_encoder(qat_module):
     assert hp.hyper_decoder_scale.deconv3.weight.grad.abs().sum() > 0
     assert m.qat.decoder("keyframe", "scale").act_scale.grad.abs().sum() > 0
     assert hp.hyper_encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_first_forward_calibrates_even_in_eval_mode(float_module):
+    """Lightning's sanity-check validation runs before training: it must not leave the
+    default scales (1.0) marked as calibrated."""
+    from nvc_train.quant.config import QuantConfig
+    from nvc_train.quant.fake_quant import HyperpriorQAT
+
+    qat = HyperpriorQAT(QuantConfig()).eval()
+    hp = hyperprior(float_module.model, "keyframe")
+    y = real_latents(float_module.model, 11)["keyframe"]
+    with torch.no_grad():
+        qat.hyperprior_forward("keyframe", hp, y)
+    for role in ("mean", "scale"):
+        dec = qat.decoder("keyframe", role)
+        assert bool(dec.calibrated) and torch.all(dec.act_scale < 0.5), dec.act_scale
