@@ -55,16 +55,20 @@ def lit_module_from_checkpoint(path: str | Path):
 
 def export_float(args) -> int:
     """Plain ScaleSpaceFlow state dict with entropy tables, loadable by CompressAI's tools."""
+    module, _ = lit_module_from_checkpoint(args.checkpoint)
+    save_float_state_dict(module.model, Path(args.out))
+    print(f"wrote {args.out} (ScaleSpaceFlow state dict, λ={module.lmbda})")
+    return 0
+
+
+def save_float_state_dict(model, path: Path) -> None:
+    """Entropy tables computed (``update``), then the plain state dict written atomically."""
     from nvc_train.quant.export import atomic_write_bytes
 
-    module, _ = lit_module_from_checkpoint(args.checkpoint)
-    model = module.model
     model.update(force=True)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    atomic_write_bytes(Path(args.out), buf.getvalue())
-    print(f"wrote {args.out} (ScaleSpaceFlow state dict, λ={module.lmbda})")
-    return 0
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def export(args) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from nvc_train.cli import run_lightning
-from nvc_train.commands import export_integer_from_lightning, lit_module_from_checkpoint
+from nvc_train.commands import export_integer_from_lightning, lit_module_from_checkpoint, save_float_state_dict
 from nvc_train.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
@@ -52,7 +52,8 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     from nvc_train.codec.bitstream import read_bitstream_bytes
     from nvc_train.data.synthetic import synthetic_clip
     from nvc_train.eval.metrics import bits_of
-    from nvc_train.quant.export import atomic_write_bytes, load_integer_checkpoint
+    from nvc_train.codec.integer_codec import coded_bits
+    from nvc_train.quant.export import load_integer_checkpoint
 
     start = time.perf_counter()
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -60,12 +61,7 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     print("[demo] 1/5 float SSF training (configs/demo/float.yaml)")
     float_ckpt = _fit(CONFIGS / "float.yaml", out / "float", float_steps, [])
     float_module, _ = lit_module_from_checkpoint(float_ckpt)
-    float_module.model.update(force=True)
-    import io
-
-    buf = io.BytesIO()
-    torch.save(float_module.model.state_dict(), buf)
-    atomic_write_bytes(float_pth, buf.getvalue())
+    save_float_state_dict(float_module.model, float_pth)
 
     print("[demo] 2/5 QAT fine-tuning of the hyper-decoders (configs/demo/qat.yaml)")
     qat_ckpt = _fit(CONFIGS / "qat.yaml", out / "qat", qat_steps, ["--model.init_weights", str(float_pth)])
@@ -93,8 +89,7 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
 
     def int_codec(fr):
         c, _ = ck.codec.compress(fr)
-        bits = sum(8 * (len(lat.y_string) + len(lat.z_string)) for cf in c for lat in cf.latents.values())
-        return bits, [d.x_hat for d in ck.codec.decompress(c)]
+        return coded_bits(c), [d.x_hat for d in ck.codec.decompress(c)]
 
     f_bpp, f_psnr = _rd_on_clip(float_codec, frames)
     i_bpp, i_psnr = _rd_on_clip(int_codec, frames)

@@ -46,6 +46,11 @@ class DecodedFrame(NamedTuple):
     latent_sha256: str
 
 
+def coded_bits(coded_frames: list[CodedFrame]) -> int:
+    """Entropy-coded payload bits of a sequence (container overhead excluded)."""
+    return sum(8 * (len(lat.y_string) + len(lat.z_string)) for cf in coded_frames for lat in cf.latents.values())
+
+
 def latent_digest(latents: list[Tensor]) -> str:
     """SHA-256 (hex) of decoded latents: shapes and float32 little-endian bytes, in order."""
     h = hashlib.sha256()

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from nvc_train.codec.integer_codec import IntegerSSF
+from nvc_train.codec.integer_codec import IntegerSSF, coded_bits
 from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.models.loss import quality_to_lambda, rd_loss
 from nvc_train.models.ssf import HYPERPRIOR_ATTR, build_ssf, float_hyperprior_forward, load_ssf, resize_entropy_buffers, ssf_forward
@@ -99,7 +99,9 @@ class SSFLitModule(L.LightningModule):
         return ssf_forward(self.model, frames, hp_forward, autocast_dtype=dtype)
 
     def _step(self, batch: Tensor, stage: str):
-        frames = list(batch.unbind(1))  # (N, T, 3, H, W) → T × (N, 3, H, W)
+        # (N, T, 3, H, W) → T × (N, 3, H, W); unbind(1) gives strided views, and convolutions
+        # on non-contiguous inputs take slower paths.
+        frames = [f.contiguous() for f in batch.unbind(1)]
         outputs = self(frames)
         rd = rd_loss(outputs, frames, self.lmbda)
         n = batch.shape[0]
@@ -145,7 +147,7 @@ class SSFLitModule(L.LightningModule):
             codec = self.integer_codec()
             coded, _ = codec.compress(frames)
             decoded = [d.x_hat for d in codec.decompress(coded, frames[0].device)]
-            bits = sum(bits_of([lat.y_string, lat.z_string]) for cf in coded for lat in cf.latents.values())
+            bits = coded_bits(coded)
         else:
             self.model.update(force=True)
             strings, shapes = self.model.compress(frames)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.ao.quantization import observer as ao
 
-from nvc_train.codec.integer_codec import build_integer_ssf
+from nvc_train.codec.integer_codec import build_integer_ssf, coded_bits
 from nvc_train.models.ssf import PARTS, hyperprior, ssf_forward
 from nvc_train.quant.config import QRELU_MAX, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, FakeQuantHyperDecoder, HyperpriorQAT, hyper_decoder, hyper_decoder_layers, hyper_input
@@ -199,7 +199,7 @@ def evaluate_integer(model: nn.Module, quantizer: HyperpriorQAT, clips: list[lis
     pixels = frames = 0
     for clip in clips:
         coded, recon = codec.compress(clip)
-        bits += sum(8 * (len(lat.y_string) + len(lat.z_string)) for cf in coded for lat in cf.latents.values())
+        bits += coded_bits(coded)
         mse += sum(torch.mean((r.x_hat.clamp(0, 1) - x) ** 2).item() for r, x in zip(recon, clip))
         pixels += clip[0].shape[-1] * clip[0].shape[-2] * len(clip)
         frames += len(clip)

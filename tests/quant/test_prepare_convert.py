@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,30 @@ def test_first_forward_calibrates_even_in_eval_mode(float_module):
     for role in ("mean", "scale"):
         dec = qat.decoder("keyframe", role)
         assert bool(dec.calibrated) and torch.all(dec.act_scale < 0.5), dec.act_scale
+
+
+def numpy_integer_decoder(tensors: dict, part: str, role: str, z_int: np.ndarray) -> np.ndarray:
+    """The whole integer hyper-decoder in numpy int64, straight from the stored tensors."""
+    from tests.quant.test_arith import reference_conv_transpose
+
+    t = {k[len(f"{part}.{role}."):]: v.numpy() for k, v in tensors.items() if k.startswith(f"{part}.{role}.")}
+    x = z_int
+    for i in range(3):
+        acc = reference_conv_transpose(x, t[f"layer{i}.weight"].astype(np.int64)) + t[f"layer{i}.bias"].reshape(1, -1, 1, 1)
+        if i == 2 and role == "scale":
+            thr = t["scale_thresholds"]  # (C, L-1)
+            return (acc[:, :, :, :, None] > thr[None, :, None, None, :]).sum(-1)
+        sat, m, s = (t[f"layer{i}.{n}"].reshape(1, -1, 1, 1) for n in ("saturation", "multiplier", "shift"))
+        out = (np.clip(acc, -sat, sat) * m + (np.int64(1) << (s - 1))) >> s
+        lo, hi = (int(t[f"layer{i}.act_lo"]), int(t[f"layer{i}.act_hi"])) if i < 2 else (-(2**23 - 1), 2**23 - 1)
+        x = np.clip(out, lo, hi)
+    return x
+
+
+@pytest.mark.parametrize("role", ["mean", "scale"])
+def test_integer_decoder_matches_numpy_int64_reference(frozen, role):
+    _, tensors = frozen
+    rng = np.random.default_rng(7)
+    z_int = rng.integers(-2**20, 2**20, size=(2, 192, 2, 2), dtype=np.int64)  # accumulators far beyond 2**24
+    got = integer_decoder(tensors, "motion", role)(torch.from_numpy(z_int)).numpy()
+    np.testing.assert_array_equal(got, numpy_integer_decoder(tensors, "motion", role, z_int))
