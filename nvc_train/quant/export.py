@@ -34,7 +34,7 @@ from torch import Tensor
 from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
-from nvc_train.quant.config import QuantConfig
+from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
 from nvc_train.quant.integer import convert_decoder
 
@@ -115,7 +115,10 @@ def export_integer_checkpoint(
     model.update(force=True)
     tensors = {f"ssf.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     tensors.update({f"int.{k}": v for k, v in integer_tensors(model, qat).items()})
-    metadata = {**metadata, "format_version": FORMAT_VERSION, "quant": asdict(qat.config)}
+    metadata = {**metadata, "format_version": FORMAT_VERSION, "quant": asdict(qat.config),
+                "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
+                             "weights": "int8/int16 per output channel", "accumulation": "exact, float64 < 2**53",
+                             "requantization": "int64 (acc*m + 2**(s-1)) >> s"}}
 
     codec = _codec_from_tensors(tensors, qat.config)
     frames = conformance_clip()

@@ -158,3 +158,30 @@ def test_integer_decoder_matches_numpy_int64_reference(frozen, role):
     z_int = rng.integers(-2**20, 2**20, size=(2, 192, 2, 2), dtype=np.int64)  # accumulators far beyond 2**24
     got = integer_decoder(tensors, "motion", role)(torch.from_numpy(z_int)).numpy()
     np.testing.assert_array_equal(got, numpy_integer_decoder(tensors, "motion", role, z_int))
+
+
+def test_16_bit_activations_convert_exactly(float_module):
+    """The 16-bit option: wider activations, same agreement, accumulators still proven exact."""
+    from nvc_train.quant.config import QuantConfig
+    from nvc_train.quant.fake_quant import HyperpriorQAT
+
+    m = copy.deepcopy(float_module.model).eval()
+    m.update(force=True)
+    qat = HyperpriorQAT(QuantConfig(activation_bits=16)).eval()
+    hp = hyperprior(m, "residual")
+    y = real_latents(m, 21)["residual"]
+    with torch.no_grad():
+        _, z_int, z_hat = hyper_input(hp.hyper_encoder(y), hp.entropy_bottleneck._get_medians(), 8)
+        fq_mean = qat.decoder("residual", "mean")(hyper_decoder(hp, "mean"), z_int, z_hat)
+        fq_scale = qat.decoder("residual", "scale")(hyper_decoder(hp, "scale"), z_int, z_hat)
+        for part in ("keyframe", "motion"):  # calibrate the others so the whole model converts
+            other = hyperprior(m, part)
+            y_o = real_latents(m, 21)[part]
+            _, zi, zh = hyper_input(other.hyper_encoder(y_o), other.entropy_bottleneck._get_medians(), 8)
+            for role in ("mean", "scale"):
+                qat.decoder(part, role)(hyper_decoder(other, role), zi, zh)
+    tensors = integer_tensors(m, qat)
+    assert int(tensors["residual.mean.layer0.act_hi"]) == 65535
+    assert torch.equal(integer_decoder(tensors, "residual", "mean")(z_int), fq_mean.integer)
+    assert torch.equal(integer_decoder(tensors, "residual", "scale")(z_int),
+                       fake_quant_scale_indexes(fq_scale, hp.gaussian_conditional.scale_table))
