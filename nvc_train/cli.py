@@ -1,4 +1,4 @@
-"""``nvc-train``: LightningCLI for fit/validate/test; plain subcommands for everything else.
+"""nvc-train: LightningCLI for fit/validate/test; plain subcommands for everything else.
 
 Every user error ends in one line on stderr and exit status 2; no traceback.
 """

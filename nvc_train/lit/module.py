@@ -163,8 +163,10 @@ class SSFLitModule(L.LightningModule):
 
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
-                pair = torch.cat([original[0], decoded[0].clamp(0, 1)], dim=-1)
-                logger.log_image("val/reconstruction", [pair], step=self.global_step,
+                pair = torch.cat([original[0], decoded[0]], dim=-1).clamp(0, 1)
+                # uint8 HWC: W&B's float-tensor path does not assume the [0, 1] range.
+                image = (pair * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                logger.log_image("val/reconstruction", [image], step=self.global_step,
                                  caption=["original | decoded (last frame)"])
 
     # --- optimisation --------------------------------------------------------------------

@@ -87,3 +87,11 @@ def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
     offline = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert offline, list(run.rglob("*"))[:20]
     assert not (tmp_path / "wandb").exists()  # nothing outside the run folder
+    images = sorted(run.glob("wandb/offline-run-*/files/media/images/val/reconstruction_*.png"))
+    assert images, "validation must log reconstruction images"
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(images[-1]).convert("RGB"), dtype=np.float64)
+    original = pixels[:, : pixels.shape[1] // 2]
+    assert original.std() > 10, "the original frame in the logged image must not be blank"
