@@ -107,9 +107,9 @@ def test_same_perturbation_breaks_stock_float_ssf(loaded, clip):
     model = copy.deepcopy(loaded.codec.model)
     with torch.no_grad():
         strings, shapes = model.compress(clip)
-        y_ref = model.img_hyperprior.decompress(strings[0]["keyframe"] if isinstance(strings[0], dict) else strings[0], shapes[0])
+        y_ref = model.img_hyperprior.decompress(strings[0], shapes[0])  # keyframe: [y_strings, z_strings]
         perturb_(model, 1e-6, seed=1)
-        y_other = model.img_hyperprior.decompress(strings[0]["keyframe"] if isinstance(strings[0], dict) else strings[0], shapes[0])
+        y_other = model.img_hyperprior.decompress(strings[0], shapes[0])
     assert latent_digest([y_ref]) != latent_digest([y_other])
 
 
