@@ -27,8 +27,10 @@ def configure_wandb_env(run_dir: str | Path) -> None:
 
 def run_lightning(args: list[str] | None) -> None:
     """``nvc-train fit|validate|test --config FILE ...`` (LightningCLI)."""
-    from lightning.pytorch.cli import LightningCLI
     import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    from nvc_train.errors import UserError
 
     from nvc_train.lit.data import SyntheticClipDataModule
     from nvc_train.lit.module import SSFLitModule
@@ -42,6 +44,14 @@ def run_lightning(args: list[str] | None) -> None:
         def before_instantiate_classes(self):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             configure_wandb_env(cfg.trainer.default_root_dir or "runs/default")
+
+        def instantiate_classes(self):
+            # Constructors validate their arguments (quality, QuantConfig, crop sizes);
+            # jsonargparse wraps those errors in its own, so report the root cause.
+            try:
+                super().instantiate_classes()
+            except (ValueError, TypeError) as exc:
+                raise UserError(f"invalid configuration: {_root_cause(exc)}") from None
 
     NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
                 save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
@@ -132,6 +142,13 @@ def _run_lightning_guarded(argv: list[str], from_sys_argv: bool = False) -> None
         if exc.code not in (0, None):
             raise UserError(f"invalid arguments for `{argv[0]}`") from None
         raise
+
+
+def _root_cause(exc: BaseException) -> str:
+    """First line of the innermost exception in a chain (``raise ... from`` or implicit)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return _first_line(str(exc))
 
 
 def _first_line(message: str) -> str:

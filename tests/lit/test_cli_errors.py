@@ -34,3 +34,11 @@ def test_state_dict_of_another_model(tmp_path):
     result = cli("fit", "--config", DEMO, "--model.init_weights", str(other), "--trainer.max_steps", "1", cwd=tmp_path)
     assert_one_line_error(result, "not a ScaleSpaceFlow state dict")
     assert "missing: " in result.stderr and "unexpected: " in result.stderr
+
+
+def test_invalid_values_caught_by_constructors(tmp_path):
+    qat = str(ROOT / "configs" / "demo" / "qat.yaml")
+    assert_one_line_error(cli("fit", "--config", DEMO, "--model.quality", "12", cwd=tmp_path), "quality must be one of 1..9")
+    assert_one_line_error(cli("fit", "--config", qat, "--model.qat.activation_bits", "12", cwd=tmp_path),
+                          "activation_bits must be 8 or 16")
+    assert_one_line_error(cli("fit", "--config", DEMO, "--data.init_args.crop", "100", cwd=tmp_path), "multiple of 128")
