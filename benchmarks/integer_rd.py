@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.eval.bdrate import bd_psnr, bd_rate

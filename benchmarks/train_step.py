@@ -323,7 +323,7 @@ def profile(args) -> None:
         stats.sort_stats("cumulative").print_stats(args.profile_top)
         by_package[loop] = _own_time_by_package(stats)
 
-    print(f"\n===== own (tottime) ms per measured step, by where the Python function lives =====")
+    print("\n===== own (tottime) ms per measured step, by where the Python function lives =====")
     packages = sorted(set().union(*by_package.values()) - {"TOTAL"}, key=lambda k: -max(d.get(k, 0) for d in by_package.values()))
     print("| package | bare | lightning | difference |")
     print("|---|---:|---:|---:|")

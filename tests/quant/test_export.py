@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nvc_train.errors import UserError
-from nvc_train.quant.export import FORMAT_VERSION, _HEADER, load_integer_checkpoint
+from nvc_train.quant.export import FORMAT_VERSION, load_integer_checkpoint
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
