@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import lightning as L
 import pytest
 import torch
 
@@ -20,8 +21,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _fit(module, tmp_dir, max_steps: int, crop: int = 128, batch_size: int = 2, callbacks=()):
-    import lightning as L
-
     from nvc_train.lit.data import SyntheticClipDataModule
 
     data = SyntheticClipDataModule(crop=crop, train_size=crop + 32, val_size=128, num_train_clips=10_000,
@@ -33,20 +32,14 @@ def _fit(module, tmp_dir, max_steps: int, crop: int = 128, batch_size: int = 2, 
     return trainer
 
 
-class LossRecorder:
+class LossRecorder(L.Callback):
     """Lightning callback keeping the RD loss of every step (without the auxiliary loss)."""
 
-    def __new__(cls):
-        import lightning as L
+    def __init__(self):
+        self.losses: list[float] = []
 
-        class _Recorder(L.Callback):
-            def __init__(self):
-                self.losses = []
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                self.losses.append(float(trainer.callback_metrics["train/loss"]))
-
-        return _Recorder()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ class SSFLitModule(L.LightningModule):
         if value is not None:
             self.log("val/ms_ssim", value, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
         if batch_idx < self.hparams.real_coding_clips:
-            self._real_coding(frames, outputs)
+            self._real_coding(frames)
 
     # --- real coding during validation ---------------------------------------------------
     def integer_codec(self) -> IntegerSSF:
@@ -139,7 +139,7 @@ class SSFLitModule(L.LightningModule):
         return build_integer_ssf(self.model, tensors, self.qat.config.input_frac_bits)
 
     @torch.no_grad()
-    def _real_coding(self, frames: list[Tensor], outputs) -> None:
+    def _real_coding(self, frames: list[Tensor]) -> None:
         """Compress and decompress the first sample; log real bits beside the estimate."""
         frames = [f[:1] for f in frames]
         h, w = frames[0].shape[-2:]

@@ -68,9 +68,8 @@ def test_requantize_matches_python_integers(out_bound):
 
 def test_requantize_rounds_half_up():
     fp = arith.FixedPoint(torch.tensor([1]), torch.tensor([1]), torch.tensor([10**6]))  # multiply by 1/2
-    acc = torch.tensor([-3, -1, 1, 3]).view(1, 1, 1, 4).expand(1, 1, 1, 4).reshape(1, 1, 1, 4)
-    acc = acc.permute(0, 1, 2, 3)
-    out = arith.requantize(acc.reshape(1, 1, 1, 4), fp, -10, 10)
+    acc = torch.tensor([-3, -1, 1, 3]).view(1, 1, 1, 4)
+    out = arith.requantize(acc, fp, -10, 10)
     assert out.flatten().tolist() == [-1, 0, 1, 2]  # -1.5→-1, -0.5→0, 0.5→1, 1.5→2
 
 
