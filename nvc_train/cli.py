@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -100,6 +101,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--device", default="cpu")
 
+    s = sub.add_parser("encode", help="video file → .nvc bitstream (integer checkpoint)",
+                       description="Encode a video (.mp4/.mov/.mkv/.avi/.webm, .y4m, raw .yuv, PNG folder) "
+                                   "as a keyframe every --gop frames and P-frames between.")
+    s.add_argument("input", help="video file, .y4m, .yuv or a folder of PNG frames")
+    s.add_argument("-o", "--output", required=True, help="output .nvc file")
+    s.add_argument("--checkpoint", required=True, help="integer checkpoint from `nvc-train export` or `ptq`")
+    s.add_argument("--frames", type=int, default=None, help="encode at most N frames")
+    s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _add_input_options(s, "input")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    s = sub.add_parser("decode", help=".nvc bitstream → video (y4m, yuv, mp4/mkv/mov, PNG folder)",
+                       description="Decode a .nvc bitstream. The output format follows the suffix of -o; a path "
+                                   "without a suffix becomes a folder of PNG frames. Without -o, decode only "
+                                   "(e.g. to measure against --reference).")
+    s.add_argument("bitstream")
+    s.add_argument("-o", "--output", default=None, help="output .y4m, .yuv (yuv420p), .mp4/.mkv/.mov or PNG folder")
+    s.add_argument("--checkpoint", required=True, help="the integer checkpoint the bitstream was encoded with")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    s.add_argument("--mp4-mode", default="lossless", choices=("lossless", "high"),
+                   help="lossless: H.264 RGB at QP 0 (exact 8-bit RGB, fewer players); high: H.264 4:2:0 CRF 12 "
+                        "(plays everywhere) (default: %(default)s)")
+    s.add_argument("--reference", default=None, help="source video to report PSNR-RGB, MS-SSIM and bpp against")
+    _add_input_options(s, "reference (raw .yuv) and output Y'CbCr", output=True)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    s = sub.add_parser("info", help="describe a .nvc bitstream: header, frame types and sizes")
+    s.add_argument("bitstream")
+    s.add_argument("--per-frame", action="store_true", help="one line per frame: type, bytes, bpp")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
     s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
     s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")
     s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
@@ -107,10 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_input_options(s: argparse.ArgumentParser, what: str, output: bool = False) -> None:
+    s.add_argument("--size", default=None, help="raw .yuv only: WIDTHxHEIGHT (else parsed from the file name)")
+    s.add_argument("--fps", default=None, help="frame rate, e.g. 25 or 30000/1001 (raw .yuv and PNG folders: default 25)")
+    s.add_argument("--bits", type=int, default=None, choices=(8, 10, 12, 16), help="raw .yuv only: bit depth (default 8)")
+    source = "the bitstream's (its source's)" if output else "the file's colour tags"
+    s.add_argument("--matrix", default=None, choices=("bt709", "bt601", "bt2020"),
+                   help=f"Y'CbCr matrix of the {what} (default: {source}, else bt709)")
+    s.add_argument("--range", default=None, choices=("limited", "full"),
+                   help=f"Y'CbCr range of the {what} (default: {source}, else limited)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from nvc_train.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # CompressAI scripts its entropy coder at import; torch 2.14 warns about that on every run.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             # LightningCLI reads sys.argv itself when called from the console script.

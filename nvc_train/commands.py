@@ -226,3 +226,121 @@ def demo(args) -> int:
     from nvc_train.demo import run_demo
 
     return run_demo(Path("runs/demo"), Path(args.checkpoints), args.float_steps, args.qat_steps)
+
+
+def _input_options(args):
+    from fractions import Fraction
+
+    from nvc_train.codec.video_io import InputOptions
+
+    width = height = None
+    if getattr(args, "size", None):
+        try:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
+        if width <= 0 or height <= 0:
+            raise UserError(f"--size {args.size!r}: sides must be positive")
+    fps = None
+    if getattr(args, "fps", None):
+        try:
+            fps = Fraction(args.fps)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"--fps {args.fps!r}: expected a number or a ratio like 30000/1001") from None
+        if fps <= 0:
+            raise UserError(f"--fps {args.fps!r}: must be positive")
+    return InputOptions(width, height, fps, getattr(args, "bits", None), args.matrix, args.range)
+
+
+def encode(args) -> int:
+    """Video file → .nvc bitstream with an integer checkpoint."""
+    from nvc_train.codec.files import encode_video
+    from nvc_train.codec.video_io import check_output_path, open_video
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    if args.gop < 0 or (args.frames is not None and args.frames <= 0):
+        raise UserError("--gop must be ≥ 0 and --frames ≥ 1")
+    out = check_output_path(args.output, args.overwrite)
+    if out.suffix != ".nvc":
+        raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
+    device = _device(args.device)
+    options = _input_options(args)
+    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    with open_video(args.input, options) as reader:
+        if not args.quiet:
+            info = reader.info
+            print(f"input: {args.input}: {info.width}x{info.height} @ {float(info.fps):.3f} fps, {info.description}")
+        report = encode_video(reader, out, ck, gop=args.gop, device=device, max_frames=args.frames,
+                              progress=not args.quiet)
+    if not args.quiet:
+        print(report.summary(f"encoded {out}:"))
+    return 0
+
+
+def decode(args) -> int:
+    """.nvc bitstream → video file (y4m, yuv, mp4/mkv/mov, PNG folder); optional quality report."""
+    from nvc_train.codec.colour import ColourSpec
+    from nvc_train.codec.files import decode_video
+    from nvc_train.codec.video_io import check_output_path, open_video, open_writer
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    out = check_output_path(args.output, args.overwrite) if args.output else None
+    if out is not None and out.suffix == ".nvc":
+        raise UserError("decode writes video (.y4m, .yuv, .mp4, .mkv, .mov or a PNG folder), not .nvc")
+    device = _device(args.device)
+    ck = load_integer_checkpoint(args.checkpoint, device=device)
+
+    def make_writer(header):
+        from fractions import Fraction
+
+        tagged = header.colour_spec()
+        try:
+            spec = ColourSpec(args.matrix or tagged.matrix, args.range or tagged.range)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return open_writer(out, header.width, header.height, Fraction(header.fps_num, header.fps_den), spec, args.mp4_mode)
+
+    reference = open_video(args.reference, _input_options(args)) if args.reference else None
+    try:
+        report = decode_video(Path(args.bitstream), ck, make_writer if out else None, device, reference,
+                              progress=not args.quiet)
+    finally:
+        if reference is not None:
+            reference.close()
+    if not args.quiet:
+        print(report.summary(f"decoded {args.bitstream}{' → ' + str(out) if out else ''}:"))
+    return 0
+
+
+def info(args) -> int:
+    """Describe a .nvc bitstream (no checkpoint needed)."""
+    from nvc_train.codec.bitstream import EMBEDDED, frame_record_size, iter_frames, read_header
+
+    path = Path(args.bitstream)
+    if not path.is_file():
+        raise UserError(f"bitstream not found: {path}")
+    with open(path, "rb") as f:
+        header = read_header(f)
+        frames = [(cf.frame_type, frame_record_size(cf)) for cf in iter_frames(f, header)]
+    size = path.stat().st_size
+    pixels = header.width * header.height
+    summary = {
+        "file": str(path), "format_version": header.version, "bytes": size,
+        "checkpoint_sha256": None if header.checkpoint_sha256 == EMBEDDED else header.checkpoint_sha256.hex(),
+        "width": header.width, "height": header.height, "fps": f"{header.fps_num}/{header.fps_den}",
+        "frames": header.frames, "gop": header.gop, "colour": str(header.colour_spec()),
+        "keyframes": sum(t == "I" for t, _ in frames), "bpp": round(8 * size / (pixels * header.frames), 6),
+    }
+    if args.json:
+        if args.per_frame:
+            summary["per_frame"] = [{"index": i, "type": t, "bytes": b, "bpp": round(8 * b / pixels, 6)}
+                                    for i, (t, b) in enumerate(frames)]
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        print(f"{key:18} {value if value is not None else 'embedded conformance stream'}")
+    if args.per_frame:
+        print("frame type bytes bpp")
+        for i, (t, b) in enumerate(frames):
+            print(f"{i} {t} {b} {8 * b / pixels:.5f}")
+    return 0

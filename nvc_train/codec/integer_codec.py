@@ -124,13 +124,18 @@ class IntegerSSF(nn.Module):
         self.model = model
         self.hyperpriors = nn.ModuleDict(hyperpriors)
 
-    @torch.no_grad()
     def compress(self, frames: list[Tensor], gop: int | None = None) -> tuple[list[CodedFrame], list[DecodedFrame]]:
         """Encode frames (each (1, 3, H, W), H and W multiples of 128) as I P P … (a keyframe
         every ``gop`` frames). Returns the coded frames and the encoder-side reconstructions
         with their latent hashes (what a decoder must reproduce)."""
+        pairs = list(self.compress_iter(frames, gop))
+        return [c for c, _ in pairs], [r for _, r in pairs]
+
+    @torch.no_grad()
+    def compress_iter(self, frames, gop: int | None = None):
+        """Encode frame by frame (a generator of (CodedFrame, DecodedFrame)); only the
+        reference frame is kept, so memory does not grow with the sequence."""
         m = self.model
-        coded, recon = [], []
         x_ref = None
         for t, x in enumerate(frames):
             if x.shape[0] != 1:
@@ -138,17 +143,16 @@ class IntegerSSF(nn.Module):
             if x_ref is None or (gop and t % gop == 0):
                 y_hat, c = self.hyperpriors["keyframe"].compress(m.img_encoder(x))
                 x_ref = m.img_decoder(y_hat)
-                coded.append(CodedFrame("I", {"keyframe": c}))
+                cf = CodedFrame("I", {"keyframe": c})
                 latents = [y_hat]
             else:
                 y_motion_hat, c_motion = self.hyperpriors["motion"].compress(m.motion_encoder(torch.cat((x, x_ref), dim=1)))
                 x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
                 y_res_hat, c_res = self.hyperpriors["residual"].compress(m.res_encoder(x - x_pred))
                 x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
-                coded.append(CodedFrame("P", {"motion": c_motion, "residual": c_res}))
+                cf = CodedFrame("P", {"motion": c_motion, "residual": c_res})
                 latents = [y_motion_hat, y_res_hat]
-            recon.append(DecodedFrame(x_ref, latent_digest(latents)))
-        return coded, recon
+            yield cf, DecodedFrame(x_ref, latent_digest(latents))
 
     @torch.no_grad()
     def decompress_iter(self, coded_frames, device: torch.device | str = "cpu"):

@@ -1,0 +1,194 @@
+"""Encode video files to .nvc bitstreams and decode them back, frame by frame.
+
+Frames of any size are padded on the right and bottom to the model's multiple of 128 by
+replicating the last row and column (cheaper to code than zeros), and cropped back after
+decoding. Only the reference frame and one input frame are in memory at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from nvc_train.codec.bitstream import (EMBEDDED, colour_code, BitstreamWriter, Header, frame_record_size, iter_frames, read_header,
+                                       validate_file)
+from nvc_train.codec.integer_codec import DecodedFrame
+from nvc_train.codec.video_io import FrameReader, FrameWriter
+from nvc_train.errors import UserError
+from nvc_train.eval.metrics import ms_ssim, psnr
+from nvc_train.models.ssf import MODEL_MULTIPLE
+from nvc_train.quant.export import IntegerCheckpoint
+
+FPS_LIMIT = 2**31 - 1
+
+
+def pad_frame(rgb: Tensor, multiple: int = MODEL_MULTIPLE) -> Tensor:
+    """(3, H, W) → (1, 3, H', W') with H', W' the next multiples, edges replicated."""
+    h, w = rgb.shape[-2:]
+    pad = (0, -w % multiple, 0, -h % multiple)
+    x = rgb.unsqueeze(0)
+    return F.pad(x, pad, mode="replicate") if any(pad) else x
+
+
+@dataclass
+class FrameStats:
+    """One coded frame: type, bytes in the bitstream (record overhead included), quality."""
+
+    index: int
+    frame_type: str
+    bytes: int
+    psnr: float | None = None
+    ms_ssim: float | None = None
+    latent_sha256: str = ""
+
+
+@dataclass
+class CodingReport:
+    """A whole encode or decode: size, timing and per-frame statistics."""
+
+    width: int
+    height: int
+    fps: Fraction
+    file_bytes: int = 0
+    seconds: float = 0.0
+    frames: list[FrameStats] = field(default_factory=list)
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole file (header and frame records included)."""
+        return 8 * self.file_bytes / (self.width * self.height * max(len(self.frames), 1))
+
+    def mean(self, name: str) -> float | None:
+        values = [getattr(f, name) for f in self.frames if getattr(f, name) is not None]
+        return sum(values) / len(values) if values else None
+
+    def summary(self, verb: str) -> str:
+        n = len(self.frames)
+        parts = [f"{verb} {n} frames {self.width}x{self.height}", f"{self.file_bytes} bytes", f"{self.bpp:.4f} bpp",
+                 f"{n / self.seconds:.2f} frames/s" if self.seconds else ""]
+        if (p := self.mean("psnr")) is not None:
+            parts.append(f"PSNR-RGB {p:.2f} dB")
+        if (s := self.mean("ms_ssim")) is not None:
+            parts.append(f"MS-SSIM {s:.4f}")
+        return ", ".join(p for p in parts if p)
+
+
+def _fps_pair(fps: Fraction) -> tuple[int, int]:
+    fps = Fraction(fps).limit_denominator(1001 * 1000)
+    if not 0 < fps.numerator <= FPS_LIMIT:
+        raise UserError(f"frame rate {fps} out of range")
+    return fps.numerator, fps.denominator
+
+
+def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, gop: int = 32,
+                 device: str = "cpu", max_frames: int | None = None, progress: bool = True,
+                 with_ms_ssim: bool = False) -> CodingReport:
+    """Encode ``reader``'s frames into ``out`` (.nvc), atomically.
+
+    The reported PSNR (and MS-SSIM if asked) compare the encoder's own reconstruction with the input: the
+    decoder reproduces the same latents (bit-exact) and the same pixels up to float
+    round-off of the synthesis transforms on another machine.
+    """
+    info = reader.info
+    report = CodingReport(info.width, info.height, info.fps)
+    total = min(x for x in (info.frames, max_frames) if x is not None) if (info.frames or max_frames) else None
+    frames = _limited(iter(reader), max_frames)
+    codec = checkpoint.codec
+    start = time.perf_counter()
+    with BitstreamWriter(out, info.width, info.height, checkpoint.sha256, _fps_pair(info.fps), gop,
+                         colour_code(info.colour)) as writer, \
+            tqdm(total=total, unit="frame", desc=f"encode {out.name}", disable=not progress, leave=False) as bar:
+        sources: list[Tensor] = []
+
+        def padded() -> Iterator[Tensor]:
+            for rgb in frames:
+                if tuple(rgb.shape[-2:]) != (info.height, info.width):
+                    raise UserError(f"input frame {len(report.frames)} is {rgb.shape[-1]}x{rgb.shape[-2]}, "
+                                    f"not {info.width}x{info.height}")
+                sources.append(rgb)
+                yield pad_frame(rgb).to(device)
+
+        for t, (cf, rec) in enumerate(codec.compress_iter(padded(), gop)):
+            src = sources.pop()
+            report.frames.append(_frame_stats(t, cf.frame_type, writer.write(cf), rec, src, with_ms_ssim))
+            bar.update()
+        if not report.frames:
+            raise UserError(f"{getattr(reader, 'path', 'input')} has no frames")
+    report.seconds = time.perf_counter() - start
+    report.file_bytes = out.stat().st_size
+    return report
+
+
+def _frame_stats(t: int, frame_type: str, nbytes: int, frame: DecodedFrame, reference: Tensor | None,
+                 with_ms_ssim: bool = True) -> FrameStats:
+    stats = FrameStats(t, frame_type, nbytes, latent_sha256=frame.latent_sha256)
+    if reference is not None:
+        h, w = reference.shape[-2:]
+        x_hat = frame.x_hat[0, :, :h, :w].float().cpu().unsqueeze(0)
+        ref = reference.unsqueeze(0).float()
+        stats.psnr = psnr(x_hat, ref)
+        stats.ms_ssim = ms_ssim(x_hat, ref) if with_ms_ssim else None
+    return stats
+
+
+def _limited(frames: Iterator[Tensor], max_frames: int | None) -> Iterator[Tensor]:
+    for t, frame in enumerate(frames):
+        if max_frames is not None and t >= max_frames:
+            return
+        yield frame
+
+
+def open_checked(bitstream: Path, checkpoint: IntegerCheckpoint) -> Header:
+    """Validate the whole bitstream (every CRC and length) and that it belongs to ``checkpoint``."""
+    if not bitstream.is_file():
+        raise UserError(f"bitstream not found: {bitstream}")
+    header = validate_file(bitstream)
+    if header.checkpoint_sha256 not in (EMBEDDED, bytes.fromhex(checkpoint.sha256)):
+        raise UserError(f"{bitstream} was encoded with checkpoint {header.checkpoint_sha256.hex()[:8]}, "
+                        f"not {checkpoint.sha256[:8]}: decode it with that checkpoint")
+    return header
+
+
+def decode_video(bitstream: Path, checkpoint: IntegerCheckpoint,
+                 make_writer: Callable[[Header], FrameWriter] | None = None, device: str = "cpu",
+                 reference: FrameReader | None = None, progress: bool = True) -> CodingReport:
+    """Decode ``bitstream`` frame by frame into ``make_writer(header)``'s writer, which is
+    committed only if every frame decodes (and removed otherwise).
+
+    The bitstream is validated completely before the first frame is decoded. With
+    ``reference``, PSNR-RGB and MS-SSIM of each decoded frame against it are reported.
+    """
+    header = open_checked(bitstream, checkpoint)
+    if reference is not None and (reference.info.width, reference.info.height) != (header.width, header.height):
+        raise UserError(f"reference is {reference.info.width}x{reference.info.height}, "
+                        f"the bitstream {header.width}x{header.height}")
+    report = CodingReport(header.width, header.height, Fraction(header.fps_num, header.fps_den),
+                          file_bytes=bitstream.stat().st_size)
+    refs = iter(reference) if reference is not None else None
+    start = time.perf_counter()
+    writer = make_writer(header) if make_writer is not None else contextlib.nullcontext()
+    with writer, open(bitstream, "rb") as f, tqdm(total=header.frames, unit="frame", desc=f"decode {bitstream.name}",
+                                                  disable=not progress, leave=False) as bar:
+        read_header(f)
+        # Both consumers advance in lockstep, so tee buffers at most one coded frame.
+        coded, to_decode = itertools.tee(iter_frames(f, header))
+        for t, (cf, frame) in enumerate(zip(coded, checkpoint.codec.decompress_iter(to_decode, device))):
+            ref = next(refs, None) if refs is not None else None
+            if refs is not None and ref is None:
+                raise UserError(f"reference has only {t} frames, the bitstream {header.frames}")
+            report.frames.append(_frame_stats(t, cf.frame_type, frame_record_size(cf), frame, ref))
+            if make_writer is not None:
+                writer.write(frame.x_hat[0, :, :header.height, :header.width])
+            bar.update()
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,551 @@
+"""Reading and writing video files frame by frame, as RGB (3, H, W) float32 in [0, 1].
+
+Inputs: .mp4/.mov/.mkv/.avi/.webm (PyAV), .y4m, raw .yuv (4:2:0, 8 or 10 bit; size and fps from
+options or from a ``name_WxH_FPS…`` file name), and folders of PNG files. Outputs: .y4m, raw
+.yuv (yuv420p 8-bit), .mp4/.mkv/.mov (H.264: lossless RGB or high-quality 4:2:0), PNG
+folders. Colour conversion is defined in :mod:`nvc_train.codec.colour`.
+
+Readers and writers stream: memory does not grow with the length of the video. Writers are
+atomic: they write to a hidden temporary beside the target and rename it into place only
+when the last frame is written, so a failed run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from torch import Tensor
+
+from nvc_train.codec.colour import ColourSpec, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
+from nvc_train.errors import UserError
+
+CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+OUTPUT_SUFFIXES = (".y4m", ".yuv", ".mp4", ".mkv", ".mov")
+MP4_MODES = ("lossless", "high")
+
+
+class VideoError(UserError):
+    """A video input or output that cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a reader knows before decoding: size in pixels, frame rate, frame count if known."""
+
+    width: int
+    height: int
+    fps: Fraction
+    frames: int | None
+    description: str = ""
+    colour: ColourSpec | None = None
+    """How the source's Y'CbCr became RGB (None for RGB sources)."""
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """User options for inputs; ``None`` fields are taken from the file (or its name).
+
+    ``matrix``/``range`` of ``None`` mean: the file's colour tags when it has them, else
+    BT.709 limited range.
+    """
+
+    width: int | None = None
+    height: int | None = None
+    fps: Fraction | None = None
+    bits: int | None = None
+    matrix: str | None = None
+    range: str | None = None
+
+    def colour(self, tagged_matrix: str | None = None, tagged_range: str | None = None) -> ColourSpec:
+        try:
+            return ColourSpec(self.matrix or tagged_matrix or "bt709", self.range or tagged_range or "limited")
+        except ValueError as exc:
+            raise VideoError(str(exc)) from None
+
+
+class FrameReader:
+    """Iterate RGB frames (3, H, W) float32 in [0, 1]; ``info`` describes the source."""
+
+    info: VideoInfo
+
+    def __iter__(self) -> Iterator[Tensor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------- Y'CbCr layouts
+
+_YUV_FORMAT = re.compile(r"^(yuvj?)(420|422|444)p(?:(9|10|12|14|16)le)?$")
+_SUBSAMPLING = {"420": (2, 2), "422": (1, 2), "444": (1, 1)}  # (vertical, horizontal)
+
+
+def _plane_sizes(width: int, height: int, chroma: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    sv, sh = _SUBSAMPLING[chroma]
+    return (height, width), (-(-height // sv), -(-width // sh))
+
+
+def _split_planes(buf: np.ndarray, width: int, height: int, chroma: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    (lh, lw), (ch, cw) = _plane_sizes(width, height, chroma)
+    y = buf[: lh * lw].reshape(lh, lw)
+    cb = buf[lh * lw: lh * lw + ch * cw].reshape(ch, cw)
+    cr = buf[lh * lw + ch * cw: lh * lw + 2 * ch * cw].reshape(ch, cw)
+    return y, cb, cr
+
+
+def _frame_samples(width: int, height: int, chroma: str) -> int:
+    (lh, lw), (ch, cw) = _plane_sizes(width, height, chroma)
+    return lh * lw + 2 * ch * cw
+
+
+# --------------------------------------------------------------------------- PyAV containers
+
+# FFmpeg's AVColorSpace / AVColorRange codes (libavutil/pixfmt.h).
+_AV_MATRIX = {1: "bt709", 5: "bt601", 6: "bt601", 9: "bt2020"}
+_AV_RANGE = {1: "limited", 2: "full"}
+_AV_TAGS = {"bt709": (1, 1, 1), "bt601": (6, 6, 6), "bt2020": (9, 9, 14)}  # colorspace, primaries, trc
+
+
+class PyAVReader(FrameReader):
+    """Video containers through PyAV (FFmpeg): the first video stream, decoded in order."""
+
+    def __init__(self, path: Path, options: InputOptions):
+        import av
+
+        self.path = path
+        try:
+            self.container = av.open(str(path))
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise VideoError(f"cannot read video {path}: {_av_reason(exc)}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError(f"{path} has no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        cc = self.stream.codec_context
+        fps = options.fps or self.stream.average_rate or self.stream.guessed_rate
+        if not fps:
+            fps = Fraction(25)
+            warnings.warn(f"{path} does not state its frame rate; assuming 25 fps", stacklevel=2)
+        self.options = options
+        self._spec = options.colour(_AV_MATRIX.get(int(cc.colorspace or 0)), _AV_RANGE.get(int(cc.color_range or 0)))
+        self.info = VideoInfo(cc.width, cc.height, Fraction(fps), self.stream.frames or None,
+                              f"{path.suffix[1:]} {cc.name} {cc.pix_fmt}, {self._spec}", self._spec)
+        self._warned_fallback = False
+
+    def __iter__(self) -> Iterator[Tensor]:
+        import av
+
+        try:
+            for frame in self.container.decode(self.stream):
+                yield self._to_rgb(frame)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
+
+    def _to_rgb(self, frame) -> Tensor:
+        name = frame.format.name
+        m = _YUV_FORMAT.match(name)
+        if m:
+            jpeg, chroma, bits = m.group(1) == "yuvj", m.group(2), int(m.group(3) or 8)
+            spec = replace(self._spec, range="full") if jpeg else self._spec
+            dtype = np.uint8 if bits == 8 else np.dtype("<u2")
+            planes = [_plane_array(p, dtype) for p in frame.planes[:3]]
+            return ycbcr_to_rgb(*planes, bits=bits, spec=spec)
+        if name in ("gray", "gray10le", "gray12le", "gray16le"):
+            bits = 8 if name == "gray" else int(name[4:6])
+            y = _plane_array(frame.planes[0], np.uint8 if bits == 8 else np.dtype("<u2"))
+            mid = np.full((1, 1), 2 ** (bits - 1), dtype=y.dtype)
+            return ycbcr_to_rgb(y, mid, mid, bits=bits, spec=self._spec)
+        deep = any(tag in name for tag in ("48", "64", "10", "12", "16"))
+        if not self._warned_fallback and not name.startswith(("rgb", "bgr", "gbr", "argb", "abgr")):
+            warnings.warn(f"{self.path}: pixel format {name} is converted to RGB by FFmpeg's swscale", stacklevel=2)
+            self._warned_fallback = True
+        return uint_to_rgb(frame.to_ndarray(format="rgb48le" if deep else "rgb24"))
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _plane_array(plane, dtype) -> np.ndarray:
+    """A PyAV plane as (height, width), without its line padding."""
+    dtype = np.dtype(dtype)
+    rows = np.frombuffer(plane, dtype=dtype).reshape(plane.height, plane.line_size // dtype.itemsize)
+    return rows[:, : plane.width]
+
+
+def _av_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+
+
+# --------------------------------------------------------------------------- Y4M
+
+_Y4M_MAGIC = b"YUV4MPEG2 "
+_Y4M_COLOUR = re.compile(r"^(420|422|444|mono)(jpeg|paldv|mpeg2)?(?:p(\d+))?$")
+
+
+class Y4MReader(FrameReader):
+    """YUV4MPEG2 files: 4:2:0 (any siting; resampled as centre-sited), 4:2:2, 4:4:4, mono, 8–16 bit."""
+
+    def __init__(self, path: Path, options: InputOptions):
+        self.path = path
+        self.file = open(path, "rb")
+        header = self.file.readline(4096)
+        if not header.startswith(_Y4M_MAGIC) or not header.endswith(b"\n"):
+            self.file.close()
+            raise VideoError(f"{path} is not a YUV4MPEG2 file (bad header)")
+        tokens = header[len(_Y4M_MAGIC):].decode("ascii", "replace").split()
+        params = {tok[:1]: tok[1:] for tok in tokens if not tok.startswith("X")}
+        extensions = dict(tok[1:].partition("=")[::2] for tok in tokens if tok.startswith("X"))
+        try:
+            width, height = int(params["W"]), int(params["H"])
+            num, den = params.get("F", "25:1").split(":")
+            fps = Fraction(int(num), int(den))
+        except (KeyError, ValueError, ZeroDivisionError):
+            self.file.close()
+            raise VideoError(f"{path}: YUV4MPEG2 header lacks a valid size or frame rate") from None
+        colour = params.get("C", "420jpeg")
+        m = _Y4M_COLOUR.match(colour)
+        if not m or width <= 0 or height <= 0:
+            self.file.close()
+            raise VideoError(f"{path}: unsupported YUV4MPEG2 colour space C{colour}")
+        self.chroma, self.bits = m.group(1), int(m.group(3) or 8)
+        self.spec = options.colour(None, {"FULL": "full", "LIMITED": "limited"}.get(extensions.get("COLORRANGE", "")))
+        self.dtype = np.dtype(np.uint8) if self.bits == 8 else np.dtype("<u2")
+        samples = width * height if self.chroma == "mono" else _frame_samples(width, height, self.chroma)
+        self.frame_bytes = samples * self.dtype.itemsize
+        self.info = VideoInfo(width, height, options.fps or fps, None, f"y4m C{colour}, {self.spec}", self.spec)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        w, h = self.info.width, self.info.height
+        t = 0
+        while True:
+            marker = self.file.readline(1024)
+            if not marker:
+                return
+            if not marker.startswith(b"FRAME"):
+                raise VideoError(f"{self.path}: frame {t} does not start with FRAME (damaged file?)")
+            data = self.file.read(self.frame_bytes)
+            if len(data) != self.frame_bytes:
+                raise VideoError(f"{self.path} is truncated in frame {t}")
+            buf = np.frombuffer(data, dtype=self.dtype)
+            if self.chroma == "mono":
+                y = buf.reshape(h, w)
+                mid = np.full((1, 1), 2 ** (self.bits - 1), dtype=self.dtype)
+                yield ycbcr_to_rgb(y, mid, mid, self.bits, self.spec)
+            else:
+                yield ycbcr_to_rgb(*_split_planes(buf, w, h, self.chroma), self.bits, self.spec)
+            t += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --------------------------------------------------------------------------- raw YUV
+
+_YUV_NAME_SIZE = re.compile(r"(?:^|[_\-.])(\d{2,5})x(\d{2,5})(?=$|[_\-.])")
+_YUV_NAME_FPS = re.compile(r"^[_\-](\d{1,3}(?:\.\d+)?)(?:fps|hz|p)?(?=$|[_\-.])", re.IGNORECASE)
+_YUV_NAME_BITS = re.compile(r"(?:^|[_\-.])(8|10|12|16)[-_]?bits?(?=$|[_\-.])", re.IGNORECASE)
+
+
+def parse_yuv_name(name: str) -> tuple[int | None, int | None, Fraction | None, int | None]:
+    """(width, height, fps, bits) from names like ``Beauty_1920x1080_120fps_420_8bit_YUV.yuv``
+    or ``BasketballDrive_1920x1080_50.yuv``; ``None`` where the name does not say."""
+    stem = Path(name).stem
+    m = _YUV_NAME_SIZE.search(stem)
+    if not m:
+        return None, None, None, _bits_from_name(stem)
+    fps_m = _YUV_NAME_FPS.match(stem[m.end():])
+    fps = Fraction(fps_m.group(1)) if fps_m else None
+    return int(m.group(1)), int(m.group(2)), fps, _bits_from_name(stem)
+
+
+def _bits_from_name(stem: str) -> int | None:
+    m = _YUV_NAME_BITS.search(stem)
+    return int(m.group(1)) if m else None
+
+
+class RawYUVReader(FrameReader):
+    """Raw planar 4:2:0 (yuv420p, or yuv420p10le when ``bits`` is 10), no header."""
+
+    def __init__(self, path: Path, options: InputOptions):
+        name_w, name_h, name_fps, name_bits = parse_yuv_name(path.name)
+        width, height = options.width or name_w, options.height or name_h
+        if not width or not height:
+            raise VideoError(f"{path}: raw .yuv needs its size: pass --size WxH or name the file like clip_1920x1080_30fps.yuv")
+        bits = options.bits or name_bits or 8
+        if bits not in (8, 10, 12, 16):
+            raise VideoError(f"{path}: unsupported bit depth {bits}")
+        self.path, self.bits = path, bits
+        self.dtype = np.dtype(np.uint8) if bits == 8 else np.dtype("<u2")
+        self.frame_bytes = _frame_samples(width, height, "420") * self.dtype.itemsize
+        size = path.stat().st_size
+        if size % self.frame_bytes:
+            raise VideoError(f"{path}: {size} bytes is not a whole number of {width}x{height} yuv420p "
+                             f"{bits}-bit frames ({self.frame_bytes} bytes each): check --size and --bits")
+        self.spec = options.colour()
+        self.file = open(path, "rb")
+        self.info = VideoInfo(width, height, options.fps or name_fps or Fraction(25), size // self.frame_bytes,
+                              f"raw yuv420p {bits}-bit, {self.spec}", self.spec)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        w, h = self.info.width, self.info.height
+        while len(data := self.file.read(self.frame_bytes)) == self.frame_bytes:
+            yield ycbcr_to_rgb(*_split_planes(np.frombuffer(data, dtype=self.dtype), w, h, "420"), self.bits, self.spec)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# --------------------------------------------------------------------------- PNG folders
+
+def _natural_key(path: Path):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
+
+
+class PNGFolderReader(FrameReader):
+    """A folder of PNG files in natural order (frame2 before frame10); 8 or 16 bit RGB(A)/grey."""
+
+    def __init__(self, path: Path, options: InputOptions):
+        from PIL import Image
+
+        self.files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
+        if not self.files:
+            raise VideoError(f"{path} holds no .png files")
+        self.path = path
+        with self._open(self.files[0]) as im:
+            width, height = im.size
+        self._image = Image
+        self.info = VideoInfo(width, height, options.fps or Fraction(25), len(self.files), "PNG folder, RGB")
+
+    @staticmethod
+    def _open(file: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            return Image.open(file)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VideoError(f"cannot read {file}: {exc}") from None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for file in self.files:
+            with self._open(file) as im:
+                if im.size != (self.info.width, self.info.height):
+                    raise VideoError(f"{file} is {im.size[0]}x{im.size[1]}, the folder's first frame "
+                                     f"{self.info.width}x{self.info.height}")
+                try:
+                    pixels = np.asarray(im.convert("RGB"))
+                except OSError as exc:
+                    raise VideoError(f"cannot read {file}: {exc}") from None
+            yield uint_to_rgb(pixels)
+
+
+def open_video(path: str | Path, options: InputOptions = InputOptions()) -> FrameReader:
+    """Open any supported input by its suffix (a folder is read as PNG frames)."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"input not found: {path}")
+    if path.is_dir():
+        return PNGFolderReader(path, options)
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path} is empty")
+    if suffix == ".y4m":
+        return Y4MReader(path, options)
+    if suffix == ".yuv":
+        return RawYUVReader(path, options)
+    if suffix in CONTAINER_SUFFIXES:
+        return PyAVReader(path, options)
+    raise VideoError(f"unsupported input {path.name}: use {', '.join(CONTAINER_SUFFIXES)}, .y4m, .yuv or a PNG folder")
+
+
+# --------------------------------------------------------------------------- writers
+
+class FrameWriter:
+    """Write RGB frames (3, H, W) in [0, 1]; ``commit`` renames the temporary into place.
+
+    Use as a context manager: leaving the block with an exception removes the temporary.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction):
+        self.path, self.width, self.height, self.fps = path, width, height, fps
+        self.tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+        self.frames = 0
+
+    def write(self, rgb: Tensor) -> None:
+        if tuple(rgb.shape) != (3, self.height, self.width):
+            raise ValueError(f"frame of shape {tuple(rgb.shape)} for a {self.width}x{self.height} output")
+        self._write(rgb)
+        self.frames += 1
+
+    def _write(self, rgb: Tensor) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        self._finish()
+        _replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        _remove(self.tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Atomically move ``tmp`` to ``path`` (a folder replaces an existing folder)."""
+    if tmp.is_dir() and path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+class _YUVFileWriter(FrameWriter):
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, header: bytes = b""):
+        super().__init__(path, width, height, fps)
+        self.spec = spec
+        self.file = open(self.tmp, "wb")
+        self.frame_marker = b"FRAME\n" if header else b""
+        self.file.write(header)
+
+    def _write(self, rgb: Tensor) -> None:
+        y, cb, cr = rgb_to_ycbcr420(rgb, 8, self.spec)
+        self.file.write(self.frame_marker + y.tobytes() + cb.tobytes() + cr.tobytes())
+
+    def _finish(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def abort(self) -> None:
+        self.file.close()
+        super().abort()
+
+
+def y4m_header(width: int, height: int, fps: Fraction, spec: ColourSpec) -> bytes:
+    rng = "FULL" if spec.range == "full" else "LIMITED"
+    return f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg XCOLORRANGE={rng}\n".encode()
+
+
+class PNGFolderWriter(FrameWriter):
+    """frame_00000.png, frame_00001.png, … (8-bit RGB) in a new folder."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction):
+        super().__init__(path, width, height, fps)
+        self.tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        self.tmp.mkdir(parents=True)
+
+    def _write(self, rgb: Tensor) -> None:
+        from PIL import Image
+
+        Image.fromarray(rgb_to_uint8(rgb)).save(self.tmp / f"frame_{self.frames:05d}.png")
+
+
+class H264Writer(FrameWriter):
+    """H.264 in .mp4/.mkv/.mov: ``lossless`` is libx264rgb at QP 0 (bit-exact 8-bit RGB);
+    ``high`` is libx264 4:2:0 at CRF 12 with our Y'CbCr conversion, tagged in the stream."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, mode: str):
+        import av
+
+        super().__init__(path, width, height, fps)
+        if mode == "high" and (width % 2 or height % 2):
+            raise VideoError(f"--mp4-mode high needs even sides for 4:2:0, not {width}x{height}: use --mp4-mode lossless")
+        self.mode, self.spec = mode, spec
+        self.container = av.open(str(self.tmp), "w", format={".mkv": "matroska", ".mov": "mov"}.get(path.suffix, "mp4"))
+        if mode == "lossless":
+            self.stream = self.container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "medium"})
+            self.stream.pix_fmt = "rgb24"
+        else:
+            self.stream = self.container.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "medium"})
+            self.stream.pix_fmt = "yuv420p"
+            cc = self.stream.codec_context
+            cc.colorspace, cc.color_primaries, cc.color_trc = _AV_TAGS[spec.matrix]
+            cc.color_range = 2 if spec.range == "full" else 1
+        self.stream.width, self.stream.height = width, height
+
+    def _write(self, rgb: Tensor) -> None:
+        import av
+
+        if self.mode == "lossless":
+            frame = av.VideoFrame.from_ndarray(rgb_to_uint8(rgb), format="rgb24")
+        else:
+            y, cb, cr = rgb_to_ycbcr420(rgb, 8, self.spec)
+            frame = av.VideoFrame.from_ndarray(np.concatenate((y.ravel(), cb.ravel(), cr.ravel()))
+                                               .reshape(self.height * 3 // 2, self.width), format="yuv420p")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def _finish(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            super().abort()
+
+
+def check_output_path(path: str | Path, overwrite: bool) -> Path:
+    """Validate an output path before any work is done (suffix, folder, no silent overwrite)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix and suffix not in OUTPUT_SUFFIXES + (".nvc",):
+        raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")
+    if path.exists() and not overwrite:
+        raise VideoError(f"{path} exists: pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise VideoError(f"output folder {path.parent} does not exist")
+    return path
+
+
+def open_writer(path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec = ColourSpec(),
+                mp4_mode: str = "lossless") -> FrameWriter:
+    """A writer chosen by suffix: .y4m, .yuv, .mp4/.mkv/.mov, or no suffix for a PNG folder."""
+    suffix = path.suffix.lower()
+    if suffix == ".y4m":
+        return _YUVFileWriter(path, width, height, fps, spec, y4m_header(width, height, fps, spec))
+    if suffix == ".yuv":
+        return _YUVFileWriter(path, width, height, fps, spec)
+    if suffix in (".mp4", ".mkv", ".mov"):
+        if mp4_mode not in MP4_MODES:
+            raise VideoError(f"unknown --mp4-mode {mp4_mode!r}: use lossless or high")
+        return H264Writer(path, width, height, fps, spec, mp4_mode)
+    if suffix:
+        raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")
+    return PNGFolderWriter(path, width, height, fps)
