@@ -30,12 +30,20 @@ class QuantConfig:
             "observed" (initialised from the first batch, then frozen).
         observe_quantile: quantile of each activation used to initialise its range;
             below 1 so that a few outliers do not waste the 8-bit range.
+        range_headroom: the initial range is ``observe_quantile`` × this. Training crops are
+            small (a 256² crop gives a 2×2 hyper-latent), so nearly every hyper-decoder
+            output sits at a border, where transposed convolutions sum fewer taps; interior
+            positions of real frames reach larger activations. Without headroom, the demo
+            model clipped 33 % of the scale decoder's activations at 512² (16 % at its
+            128² training size) and its keyframes cost 27 % more bits than the float
+            parent's; with 4× they cost 4 % less (BENCHMARKS.md, "Activation headroom").
     """
 
     activation_bits: int = 8
     input_frac_bits: int = 8
     act_range: str = "learned"
     observe_quantile: float = 0.9999
+    range_headroom: float = 4.0
 
     def __post_init__(self):
         if self.activation_bits not in (8, 16):
@@ -46,6 +54,8 @@ class QuantConfig:
             raise ValueError(f"act_range must be 'learned' or 'observed', got {self.act_range!r}")
         if not 0.5 < self.observe_quantile <= 1.0:
             raise ValueError(f"observe_quantile must be in (0.5, 1], got {self.observe_quantile}")
+        if not 1.0 <= self.range_headroom <= 256.0:
+            raise ValueError(f"range_headroom must be in [1, 256], got {self.range_headroom}")
 
     @property
     def activation_qmax(self) -> int:

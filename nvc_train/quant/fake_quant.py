@@ -147,6 +147,7 @@ class FakeQuantHyperDecoder(nn.Module):
         value = torch.quantile(x, self.config.observe_quantile)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(value, op=dist.ReduceOp.MAX)  # same scales on every rank
+        value = torch.clamp(value * self.config.range_headroom, max=self.activation_ceiling)
         self.act_scale[layer] = torch.clamp(value, min=1e-3) / self.config.activation_qmax
 
     def forward(self, decoder: nn.Module, z_int: Tensor, z_hat: Tensor) -> DecoderOutput:
