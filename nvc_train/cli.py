@@ -135,6 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-frame", action="store_true", help="one line per frame: type, bytes, bpp")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+    s = sub.add_parser("eval", help="rate-distortion by real encode/decode: CompressAI JSON, RD plot, W&B run",
+                       description="Encode and decode every sequence with every model. Integer checkpoints are "
+                                   "grouped as ptq or qat by their metadata; float ScaleSpaceFlow state dicts "
+                                   "(.pth.tar) are the float family. Writes OUT/<family>.json (CompressAI format), "
+                                   "OUT/sequences/<seq>-<model>.json (per frame), OUT/rd.png, OUT/summary.md.")
+    s.add_argument("--checkpoint", nargs="+", required=True, help="integer .ckpt and/or float .pth.tar files")
+    s.add_argument("--data", nargs="+", required=True, help="video files, PNG folders, or folders of them")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--frames", type=int, default=None, help="code at most N frames per sequence")
+    s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    _add_input_options(s, "inputs")
+    s.add_argument("--wandb-project", default="nvc-train", help="W&B project (offline unless WANDB_MODE=online)")
+    s.add_argument("--wandb-name", default=None, help="W&B run name")
+    s.add_argument("--quiet", action="store_true")
+
+    s = sub.add_parser("bdrate", help="Bjøntegaard delta rate / PSNR between RD curves (CompressAI results JSON)")
+    s.add_argument("anchor", help="results JSON of the anchor, e.g. OUT/float.json")
+    s.add_argument("test", nargs="+", help="results JSON(s) to compare, e.g. OUT/qat.json")
+    s.add_argument("--metric", default="psnr-rgb", help="quality key (default: %(default)s; ms-ssim keys in dB)")
+    s.add_argument("--rate", default="bpp", help="rate key: bpp or bitrate (default: %(default)s)")
+
+    s = sub.add_parser("compare", help="compare two machines' `nvc-train verify` outputs (and their decodes)",
+                       description="Names every frame whose decoded latents differ between two machines; with "
+                                   "--decodes, prints the PSNR between the two decoded videos per frame and its "
+                                   "position in the GOP (pixel drift of the float synthesis). Exit 1 if latents differ.")
+    s.add_argument("hashes_a", help="`nvc-train verify` output of machine A")
+    s.add_argument("hashes_b", help="`nvc-train verify` output of machine B")
+    s.add_argument("--decodes", nargs=2, metavar=("VIDEO_A", "VIDEO_B"), help="the same bitstream decoded on A and B")
+
     s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
     s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")
     s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
@@ -167,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         from nvc_train import commands
 
-        return getattr(commands, args.command.replace("-", "_"))(args) or 0
+        name = {"eval": "evaluate"}.get(args.command, args.command.replace("-", "_"))
+        return getattr(commands, name)(args) or 0
     except UserError as exc:
         print(f"nvc-train: error: {exc}", file=sys.stderr)
         return 2

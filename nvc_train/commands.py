@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -344,3 +345,171 @@ def info(args) -> int:
         for i, (t, b) in enumerate(frames):
             print(f"{i} {t} {b} {8 * b / pixels:.5f}")
     return 0
+
+
+def evaluate(args) -> int:
+    """``nvc-train eval``: real coding of every sequence with every model; JSON, plot, W&B."""
+    from tqdm import tqdm
+
+    from nvc_train.eval import evaluate as E
+    from nvc_train.quant.export import atomic_write_bytes
+
+    if args.gop < 0 or (args.frames is not None and args.frames <= 0):
+        raise UserError("--gop must be ≥ 0 and --frames ≥ 1")
+    device = _device(args.device)
+    out = Path(args.out)
+    sequences = E.collect_sequences(args.data)
+    models = [E.load_eval_model(p, device) for p in args.checkpoint]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise UserError("two checkpoints share a file name; rename one so results stay apart")
+    options = _input_options(args)
+    out.mkdir(parents=True, exist_ok=True)
+    per_sequence: dict[str, list[dict]] = {m.name: [] for m in models}
+    pairs = [(m, s) for m in models for s in sequences]
+    for model, seq in tqdm(pairs, desc="eval", unit="sequence", disable=args.quiet):
+        res = E.evaluate_sequence(model, seq, options, args.gop, device, args.frames, out / "bitstreams" / model.name)
+        per_sequence[model.name].append(res)
+        record = {k: res[k] for k in ("name", "description", "results", "frames", "bitstream")}
+        atomic_write_bytes(out / "sequences" / f"{seq.stem}-{model.name}.json", json.dumps(record, indent=2).encode())
+    per_model = {m.name: {"family": m.family, "results": E.aggregate(per_sequence[m.name])} for m in models}
+    curves = E.family_curves(per_model)
+    for family, curve in curves.items():
+        atomic_write_bytes(out / f"{family}.json", json.dumps(curve, indent=2).encode())
+    E.plot_rd(curves, out / "rd.png")
+    table = _eval_table(per_model)
+    atomic_write_bytes(out / "summary.md", table.encode())
+    _log_eval_to_wandb(out, per_model, per_sequence, curves, args)
+    print(table)
+    print(f"wrote {', '.join(str(out / f'{f}.json') for f in curves)}, {out / 'rd.png'}, {out / 'sequences'}/")
+    mismatches = [(name, r["sequence"], f["index"]) for name, rs in per_sequence.items() for r in rs
+                  for f in r["frames"] if f.get("latents_match") == 0.0]
+    for name, seq, t in mismatches:
+        print(f"LATENT MISMATCH: {name} on {seq}, frame {t}: the decoder's latents differ from the encoder's")
+    return 1 if mismatches else 0
+
+
+def _eval_table(per_model: dict[str, dict]) -> str:
+    cols = ("bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb", "encoding_time", "decoding_time", "latents_match")
+    lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, m in per_model.items():
+        r = m["results"]
+        cells = [f"{r[c]:.4f}" if c in r else "n/a" for c in cols]
+        lines.append(f"| {name} | {m['family']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _log_eval_to_wandb(out: Path, per_model: dict, per_sequence: dict, curves: dict, args) -> None:
+    """One W&B run per evaluation: RD table, line series per family, RD plot, images, bpp per part."""
+    from nvc_train.cli import configure_wandb_env
+
+    configure_wandb_env(out)
+    import wandb
+
+    columns = ["model", "family", "sequence", "frames", "bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb",
+               "bpp-keyframe", "bpp-motion", "bpp-residual", "encoding_time", "decoding_time", "latents_match"]
+    rows = [[name, r["family"], r["sequence"], *[r["results"].get(c) for c in columns[3:]]]
+            for name, rs in per_sequence.items() for r in rs]
+    run = wandb.init(project=args.wandb_project, dir=str(out), job_type="eval", name=args.wandb_name,
+                     config={"checkpoints": list(args.checkpoint), "data": list(args.data), "gop": args.gop,
+                             "frames": args.frames, "device": args.device})
+    log = {"eval/sequences": wandb.Table(columns=columns, data=rows),
+           "eval/rd_plot": wandb.Image(str(out / "rd.png"))}
+    if curves:
+        families = list(curves)
+        log["eval/rd_psnr_rgb"] = wandb.plot.line_series(
+            xs=[curves[f]["results"]["bpp"] for f in families], ys=[curves[f]["results"]["psnr-rgb"] for f in families],
+            keys=families, title="RD: PSNR-RGB vs bpp", xname="bpp")
+    for name, rs in per_sequence.items():
+        for r in rs:
+            rec, src = r["first_frame"]
+            log[f"recon/{r['sequence']}/{name}"] = wandb.Image(torch.cat((src, rec), dim=2).permute(1, 2, 0).mul(255)
+                                                                .round().byte().numpy(), caption="source | decoded")
+    run.log(log)
+    for name, m in per_model.items():
+        for k, v in m["results"].items():
+            run.summary[f"{name}/{k}"] = v
+    run.finish()
+
+
+def bdrate(args) -> int:
+    """BD-rate and BD-PSNR of each test curve against the anchor (CompressAI results JSON)."""
+    from nvc_train.eval.bdrate import bd_psnr, bd_rate
+
+    def load(path: str) -> tuple[str, list[float], list[float]]:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"results file not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+            results = data.get("results", data)
+            return data.get("name", p.stem), [float(v) for v in results[args.rate]], [float(v) for v in results[args.metric]]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{p} is not a JSON results file") from None
+        except KeyError as exc:
+            raise UserError(f"{p} has no {exc.args[0]!r} results (CompressAI format: {{\"results\": {{\"bpp\": [...], "
+                            f"\"psnr-rgb\": [...]}}}})") from None
+        except (TypeError, ValueError):
+            raise UserError(f"{p}: {args.rate} and {args.metric} must be lists of numbers") from None
+
+    anchor_name, ar, aq = load(args.anchor)
+    quality = (lambda q: [-10 * math.log10(max(1 - v, 1e-12)) for v in q]) if "ms-ssim" in args.metric else (lambda q: q)
+    print(f"anchor: {anchor_name} ({args.anchor}); rate = {args.rate}, quality = {args.metric}"
+          f"{' in dB' if 'ms-ssim' in args.metric else ''}")
+    for test in args.test:
+        name, tr, tq = load(test)
+        try:
+            rate, delta = bd_rate(ar, quality(aq), tr, quality(tq)), bd_psnr(ar, quality(aq), tr, quality(tq))
+        except ValueError as exc:
+            raise UserError(f"{test} vs {args.anchor}: {exc}") from None
+        print(f"{name}: BD-rate {rate:+.2f} %  BD-{args.metric} {delta:+.3f} dB  ({test})")
+    return 0
+
+
+def compare(args) -> int:
+    """Compare two machines' `nvc-train verify` outputs, and optionally their decoded videos."""
+    from nvc_train.codec.video_io import InputOptions, open_video
+
+    a, b = (_read_verify(p) for p in (args.hashes_a, args.hashes_b))
+    if len(a) != len(b):
+        print(f"frame counts differ: {len(a)} vs {len(b)}")
+    differing = [t for t, (x, y) in enumerate(zip(a, b)) if x != y]
+    for t in differing:
+        print(f"frame {t} ({a[t][0]}): latents differ: {a[t][1][:16]}… vs {b[t][1][:16]}…")
+    n = min(len(a), len(b))
+    print(f"latents: {n - len(differing)} of {n} frames identical" + ("" if differing else " (bit-exact)"))
+    if args.decodes:
+        readers = [open_video(p, InputOptions()) for p in args.decodes]
+        try:
+            print("frame type gop_pos psnr_between_decodes_db")
+            worst, gop_start = math.inf, 0
+            for t, (fa, fb) in enumerate(zip(*readers)):
+                ftype = a[t][0] if t < len(a) else "?"
+                gop_start = t if ftype == "I" else gop_start
+                mse = torch.mean((torch.round(fa * 255) - torch.round(fb * 255)) ** 2).item()
+                value = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+                worst = min(worst, value)
+                print(f"{t} {ftype} {t - gop_start} {'identical' if mse == 0 else f'{value:.2f}'}")
+            print("pixel drift: none (identical decodes)" if worst == math.inf else f"pixel drift: worst {worst:.2f} dB")
+        finally:
+            for r in readers:
+                r.close()
+    return 1 if differing or len(a) != len(b) else 0
+
+
+def _read_verify(path: str) -> list[tuple[str, str]]:
+    """``nvc-train verify`` output → [(frame type, latent SHA-256)] in frame order."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"verify output not found: {p}")
+    rows = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in ("I", "P") or len(parts[2]) != 64:
+            raise UserError(f"{p}:{n}: not a `nvc-train verify` line: {line[:60]!r}")
+        if int(parts[0]) != len(rows):
+            raise UserError(f"{p}:{n}: frame {parts[0]} out of order")
+        rows.append((parts[1], parts[2]))
+    if not rows:
+        raise UserError(f"{p} is empty")
+    return rows

@@ -36,6 +36,7 @@ VERSION = 1
 EMBEDDED = bytes(32)
 _HEAD = struct.Struct(">4sHH32sIIIIII")
 _CRC = struct.Struct(">I")
+HEADER_BYTES = _HEAD.size + _CRC.size
 _LATENT = struct.Struct(">HHII")
 _TYPES = {"I": 0, "P": 1}
 MAX_SIDE = 16384

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -71,12 +71,25 @@ class InputOptions:
             raise VideoError(str(exc)) from None
 
 
+class SourceFrame(NamedTuple):
+    """A decoded input frame: RGB (3, H, W) float32 in [0, 1], and for 4:2:0 Y'CbCr sources
+    the original integer planes (Y' (H, W), Cb, Cr (ceil(H/2), ceil(W/2))) at ``bits``."""
+
+    rgb: Tensor
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    bits: int = 8
+
+
 class FrameReader:
     """Iterate RGB frames (3, H, W) float32 in [0, 1]; ``info`` describes the source."""
 
     info: VideoInfo
 
     def __iter__(self) -> Iterator[Tensor]:
+        return (frame.rgb for frame in self.source_frames())
+
+    def source_frames(self) -> Iterator[SourceFrame]:
+        """Frames with their original 4:2:0 planes where the source has them (for PSNR-YUV)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -148,16 +161,16 @@ class PyAVReader(FrameReader):
                               f"{path.suffix[1:]} {cc.name} {cc.pix_fmt}, {self._spec}", self._spec)
         self._warned_fallback = False
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def source_frames(self) -> Iterator[SourceFrame]:
         import av
 
         try:
             for frame in self.container.decode(self.stream):
-                yield self._to_rgb(frame)
+                yield self._convert(frame)
         except av.error.FFmpegError as exc:
             raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
 
-    def _to_rgb(self, frame) -> Tensor:
+    def _convert(self, frame) -> SourceFrame:
         name = frame.format.name
         m = _YUV_FORMAT.match(name)
         if m:
@@ -165,17 +178,17 @@ class PyAVReader(FrameReader):
             spec = replace(self._spec, range="full") if jpeg else self._spec
             dtype = np.uint8 if bits == 8 else np.dtype("<u2")
             planes = [_plane_array(p, dtype) for p in frame.planes[:3]]
-            return ycbcr_to_rgb(*planes, bits=bits, spec=spec)
+            return SourceFrame(ycbcr_to_rgb(*planes, bits=bits, spec=spec), tuple(planes) if chroma == "420" else None, bits)
         if name in ("gray", "gray10le", "gray12le", "gray16le"):
             bits = 8 if name == "gray" else int(name[4:6])
             y = _plane_array(frame.planes[0], np.uint8 if bits == 8 else np.dtype("<u2"))
             mid = np.full((1, 1), 2 ** (bits - 1), dtype=y.dtype)
-            return ycbcr_to_rgb(y, mid, mid, bits=bits, spec=self._spec)
+            return SourceFrame(ycbcr_to_rgb(y, mid, mid, bits=bits, spec=self._spec), bits=bits)
         deep = any(tag in name for tag in ("48", "64", "10", "12", "16"))
         if not self._warned_fallback and not name.startswith(("rgb", "bgr", "gbr", "argb", "abgr")):
             warnings.warn(f"{self.path}: pixel format {name} is converted to RGB by FFmpeg's swscale", stacklevel=2)
             self._warned_fallback = True
-        return uint_to_rgb(frame.to_ndarray(format="rgb48le" if deep else "rgb24"))
+        return SourceFrame(uint_to_rgb(frame.to_ndarray(format="rgb48le" if deep else "rgb24")))
 
     def close(self) -> None:
         self.container.close()
@@ -230,7 +243,7 @@ class Y4MReader(FrameReader):
         self.frame_bytes = samples * self.dtype.itemsize
         self.info = VideoInfo(width, height, options.fps or fps, None, f"y4m C{colour}, {self.spec}", self.spec)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def source_frames(self) -> Iterator[SourceFrame]:
         w, h = self.info.width, self.info.height
         t = 0
         while True:
@@ -246,9 +259,11 @@ class Y4MReader(FrameReader):
             if self.chroma == "mono":
                 y = buf.reshape(h, w)
                 mid = np.full((1, 1), 2 ** (self.bits - 1), dtype=self.dtype)
-                yield ycbcr_to_rgb(y, mid, mid, self.bits, self.spec)
+                yield SourceFrame(ycbcr_to_rgb(y, mid, mid, self.bits, self.spec), bits=self.bits)
             else:
-                yield ycbcr_to_rgb(*_split_planes(buf, w, h, self.chroma), self.bits, self.spec)
+                planes = _split_planes(buf, w, h, self.chroma)
+                yield SourceFrame(ycbcr_to_rgb(*planes, self.bits, self.spec),
+                                  planes if self.chroma == "420" else None, self.bits)
             t += 1
 
     def close(self) -> None:
@@ -302,10 +317,11 @@ class RawYUVReader(FrameReader):
         self.info = VideoInfo(width, height, options.fps or name_fps or Fraction(25), size // self.frame_bytes,
                               f"raw yuv420p {bits}-bit, {self.spec}", self.spec)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def source_frames(self) -> Iterator[SourceFrame]:
         w, h = self.info.width, self.info.height
         while len(data := self.file.read(self.frame_bytes)) == self.frame_bytes:
-            yield ycbcr_to_rgb(*_split_planes(np.frombuffer(data, dtype=self.dtype), w, h, "420"), self.bits, self.spec)
+            planes = _split_planes(np.frombuffer(data, dtype=self.dtype), w, h, "420")
+            yield SourceFrame(ycbcr_to_rgb(*planes, self.bits, self.spec), planes, self.bits)
 
     def close(self) -> None:
         self.file.close()
@@ -341,7 +357,7 @@ class PNGFolderReader(FrameReader):
         except (UnidentifiedImageError, OSError) as exc:
             raise VideoError(f"cannot read {file}: {exc}") from None
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def source_frames(self) -> Iterator[SourceFrame]:
         for file in self.files:
             with self._open(file) as im:
                 if im.size != (self.info.width, self.info.height):
@@ -351,7 +367,7 @@ class PNGFolderReader(FrameReader):
                     pixels = np.asarray(im.convert("RGB"))
                 except OSError as exc:
                     raise VideoError(f"cannot read {file}: {exc}") from None
-            yield uint_to_rgb(pixels)
+            yield SourceFrame(uint_to_rgb(pixels))
 
 
 def open_video(path: str | Path, options: InputOptions = InputOptions()) -> FrameReader:

@@ -1,0 +1,306 @@
+"""Rate-distortion evaluation by real encoding and decoding, in CompressAI's results format.
+
+Each model (an integer checkpoint, or a float ScaleSpaceFlow state dict as a baseline) codes
+each sequence for real: integer models through the ``nvc-train encode`` path into a .nvc
+file and back, float models through CompressAI's ``encode_keyframe/encode_inter`` and
+``decode_*`` with the same container overhead counted. Per frame: bytes, PSNR-RGB, PSNR-Y/U/V
+and PSNR-YUV (CompressAI's (4·Y + U + V)/6), MS-SSIM-RGB, and for integer models whether
+the decoder's latents equal the encoder's (SHA-256 per frame).
+
+Metrics follow CompressAI's ``compressai.utils.video.eval_model``: RGB and Y'CbCr samples are
+rounded to the source's integer levels before the MSE; ``bitrate`` is kbit/s at the source
+frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from pytorch_msssim import ms_ssim
+from torch import Tensor
+
+from nvc_train.codec.bitstream import HEADER_BYTES, frame_record_size, iter_frames, read_header
+from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
+from nvc_train.codec.files import encode_video, pad_frame
+from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
+from nvc_train.codec.video_io import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
+from nvc_train.errors import UserError
+from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
+
+FAMILIES = ("float", "ptq", "qat")
+VIDEO_SUFFIXES = CONTAINER_SUFFIXES + (".y4m", ".yuv")
+
+
+@dataclass
+class EvalModel:
+    """A model under evaluation: ``family`` is float, ptq or qat (one RD curve each)."""
+
+    name: str
+    family: str
+    path: Path
+    integer: object | None = None  # IntegerCheckpoint
+    float_model: torch.nn.Module | None = None
+
+
+def load_eval_model(path: str | Path, device: str) -> EvalModel:
+    """An integer checkpoint (family from its metadata) or a float ScaleSpaceFlow state dict."""
+    from nvc_train.models.ssf import load_ssf
+    from nvc_train.quant.export import MAGIC, load_integer_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(len(MAGIC))
+    if magic == MAGIC:
+        ck = load_integer_checkpoint(path, device=device)
+        family = "ptq" if "ptq" in (ck.metadata.get("config") or {}) else "qat"
+        return EvalModel(path.stem, family, path, integer=ck)
+    if path.suffix == ".ckpt":
+        raise UserError(f"{path} is a Lightning checkpoint: evaluate `nvc-train export` (integer) or "
+                        "`nvc-train export-float` (float) output")
+    model = load_ssf(path).to(device).eval()
+    model.update(force=True)
+    name = path.name.removesuffix(".tar").removesuffix(".pth")
+    return EvalModel(name, "float", path, float_model=model)
+
+
+def collect_sequences(paths: list[str | Path]) -> list[Path]:
+    """Video files and PNG folders from files and folders (a folder of videos is expanded)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"data not found: {p}")
+        if p.is_file():
+            found.append(p)
+        elif any(c.suffix.lower() == ".png" for c in p.iterdir()):
+            found.append(p)
+        else:
+            videos = sorted(c for c in p.iterdir() if c.suffix.lower() in VIDEO_SUFFIXES
+                            or (c.is_dir() and any(g.suffix.lower() == ".png" for g in c.iterdir())))
+            if not videos:
+                raise UserError(f"{p} holds no video files or PNG folders")
+            found.extend(videos)
+    names = [s.stem for s in found]
+    if len(set(names)) != len(names):
+        raise UserError("two sequences share a name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    return found
+
+
+# --------------------------------------------------------------------------- metrics
+
+def frame_metrics(x_hat: Tensor, src: SourceFrame, spec: ColourSpec) -> dict[str, float]:
+    """CompressAI's per-frame metrics of a reconstruction (3, H, W) against its source.
+
+    Y'CbCr PSNRs compare the source's own 4:2:0 planes where it has them; for other sources
+    both sides are converted with ``spec``.
+    """
+    bits = src.bits
+    peak = 2**bits - 1
+    rec = x_hat.detach().float().cpu().clamp(0, 1)
+    org_rgb = torch.round(src.rgb * 255)
+    rec_rgb = torch.round(rec * 255)
+    mse_rgb = torch.mean((org_rgb - rec_rgb) ** 2).item()
+    out = {"mse-rgb": mse_rgb, "psnr-rgb": _psnr(mse_rgb, 255)}
+    if min(rec.shape[-2:]) >= MS_SSIM_MIN_SIDE:
+        out["ms-ssim-rgb"] = float(ms_ssim(org_rgb[None], rec_rgb[None], data_range=255).item())
+    org_planes = src.planes if src.planes is not None else rgb_to_ycbcr420(src.rgb, bits, spec)
+    rec_planes = rgb_to_ycbcr420(rec, bits, spec)
+    for name, o, r in zip("yuv", org_planes, rec_planes):
+        out[f"psnr-{name}"] = _psnr(float(np.mean((o.astype(np.float64) - r.astype(np.float64)) ** 2)), peak)
+    out["psnr-yuv"] = (4 * out["psnr-y"] + out["psnr-u"] + out["psnr-v"]) / 6
+    return out
+
+
+def _psnr(mse: float, peak: float) -> float:
+    return 100.0 if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+# --------------------------------------------------------------------------- coding
+
+@dataclass
+class CodedSequence:
+    """What an encoder produced: per-frame coded data, encoder latent hashes, timing."""
+
+    frames: list[CodedFrame]
+    encoder_hashes: list[str | None]
+    file_bytes: int
+    seconds: float
+    bitstream: Path | None = None
+
+
+def encode_integer(model: EvalModel, source: Path, options: InputOptions, bitstream: Path, gop: int,
+                   device: str, max_frames: int | None) -> CodedSequence:
+    with open_video(source, options) as reader:
+        report = encode_video(reader, bitstream, model.integer, gop=gop, device=device, max_frames=max_frames,
+                              progress=False)
+    with open(bitstream, "rb") as f:
+        frames = list(iter_frames(f, read_header(f)))
+    return CodedSequence(frames, [fs.latent_sha256 for fs in report.frames], report.file_bytes, report.seconds, bitstream)
+
+
+@torch.no_grad()
+def encode_float(model: EvalModel, source: Path, options: InputOptions, gop: int, device: str,
+                 max_frames: int | None) -> CodedSequence:
+    """CompressAI's float SSF; the same container (header, per-frame records) is counted."""
+    net = model.float_model
+    frames: list[CodedFrame] = []
+    start = time.perf_counter()
+    with open_video(source, options) as reader:
+        x_ref = None
+        for t, rgb in enumerate(reader):
+            if max_frames is not None and t >= max_frames:
+                break
+            x = pad_frame(rgb).to(device)
+            if x_ref is None or (gop and t % gop == 0):
+                x_ref, out = net.encode_keyframe(x)
+                frames.append(CodedFrame("I", {"keyframe": _latent(out["strings"], out["shape"])}))
+            else:
+                x_ref, out = net.encode_inter(x, x_ref)
+                frames.append(CodedFrame("P", {k: _latent(out["strings"][k], out["shape"][k]) for k in FRAME_PARTS["P"]}))
+    seconds = time.perf_counter() - start
+    size = HEADER_BYTES + sum(frame_record_size(cf) for cf in frames)
+    return CodedSequence(frames, [None] * len(frames), size, seconds)
+
+
+def _latent(strings, shape) -> CodedLatent:
+    return CodedLatent(strings[0][0], strings[1][0], tuple(int(s) for s in shape))
+
+
+def decode_frames(model: EvalModel, coded: CodedSequence, device: str) -> Iterator[tuple[Tensor, str | None, float]]:
+    """(x_hat (1, 3, H', W'), decoder latent hash or None, seconds) per frame."""
+    if model.integer is not None:
+        decoder = model.integer.codec.decompress_iter(iter(coded.frames), device)
+        while True:
+            t = time.perf_counter()
+            frame = next(decoder, None)
+            if frame is None:
+                return
+            yield frame.x_hat, frame.latent_sha256, time.perf_counter() - t
+    net = model.float_model
+    x_ref = None
+    with torch.no_grad():
+        for cf in coded.frames:
+            t = time.perf_counter()
+            if cf.frame_type == "I":
+                lat = cf.latents["keyframe"]
+                x_ref = net.decode_keyframe([[lat.y_string], [lat.z_string]], lat.z_shape)
+            else:
+                strings = {k: [[v.y_string], [v.z_string]] for k, v in cf.latents.items()}
+                x_ref = net.decode_inter(x_ref, strings, {k: v.z_shape for k, v in cf.latents.items()})
+            yield x_ref, None, time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- one sequence
+
+def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop: int, device: str,
+                      max_frames: int | None, bitstream_dir: Path) -> dict:
+    """Encode, decode and measure one sequence: ``{"results": {...}, "frames": [...], "first_frame": x_hat}``."""
+    if model.integer is not None:
+        bitstream_dir.mkdir(parents=True, exist_ok=True)
+        coded = encode_integer(model, source, options, bitstream_dir / f"{source.stem}.nvc", gop, device, max_frames)
+    else:
+        coded = encode_float(model, source, options, gop, device, max_frames)
+    per_frame, decode_seconds, first = [], 0.0, None
+    with open_video(source, options) as reader:
+        info = reader.info
+        spec = info.colour or ColourSpec()
+        pixels = info.width * info.height
+        sources = reader.source_frames()
+        for t, (cf, enc_hash, (x_hat, dec_hash, seconds)) in enumerate(
+                zip(coded.frames, coded.encoder_hashes, decode_frames(model, coded, device))):
+            decode_seconds += seconds
+            src = next(sources)
+            rec = x_hat[0, :, :info.height, :info.width]
+            if first is None:
+                first = (rec.detach().cpu().clamp(0, 1), src.rgb)
+            row = {"index": t, "type": cf.frame_type, "bytes": frame_record_size(cf),
+                   "bpp": 8 * frame_record_size(cf) / pixels, **frame_metrics(rec, src, spec)}
+            for part, lat in cf.latents.items():
+                row[f"bpp-{part}"] = 8 * (len(lat.y_string) + len(lat.z_string)) / pixels
+            if enc_hash is not None:
+                row["encoder_latent_sha256"], row["decoder_latent_sha256"] = enc_hash, dec_hash
+                row["latents_match"] = float(enc_hash == dec_hash)
+            per_frame.append(row)
+    n = len(per_frame)
+    results = {k: float(np.mean([r.get(k, 0.0) for r in per_frame]))
+               for k in per_frame[0] if k not in ("index", "type", "bytes") and not k.endswith("sha256")}
+    for part in ("keyframe", "motion", "residual"):  # average over all frames, not only those coding the part
+        results[f"bpp-{part}"] = float(sum(r.get(f"bpp-{part}", 0.0) for r in per_frame) / n)
+    if "ms-ssim-rgb" not in per_frame[0]:
+        results.pop("ms-ssim-rgb", None)
+    results.update({
+        "bpp": 8 * coded.file_bytes / (pixels * n),
+        "bitrate": 8 * coded.file_bytes * float(info.fps) / (n * 1000),
+        "encoding_time": coded.seconds, "decoding_time": decode_seconds, "frames": n,
+    })
+    return {"name": model.name, "family": model.family, "sequence": source.stem,
+            "description": f"{model.name} on {source.name} ({info.width}x{info.height}, {n} frames, GOP {gop})",
+            "results": results, "frames": per_frame, "first_frame": first,
+            "bitstream": str(coded.bitstream) if coded.bitstream else None}
+
+
+def aggregate(sequence_results: list[dict]) -> dict[str, float]:
+    """Mean of each metric over sequences (CompressAI's ``aggregate_results``)."""
+    keys = [k for k in sequence_results[0]["results"] if all(k in r["results"] for r in sequence_results)]
+    return {k: float(np.mean([r["results"][k] for r in sequence_results])) for k in keys}
+
+
+def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
+    """CompressAI results files, one per family: lists over that family's models sorted by rate.
+
+    ``per_model`` maps model name → {"family": ..., "results": aggregated metrics}.
+    """
+    curves = {}
+    for family in FAMILIES:
+        members = sorted(((name, m) for name, m in per_model.items() if m["family"] == family),
+                         key=lambda nm: nm[1]["results"]["bpp"])
+        if not members:
+            continue
+        keys = [k for k in members[0][1]["results"] if all(k in m["results"] for _, m in members)]
+        results = {"q": [name for name, _ in members]}
+        results.update({k: [m["results"][k] for _, m in members] for k in keys})
+        curves[family] = {"name": family, "description": f"nvc-train eval ({family} models, real coding)",
+                          "results": results}
+    return curves
+
+
+def plot_rd(curves: dict[str, dict], path: Path) -> None:
+    """PSNR-RGB and MS-SSIM (dB) against bpp, one curve per family; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nvc_train.quant.export import atomic_write_bytes
+
+    metrics = [("psnr-rgb", "PSNR-RGB [dB]")]
+    if all("ms-ssim-rgb" in c["results"] for c in curves.values()):
+        metrics.append(("ms-ssim-rgb", "MS-SSIM-RGB [dB]"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    styles = {"float": "o-", "ptq": "s--", "qat": "^-"}
+    for ax, (metric, label) in zip(axes[0], metrics):
+        for family, curve in curves.items():
+            ys = np.array(curve["results"][metric])
+            if metric.startswith("ms-ssim"):
+                ys = -10 * np.log10(np.maximum(1 - ys, 1e-12))
+            ax.plot(curve["results"]["bpp"], ys, styles.get(family, "o-"), label=family, linewidth=1.2)
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.4)
+        ax.legend(loc="lower right")
+    fig.suptitle("Rate-distortion (real coding)")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
