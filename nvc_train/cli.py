@@ -54,6 +54,12 @@ def run_lightning(args: list[str] | None) -> None:
             except (ValueError, TypeError) as exc:
                 raise UserError(f"invalid configuration: {_root_cause(exc)}") from None
 
+        def before_fit(self):
+            # Every run folder records where the run came from, once per (re)start (issue #7).
+            from nvc_train.lit.provenance import RunProvenance
+
+            self.trainer.callbacks.append(RunProvenance())
+
     NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
                 save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
                 seed_everything_default=0)

@@ -1,0 +1,127 @@
+"""The shipped sbatch template on a real Slurm: DDP over 2 tasks, SIGUSR1, requeue, resume.
+
+The real ``slurm/train.sbatch`` is submitted unchanged; only sbatch's own command-line options
+(which override ``#SBATCH`` lines: no GPUs, 1 CPU per task, 2 tasks) and the template's
+environment variables adapt it to this machine, and the demo preset is shrunk to CPU size
+with ``nvc-train fit`` arguments, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 30
+# Training starts ~10 s after submission; the signal comes this long after the first step
+# starts, so the HPC checkpoint falls mid-run (≈ 1 step/s with 2 tasks on 2 cores).
+SIGNAL_AFTER_S = 8
+TIMEOUT_S = 480
+TINY = ["--trainer.accelerator", "cpu", "--trainer.max_steps", str(MAX_STEPS),
+        "--trainer.val_check_interval", str(MAX_STEPS), "--trainer.limit_val_batches", "1",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
+        "--data.init_args.num_frames", "2", "--data.init_args.crop", "128", "--data.init_args.train_size", "128",
+        "--data.init_args.val_size", "128", "--data.init_args.num_val_clips", "1",
+        "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0", "--model.real_coding_clips", "0"]
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+def _wait(cluster, job_id: str, ready, what: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        state = cluster.job(job_id).get("JobState")
+        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        time.sleep(1)
+    pytest.fail(f"job {job_id} never reached '{what}' (state {cluster.job(job_id).get('JobState')})")
+
+
+def _record(run: Path, k: int) -> dict:
+    return json.loads((run / "provenance" / f"start-{k}" / "provenance.json").read_text())
+
+
+def test_sigusr1_saves_hpc_checkpoint_requeues_and_resumes_at_its_step(slurm_cluster, tmp_path):
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "activate").is_file():
+        pytest.skip(f"the template activates a virtualenv; {venv} is not one")
+    runs = tmp_path / "runs"
+    slurm_cluster.env.update(PYTHONPATH=str(ROOT), NVC_VENV=str(venv), NVC_RUN_ROOT=str(runs),
+                             NVC_CONFIG="configs/demo/float.yaml", WANDB_MODE="offline")
+    t0 = time.monotonic()
+    deadline = t0 + TIMEOUT_S
+    submitted = slurm_cluster.run(
+        "sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0",
+        f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch", *TINY, cwd=ROOT)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    job_dir = runs / f"nvc-train-{job_id}"
+    run = job_dir / "runs" / "demo" / "float"  # the preset's default_root_dir, inside the job's folder
+
+    def log() -> str:
+        path = job_dir / "slurm.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else "(no slurm.log)"
+
+    try:
+        # Lightning registers its SIGUSR1 handler before training starts; the provenance
+        # record is written when it does.
+        _wait(slurm_cluster, job_id, lambda: (run / "provenance" / "start-0" / "provenance.json").exists(),
+              "training started", deadline)
+        time.sleep(SIGNAL_AFTER_S)
+        # Without --batch/--full the signal goes to the job steps only: the srun-launched ranks.
+        signalled = slurm_cluster.run("scancel", "--signal=USR1", job_id)
+        assert signalled.returncode == 0, signalled.stderr
+        _wait(slurm_cluster, job_id, lambda: slurm_cluster.job(job_id).get("JobState") == "COMPLETED",
+              "COMPLETED", deadline)
+        print(f"submit → COMPLETED with one requeue: {time.monotonic() - t0:.0f} s")
+        _check_requeued_run(slurm_cluster.job(job_id), job_id, job_dir, run)
+    except BaseException:
+        print(log(), slurm_cluster.logs(), sep="\n")
+        raise
+
+
+def _check_requeued_run(job: dict, job_id: str, job_dir: Path, run: Path) -> None:
+    assert job["Restarts"] == "1", job
+    assert job["ExitCode"] == "0:0", job
+
+    hpc = sorted(run.glob("hpc_ckpt_*.ckpt"))
+    assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"]
+    hpc_step = torch.load(hpc[0], map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < hpc_step < MAX_STEPS, f"signal landed outside training (step {hpc_step})"
+
+    first, second = _record(run, 0), _record(run, 1)
+    assert not (run / "provenance" / "start-2").exists()
+    assert first["resumed_from"] is None and first["start_step"] == 0
+    assert first["slurm"]["SLURM_RESTART_COUNT"] in (None, "0")
+    assert second["slurm"]["SLURM_RESTART_COUNT"] == "1"
+    assert second["slurm"]["SLURM_JOB_ID"] == first["slurm"]["SLURM_JOB_ID"] == job_id
+    assert Path(second["resumed_from"]) == hpc[0].resolve()
+    assert second["start_step"] == hpc_step
+    assert first["world_size"] == second["world_size"] == 2
+
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == MAX_STEPS
+
+    wandb_id = (job_dir / "wandb-run-id").read_text().strip()
+    assert first["loggers"]["WandbLogger"] == second["loggers"]["WandbLogger"] == wandb_id
+    assert len(list(run.glob(f"wandb/offline-run-*-{wandb_id}"))) == 2  # one per start, one W&B run
+
+    text = (job_dir / "slurm.log").read_text(errors="replace")
+    assert "restart 0 on" in text and "restart 1 on" in text  # both starts log to the run folder
+    assert "Requeued SLURM job" in text
+
+
+@pytest.mark.parametrize("template", ["train", "multinode", "sweep", "finetune"])
+def test_sbatch_accepts_every_template(slurm_cluster, template, tmp_path):
+    """Real sbatch parses each template's #SBATCH header (--test-only: checked, not queued);
+    the command-line options shrink it to this one CPU node, as a user adapts it."""
+    result = slurm_cluster.run("sbatch", "--test-only", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                               "--gpus-per-node=0", f"--output={tmp_path}/%x-%j.out", f"slurm/{template}.sbatch",
+                               cwd=ROOT)
+    assert result.returncode == 0 and "to start at" in result.stderr, result.stderr
