@@ -15,7 +15,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm

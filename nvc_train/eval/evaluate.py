@@ -14,7 +14,6 @@ frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass

@@ -1,0 +1,183 @@
+"""`nvc-train eval / bdrate / compare`: real-coding RD evaluation and cross-machine reports."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from nvc_train.cli import main
+from nvc_train.codec.colour import ColourSpec
+from nvc_train.codec.files import decode_video
+from nvc_train.codec.video_io import SourceFrame, open_writer
+from nvc_train.commands import save_float_state_dict
+from nvc_train.eval.evaluate import frame_metrics
+from nvc_train.quant.export import load_integer_checkpoint
+from tests.codec.video_fixtures import clip, write_h264
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory):
+    """Two generated sequences: an H.264 .mp4 and a .y4m (MS-SSIM needs sides ≥ 161)."""
+    folder = tmp_path_factory.mktemp("seqs")
+    write_h264(folder / "walk.mp4", clip(21, 4, 176, 200), fps=Fraction(30))
+    with open_writer(folder / "pan.y4m", 192, 168, Fraction(25)) as w:
+        for f in clip(22, 4, 168, 192):
+            w.write(f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def float_weights(float_module, tmp_path_factory):
+    path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
+    save_float_state_dict(copy.deepcopy(float_module.model), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluation(int_checkpoint, float_weights, sequences, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    code = main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
+                 "--out", str(out), "--frames", "3", "--gop", "2", "--quiet"])
+    return code, out
+
+
+def test_eval_writes_compressai_results_per_family_and_sequence(evaluation, int_checkpoint):
+    code, out = evaluation
+    assert code == 0
+    qat, flt = (json.loads((out / f"{f}.json").read_text()) for f in ("qat", "float"))
+    assert qat["name"] == "qat" and flt["name"] == "float"
+    for curve in (qat, flt):
+        for key in ("q", "bpp", "bitrate", "psnr-rgb", "psnr-y", "psnr-u", "psnr-v", "psnr-yuv", "ms-ssim-rgb",
+                    "encoding_time", "decoding_time", "bpp-keyframe", "bpp-motion", "bpp-residual"):
+            assert len(curve["results"][key]) == 1, key
+    assert qat["results"]["q"] == [Path(int_checkpoint).stem]
+    assert qat["results"]["latents_match"] == [1.0] and "latents_match" not in flt["results"]
+    names = sorted(p.name for p in (out / "sequences").iterdir())
+    assert names == sorted(f"{s}-{m}.json" for s in ("pan", "walk") for m in (Path(int_checkpoint).stem, "ssf-float"))
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| qat |" in (out / "summary.md").read_text()
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_rate_is_the_real_bitstream_and_metrics_are_consistent(evaluation, int_checkpoint):
+    _, out = evaluation
+    record = json.loads((out / "sequences" / f"walk-{Path(int_checkpoint).stem}.json").read_text())
+    r, frames = record["results"], record["frames"]
+    size = Path(record["bitstream"]).stat().st_size
+    assert r["frames"] == 3 and [f["type"] for f in frames] == ["I", "P", "I"]
+    assert r["bpp"] == pytest.approx(8 * size / (200 * 176 * 3))
+    assert r["bitrate"] == pytest.approx(8 * size * 30 / (3 * 1000))
+    assert all(f["encoder_latent_sha256"] == f["decoder_latent_sha256"] for f in frames)
+    assert r["psnr-yuv"] == pytest.approx((4 * r["psnr-y"] + r["psnr-u"] + r["psnr-v"]) / 6)
+    assert sum(f["bytes"] for f in frames) + 68 == size
+    assert 0 < r["ms-ssim-rgb"] < 1 and 5 < r["psnr-rgb"] < 60
+
+
+def test_results_plot_unchanged_in_compressai(evaluation, tmp_path):
+    _, out = evaluation
+    png = tmp_path / "plot.png"
+    proc = subprocess.run([sys.executable, "-m", "compressai.utils.video.plot", "-f", str(out / "qat.json"),
+                           str(out / "float.json"), "-o", str(png)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_frame_metrics_on_known_errors():
+    rgb = torch.full((3, 16, 16), 100 / 255)
+    src = SourceFrame(rgb)
+    exact = frame_metrics(rgb, src, ColourSpec())
+    assert exact["psnr-rgb"] == 100.0 and exact["psnr-y"] == 100.0  # identical: capped like infinity
+    off = frame_metrics(rgb + 2 / 255, src, ColourSpec())
+    assert off["psnr-rgb"] == pytest.approx(10 * math.log10(255**2 / 4))
+    assert off["psnr-yuv"] == pytest.approx((4 * off["psnr-y"] + off["psnr-u"] + off["psnr-v"]) / 6)
+
+
+def test_eval_refuses_bad_inputs(int_checkpoint, sequences, tmp_path, capsys):
+    lightning = tmp_path / "last.ckpt"
+    lightning.write_bytes(b"PK not an integer checkpoint")
+    cases = [(["--checkpoint", lightning, "--data", sequences], "Lightning checkpoint"),
+             (["--checkpoint", int_checkpoint, "--data", tmp_path / "nope"], "data not found"),
+             (["--checkpoint", int_checkpoint, int_checkpoint, "--data", sequences], "share a file name")]
+    for args, message in cases:
+        code, _, err = run_cli(["eval", *args, "--out", tmp_path / "o", "--quiet"], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+# --------------------------------------------------------------------------- bdrate
+
+def _curve(path: Path, name: str, bpp, psnr) -> Path:
+    path.write_text(json.dumps({"name": name, "results": {"bpp": bpp, "psnr-rgb": psnr}}))
+    return path
+
+
+def test_bdrate_cli_on_an_analytic_case(tmp_path, capsys):
+    a = _curve(tmp_path / "a.json", "float", [0.1, 0.2, 0.4, 0.8], [30.0, 32.0, 34.5, 36.0])
+    b = _curve(tmp_path / "b.json", "qat", [0.11, 0.22, 0.44, 0.88], [30.0, 32.0, 34.5, 36.0])
+    code, out, _ = run_cli(["bdrate", a, b], capsys)
+    assert code == 0 and "qat: BD-rate +10.00 %" in out
+    code, out, _ = run_cli(["bdrate", a, a], capsys)
+    assert "BD-rate +0.00 %" in out and "+0.000 dB" in out
+
+
+def test_bdrate_cli_errors(tmp_path, capsys):
+    a = _curve(tmp_path / "a.json", "float", [0.1, 0.2], [30.0, 32.0])
+    (tmp_path / "bad.json").write_text("{not json")
+    far = _curve(tmp_path / "far.json", "x", [0.1, 0.2], [40.0, 42.0])
+    for other, message in ((tmp_path / "missing.json", "not found"), (tmp_path / "bad.json", "not a JSON"),
+                           (far, "do not overlap")):
+        code, _, err = run_cli(["bdrate", a, other], capsys)
+        assert code == 2 and message in err, err
+    code, _, err = run_cli(["bdrate", a, a, "--metric", "psnr-yuv"], capsys)
+    assert code == 2 and "no 'psnr-yuv' results" in err
+
+
+# --------------------------------------------------------------------------- compare
+
+def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint, sequences, tmp_path, capsys):
+    """Machine B is simulated by perturbing the float synthesis transforms: latents stay
+    identical (integer hyperprior), pixels drift slightly."""
+    nvc = tmp_path / "walk.nvc"
+    assert main(["encode", str(sequences / "walk.mp4"), "-o", str(nvc), "--checkpoint", str(int_checkpoint),
+                 "--gop", "2", "--quiet"]) == 0
+    decodes = {}
+    for machine, rel in (("a", 0.0), ("b", 1e-3)):
+        ck = load_integer_checkpoint(int_checkpoint)
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for module in (ck.codec.model.img_decoder, ck.codec.model.res_decoder, ck.codec.model.motion_decoder):
+                for p in module.parameters():
+                    p.mul_(1 + rel * torch.randn(p.shape, generator=g))
+        out = tmp_path / f"{machine}.y4m"
+        report = decode_video(nvc, ck, lambda h: open_writer(out, h.width, h.height, Fraction(25)), progress=False)
+        (tmp_path / f"{machine}.txt").write_text("".join(f"{f.index} {f.frame_type} {f.latent_sha256}\n"
+                                                         for f in report.frames))
+        decodes[machine] = out
+    code, out, _ = run_cli(["compare", tmp_path / "a.txt", tmp_path / "b.txt", "--decodes", decodes["a"], decodes["b"]],
+                           capsys)
+    assert code == 0 and "4 of 4 frames identical (bit-exact)" in out
+    drift = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    assert [row[1:3] for row in drift] == [["I", "0"], ["P", "1"], ["I", "0"], ["P", "1"]]
+    assert all(row[3] != "identical" and 25 < float(row[3]) < 100 for row in drift)
+
+    lines = (tmp_path / "b.txt").read_text().splitlines()
+    lines[2] = lines[2][:-64] + "0" * 64
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    code, out, _ = run_cli(["compare", tmp_path / "a.txt", tmp_path / "c.txt"], capsys)
+    assert code == 1 and "frame 2 (I): latents differ" in out and "3 of 4 frames identical" in out
+    (tmp_path / "junk.txt").write_text("hello\n")
+    code, _, err = run_cli(["compare", tmp_path / "a.txt", tmp_path / "junk.txt"], capsys)
+    assert code == 2 and "not a `nvc-train verify` line" in err
