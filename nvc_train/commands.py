@@ -212,7 +212,7 @@ def _log_ptq_to_wandb(out: Path, table: list[dict], float_point) -> None:
     columns = sorted({k for row in table for k in row})
     run = wandb.init(project="nvc-train", dir=str(out), job_type="ptq-search", config={"float": float_point._asdict()})
     run.log({"ptq/search": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in table])})
-    run.finish()
+    _finish_wandb(run)
 
 
 def _device(name: str) -> str:
@@ -429,7 +429,17 @@ def _log_eval_to_wandb(out: Path, per_model: dict, per_sequence: dict, curves: d
     for name, m in per_model.items():
         for k, v in m["results"].items():
             run.summary[f"{name}/{k}"] = v
+    _finish_wandb(run)
+
+
+def _finish_wandb(run) -> None:
+    """Finish the run and stop W&B's service: wandb.init exports WANDB_SERVICE, and child
+    processes started later (Lightning fits, srun jobs) would otherwise attach to this
+    process's service instead of their own."""
+    import wandb
+
     run.finish()
+    wandb.teardown()
 
 
 def bdrate(args) -> int:

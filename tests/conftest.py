@@ -11,6 +11,15 @@ import torch
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Commands run in-process set WANDB_* variables; no test may see another's."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
