@@ -36,17 +36,9 @@ from nvc_train.codec.video_io import InputOptions, open_video, open_writer
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.quant.export import load_integer_checkpoint
 
+from decode_speed import timed  # benchmarks/ is on sys.path when run as a script
+
 SIZES = {"1080p": (1080, 1920), "720p": (720, 1280)}
-
-
-def timed(fn, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def write_y4m(path: Path, height: int, width: int, frames: int, seed: int = 31337, chunk: int = 30) -> None:

@@ -125,17 +125,15 @@ def conformance(args) -> int:
 
 def verify(args) -> int:
     """Per-frame latent hashes of a bitstream, one line per frame, for ``diff`` across machines."""
-    from nvc_train.codec.bitstream import EMBEDDED, read_bitstream_bytes
+    from nvc_train.codec.bitstream import read_bitstream_bytes
+    from nvc_train.codec.files import open_checked
     from nvc_train.quant.export import load_integer_checkpoint
 
     path = Path(args.bitstream)
-    if not path.is_file():
-        raise UserError(f"bitstream not found: {path}")
     device = _device(args.device)
     ck = load_integer_checkpoint(args.checkpoint, device=device)
-    header, coded = read_bitstream_bytes(path.read_bytes())
-    if header.checkpoint_sha256 not in (EMBEDDED, bytes.fromhex(ck.sha256)):
-        raise UserError(f"{path} was encoded with checkpoint {header.checkpoint_sha256.hex()[:8]}, not {ck.sha256[:8]}")
+    open_checked(path, ck)
+    _, coded = read_bitstream_bytes(path.read_bytes())
     for t, frame in enumerate(ck.codec.decompress_iter(coded, device)):
         print(f"{t} {coded[t].frame_type} {frame.latent_sha256}")
     return 0

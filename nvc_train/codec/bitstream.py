@@ -27,6 +27,7 @@ import struct
 import zlib
 from typing import BinaryIO, Iterator, NamedTuple
 
+from nvc_train.codec.atomic import AtomicOutput
 from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import MODEL_MULTIPLE
@@ -105,24 +106,19 @@ def write_bitstream_bytes(coded: list[CodedFrame], width: int, height: int, chec
     return header_bytes(width, height, checkpoint_sha256, fps, len(coded), gop) + b"".join(map(frame_record_bytes, coded))
 
 
-class BitstreamWriter:
+class BitstreamWriter(AtomicOutput):
     """Stream frames to a .nvc file; the header's frame count is filled in on ``commit``.
 
-    Writes to a hidden temporary beside ``path`` and renames it into place on ``commit``, so an
-    interrupted encode never leaves a partial bitstream under the user's name. A context
-    manager: leaving the block with an exception removes the temporary.
+    Atomic (:class:`~nvc_train.codec.atomic.AtomicOutput`): an interrupted encode never
+    leaves a partial bitstream under the user's name.
     """
 
     def __init__(self, path, width: int, height: int, checkpoint_sha256: str, fps: tuple[int, int], gop: int,
                  colour: int = 0):
-        from pathlib import Path
-
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        super().__init__(path)
         self.fields = (width, height, checkpoint_sha256, fps)
         self.gop, self.colour = gop, colour
         self.frames = 0
-        self.bytes = 0
         self.file = open(self.tmp, "wb")
         self.file.write(header_bytes(*self.fields, 0, gop, colour))
 
@@ -131,10 +127,9 @@ class BitstreamWriter:
         record = frame_record_bytes(cf)
         self.file.write(record)
         self.frames += 1
-        self.bytes += len(record)
         return len(record)
 
-    def commit(self) -> None:
+    def _finish(self) -> None:
         if self.frames == 0:
             self.abort()
             raise BitstreamError("no frames to write")
@@ -143,20 +138,9 @@ class BitstreamWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
+    def _close(self) -> None:
         self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class _Reader:

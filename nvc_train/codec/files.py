@@ -101,7 +101,7 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
     info = reader.info
     report = CodingReport(info.width, info.height, info.fps)
     total = min(x for x in (info.frames, max_frames) if x is not None) if (info.frames or max_frames) else None
-    frames = _limited(iter(reader), max_frames)
+    frames = itertools.islice(reader, max_frames)
     codec = checkpoint.codec
     start = time.perf_counter()
     with BitstreamWriter(out, info.width, info.height, checkpoint.sha256, _fps_pair(info.fps), gop,
@@ -138,13 +138,6 @@ def _frame_stats(t: int, frame_type: str, nbytes: int, frame: DecodedFrame, refe
         stats.psnr = psnr(x_hat, ref)
         stats.ms_ssim = ms_ssim(x_hat, ref) if with_ms_ssim else None
     return stats
-
-
-def _limited(frames: Iterator[Tensor], max_frames: int | None) -> Iterator[Tensor]:
-    for t, frame in enumerate(frames):
-        if max_frames is not None and t >= max_frames:
-            return
-        yield frame
 
 
 def open_checked(bitstream: Path, checkpoint: IntegerCheckpoint) -> Header:

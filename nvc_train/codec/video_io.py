@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -24,6 +23,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from torch import Tensor
 
+from nvc_train.codec.atomic import AtomicOutput
 from nvc_train.codec.colour import ColourSpec, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
 from nvc_train.errors import UserError
 
@@ -337,15 +337,12 @@ class PNGFolderReader(FrameReader):
     """A folder of PNG files in natural order (frame2 before frame10); 8 or 16 bit RGB(A)/grey."""
 
     def __init__(self, path: Path, options: InputOptions):
-        from PIL import Image
-
         self.files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
         if not self.files:
             raise VideoError(f"{path} holds no .png files")
         self.path = path
         with self._open(self.files[0]) as im:
             width, height = im.size
-        self._image = Image
         self.info = VideoInfo(width, height, options.fps or Fraction(25), len(self.files), "PNG folder, RGB")
 
     @staticmethod
@@ -391,15 +388,15 @@ def open_video(path: str | Path, options: InputOptions = InputOptions()) -> Fram
 
 # --------------------------------------------------------------------------- writers
 
-class FrameWriter:
-    """Write RGB frames (3, H, W) in [0, 1]; ``commit`` renames the temporary into place.
+class FrameWriter(AtomicOutput):
+    """Write RGB frames (3, H, W) in [0, 1] to a temporary; ``commit`` renames it into place.
 
     Use as a context manager: leaving the block with an exception removes the temporary.
     """
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction):
-        self.path, self.width, self.height, self.fps = path, width, height, fps
-        self.tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, tmp_suffix: str | None = None):
+        super().__init__(path, path.suffix if tmp_suffix is None else tmp_suffix)
+        self.width, self.height, self.fps = width, height, fps
         self.frames = 0
 
     def write(self, rgb: Tensor) -> None:
@@ -410,43 +407,6 @@ class FrameWriter:
 
     def _write(self, rgb: Tensor) -> None:
         raise NotImplementedError
-
-    def _finish(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        self._finish()
-        _replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        _remove(self.tmp)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    """Atomically move ``tmp`` to ``path`` (a folder replaces an existing folder)."""
-    if tmp.is_dir() and path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        _remove(old)
-    else:
-        os.replace(tmp, path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
 
 
 class _YUVFileWriter(FrameWriter):
@@ -466,9 +426,8 @@ class _YUVFileWriter(FrameWriter):
         os.fsync(self.file.fileno())
         self.file.close()
 
-    def abort(self) -> None:
+    def _close(self) -> None:
         self.file.close()
-        super().abort()
 
 
 def y4m_header(width: int, height: int, fps: Fraction, spec: ColourSpec) -> bytes:
@@ -480,8 +439,7 @@ class PNGFolderWriter(FrameWriter):
     """frame_00000.png, frame_00001.png, … (8-bit RGB) in a new folder."""
 
     def __init__(self, path: Path, width: int, height: int, fps: Fraction):
-        super().__init__(path, width, height, fps)
-        self.tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        super().__init__(path, width, height, fps, tmp_suffix="")
         self.tmp.mkdir(parents=True)
 
     def _write(self, rgb: Tensor) -> None:
@@ -530,11 +488,8 @@ class H264Writer(FrameWriter):
             self.container.mux(packet)
         self.container.close()
 
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            super().abort()
+    def _close(self) -> None:
+        self.container.close()
 
 
 def check_output_path(path: str | Path, overwrite: bool) -> Path:

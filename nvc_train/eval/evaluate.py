@@ -220,8 +220,9 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
             rec = x_hat[0, :, :info.height, :info.width]
             if first is None:
                 first = (rec.detach().cpu().clamp(0, 1), src.rgb)
-            row = {"index": t, "type": cf.frame_type, "bytes": frame_record_size(cf),
-                   "bpp": 8 * frame_record_size(cf) / pixels, **frame_metrics(rec, src, spec)}
+            nbytes = frame_record_size(cf)
+            row = {"index": t, "type": cf.frame_type, "bytes": nbytes, "bpp": 8 * nbytes / pixels,
+                   **frame_metrics(rec, src, spec)}
             for part, lat in cf.latents.items():
                 row[f"bpp-{part}"] = 8 * (len(lat.y_string) + len(lat.z_string)) / pixels
             if enc_hash is not None:
