@@ -59,6 +59,16 @@ def run_lightning(args: list[str] | None) -> None:
             from nvc_train.lit.provenance import RunProvenance
 
             self.trainer.callbacks.append(RunProvenance())
+            # Under SLURM, requeue at a safe point instead of in Lightning's signal handler
+            # (a DDP hang, see nvc_train/lit/requeue.py).
+            from lightning.fabric.plugins.environments import SLURMEnvironment
+
+            from nvc_train.lit.requeue import SlurmRequeue
+
+            env = self.trainer._accelerator_connector.cluster_environment
+            if isinstance(env, SLURMEnvironment) and env.auto_requeue:
+                env.auto_requeue = False
+                self.trainer.callbacks.append(SlurmRequeue(env.requeue_signal))
 
     NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
                 save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},

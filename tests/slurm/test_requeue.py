@@ -114,7 +114,7 @@ def _check_requeued_run(job: dict, job_id: str, job_dir: Path, run: Path) -> Non
 
     text = (job_dir / "slurm.log").read_text(errors="replace")
     assert "restart 0 on" in text and "restart 1 on" in text  # both starts log to the run folder
-    assert "Requeued SLURM job" in text
+    assert "requeued SLURM job" in text  # nvc_train.lit.requeue.SlurmRequeue, not Lightning's handler
 
 
 @pytest.mark.parametrize("template", ["train", "multinode", "sweep", "finetune"])
