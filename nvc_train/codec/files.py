@@ -100,7 +100,8 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
     """
     info = reader.info
     report = CodingReport(info.width, info.height, info.fps)
-    total = min(x for x in (info.frames, max_frames) if x is not None) if (info.frames or max_frames) else None
+    known = [n for n in (info.frames, max_frames) if n]
+    total = min(known) if known else None  # for the progress bar
     frames = itertools.islice(reader, max_frames)
     codec = checkpoint.codec
     start = time.perf_counter()
