@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -181,6 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("hashes_b", help="`nvc-train verify` output of machine B")
     s.add_argument("--decodes", nargs=2, metavar=("VIDEO_A", "VIDEO_B"), help="the same bitstream decoded on A and B")
 
+    s = sub.add_parser("prepare-footage", help="index clips of your video files as a training dataset (train/validation by file)",
+                       description="Scan SRC (a folder tree of .mp4/.mov/.mkv/.avi/.webm/.y4m files, or "
+                                   "hf://datasets/OWNER/NAME[@REV]), decode every file once, and write a Hugging Face "
+                                   "dataset of clips (file, start frame, size, fps) to OUT with a train/validation split "
+                                   "by file. Unreadable or too short files are skipped and listed. Train on it with "
+                                   "`nvc-train fit --config configs/finetune/footage.yaml --data.root OUT`.")
+    s.add_argument("source", metavar="SRC", help="footage folder (or one file), or hf://datasets/OWNER/NAME[@REV]")
+    s.add_argument("--out", required=True, help="output folder (dataset/, footage.json, cache/)")
+    s.add_argument("--clip-len", type=int, default=3, help="frames per clip (default: %(default)s)")
+    s.add_argument("--stride", type=int, default=None, help="frames between clip starts (default: the clip length)")
+    s.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of files held out for validation (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the file split (default: %(default)s)")
+    s.add_argument("--cache", action="store_true",
+                   help="also store every frame as raw RGB (fast loading; 3 bytes per pixel per frame on disk)")
+    s.add_argument("--downscale", type=float, default=1.0,
+                   help="scale every frame by this factor in (0, 1], e.g. 0.5 for 1080p → 540p (default: %(default)s)")
+    s.add_argument("--overwrite", action="store_true", help="replace prepared footage already in OUT")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
     s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
     s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")
     s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
@@ -216,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         name = {"eval": "evaluate"}.get(args.command, args.command.replace("-", "_"))
         return getattr(commands, name)(args) or 0
     except UserError as exc:
-        print(f"nvc-train: error: {exc}", file=sys.stderr)
+        # First line only: an error re-raised from a DataLoader worker carries its traceback.
+        print(f"nvc-train: error: {_first_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nvc-train: interrupted", file=sys.stderr)
@@ -232,11 +254,36 @@ def _run_lightning_guarded(argv: list[str], from_sys_argv: bool = False) -> None
     try:
         run_lightning(None if from_sys_argv else argv)
     except ArgumentError as exc:
-        raise UserError(_first_line(str(exc))) from None
+        raise UserError(_summarise_argument_error(str(exc))) from None
     except SystemExit as exc:  # --help and --print_config exit 0; keep that
         if exc.code not in (0, None):
             raise UserError(f"invalid arguments for `{argv[0]}`") from None
         raise
+
+
+def _summarise_argument_error(message: str) -> str:
+    """One line from jsonargparse's multi-line report: the missing options by their flags,
+    else the failing class's own complaint, else the first line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()] or ["invalid arguments"]
+    key = re.match(r'Parser key "([\w.]+)"', lines[0])
+    for line in lines:
+        missing = re.search(r"the following arguments are required: (.+)$", line)
+        if missing:
+            prefix = f"--{key.group(1)}." if key else ""
+            names = [name.strip() for name in missing.group(1).split(",")]
+            return "missing " + ", ".join(name if name.startswith("-") else prefix + name for name in names)
+    for i, line in enumerate(lines):
+        if line.startswith("- Problem with given class_path"):
+            detail = []
+            for nested in lines[i + 1:]:
+                if nested.startswith("- "):
+                    break
+                detail.append(nested)
+            text = " ".join(detail)
+            if key:  # 'Parser key "crop": Expected …' → '--data.crop: Expected …'
+                text = re.sub(r'Parser key "([\w.]+)":', lambda m: f"--{key.group(1)}.{m.group(1)}:", text)
+            return text or lines[0]
+    return lines[0]
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import platform
+import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -219,6 +220,33 @@ def _device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available on this machine")
     return name
+
+
+def prepare_footage(args) -> int:
+    """Index the clips of a footage folder (or Hub dataset) as a training dataset."""
+    import warnings
+
+    from nvc_train.data.footage import prepare_footage as prepare
+    from nvc_train.data.hub import download_hub_footage, is_hub_name
+
+    source = download_hub_footage(args.source) if is_hub_name(args.source) else Path(args.source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = prepare(source, Path(args.out), clip_len=args.clip_len, stride=args.stride,
+                         val_fraction=args.val_fraction, seed=args.seed, cache=args.cache,
+                         downscale=args.downscale, overwrite=args.overwrite, progress=not args.quiet)
+    for source_name, reason in report.skipped:
+        print(f"nvc-train: warning: skipped {source_name}: {reason}", file=sys.stderr)
+    for w in caught:
+        if not str(w.message).startswith("skipped "):
+            print(f"nvc-train: warning: {w.message}", file=sys.stderr)
+    if not args.quiet:
+        for split in ("train", "validation"):
+            files = [f for f in report.files if f.split == split]
+            frames = sum(f.frames for f in files)
+            print(f"{split:>10}: {len(files)} files, {frames} frames, {report.clips[split]} clips")
+        print(f"wrote {args.out} (train with: nvc-train fit --config configs/finetune/footage.yaml --data.root {args.out})")
+    return 0
 
 
 def demo(args) -> int:

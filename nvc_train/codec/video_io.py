@@ -162,11 +162,31 @@ class PyAVReader(FrameReader):
         self._warned_fallback = False
 
     def source_frames(self) -> Iterator[SourceFrame]:
+        return (frame for _, frame in self.timed_frames())
+
+    def timed_frames(self, start_pts: int | None = None) -> Iterator[tuple[int | None, SourceFrame]]:
+        """(pts, frame) in presentation order; with ``start_pts``, seek to the keyframe at or
+        before it and skip the frames before it (pts in the stream's time base)."""
         import av
 
         try:
+            if start_pts is not None:
+                # seek() also flushes the decoder, so a reader can be reused for any clip.
+                self.container.seek(start_pts, stream=self.stream, backward=True, any_frame=False)
             for frame in self.container.decode(self.stream):
-                yield self._convert(frame)
+                if start_pts is not None and frame.pts is not None and frame.pts < start_pts:
+                    continue
+                yield frame.pts, self._convert(frame)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
+
+    def frame_pts(self) -> list[int | None]:
+        """Decode every frame without converting it; their pts in presentation order. Proves
+        the whole file decodes and counts its frames exactly (container headers can be wrong)."""
+        import av
+
+        try:
+            return [frame.pts for frame in self.container.decode(self.stream)]
         except av.error.FFmpegError as exc:
             raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
 
@@ -242,6 +262,12 @@ class Y4MReader(FrameReader):
         samples = width * height if self.chroma == "mono" else _frame_samples(width, height, self.chroma)
         self.frame_bytes = samples * self.dtype.itemsize
         self.info = VideoInfo(width, height, options.fps or fps, None, f"y4m C{colour}, {self.spec}", self.spec)
+        self._first_frame = self.file.tell()
+
+    def seek(self, index: int) -> None:
+        """Continue :meth:`source_frames` at frame ``index`` (0-based). Assumes bare ``FRAME``
+        markers, as every writer we know emits; a marker with parameters fails the marker check."""
+        self.file.seek(self._first_frame + index * (len(b"FRAME\n") + self.frame_bytes))
 
     def source_frames(self) -> Iterator[SourceFrame]:
         w, h = self.info.width, self.info.height

@@ -1,13 +1,17 @@
 """Lightning DataModules: clips of N frames, random crops and temporal flips for training,
-deterministic full frames for validation."""
+deterministic windows for validation. Synthetic clips (the built-in default), Vimeo-90k
+septuplets, and company footage from video files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from nvc_train.data.clips import to_unit_float
 from nvc_train.data.synthetic import SyntheticClips
 from nvc_train.models.ssf import MODEL_MULTIPLE
 
@@ -38,7 +42,32 @@ class RandomCropFlip(Dataset):
         return clip.contiguous()
 
 
-class SyntheticClipDataModule(L.LightningDataModule):
+class ClipDataModule(L.LightningDataModule):
+    """Shared loaders: shuffled training batches, validation one clip at a time in a fixed
+    order. Under DDP, Lightning wraps both in a ``DistributedSampler`` (each rank its own
+    shard; validation padded to equal length so per-step metric syncs line up). Batches may
+    arrive as uint8 and become float32 in [0, 1] on the device (:mod:`nvc_train.data.clips`).
+    """
+
+    train_set: Dataset
+    val_set: Dataset
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, 1, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        return to_unit_float(batch)
+
+
+class SyntheticClipDataModule(ClipDataModule):
     """The built-in default data: generated clips (nothing to download).
 
     Args:
@@ -67,13 +96,111 @@ class SyntheticClipDataModule(L.LightningDataModule):
         # A different seed range from training: validation clips are never trained on.
         self.val_set = SyntheticClips(hp.num_val_clips, hp.num_frames, hp.val_size, hp.val_size, seed=hp.seed + 10**6)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=shuffle)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+class VimeoDataModule(ClipDataModule):
+    """Vimeo-90k septuplets from a local folder in the published layout (``sequences/``,
+    ``sep_trainlist.txt``, ``sep_testlist.txt``): the standard SSF training set.
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, 1, shuffle=False)
+    Args:
+        root: the Vimeo-90k septuplet folder (``vimeo_septuplet``).
+        num_frames: frames per clip, 1..7.
+        crop: training crop side in pixels (multiple of 128; the frames are 448x256).
+        max_interval: training clips take every k-th frame, k random in 1..max_interval (as
+            CompressAI's ``VideoFolder(rnd_interval=True)``); 1 = consecutive frames.
+        val_crop_limit: cap on the centred validation window's side (None: 384x256).
+        max_val_clips: validation uses this many evenly spaced test septuplets (None: all 7,824).
+    """
+
+    def __init__(self, root: str, num_frames: int = 3, crop: int = 256, batch_size: int = 8, num_workers: int = 4,
+                 temporal_flip: bool = True, max_interval: int = 1, val_crop_limit: int | None = None,
+                 max_val_clips: int | None = 64):
+        super().__init__()
+        if crop % MODEL_MULTIPLE:
+            raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
+        self.save_hyperparameters()
+        from nvc_train.data.vimeo import read_septuplet_list
+
+        for split in ("train", "test"):  # fail before the logger starts
+            read_septuplet_list(Path(root), split)
+
+    def setup(self, stage: str | None = None) -> None:
+        from nvc_train.data.vimeo import VimeoSeptuplets
+
+        hp = self.hparams
+        self.train_set = VimeoSeptuplets(hp.root, "train", hp.num_frames, hp.crop, hp.temporal_flip, hp.max_interval)
+        self.val_set = VimeoSeptuplets(hp.root, "test", hp.num_frames, hp.crop, False,
+                                       val_crop_limit=hp.val_crop_limit, max_clips=hp.max_val_clips)
+
+
+class FootageDataModule(ClipDataModule):
+    """Company footage prepared by ``nvc-train prepare-footage`` (see :mod:`nvc_train.data.footage`),
+    or a Hugging Face Hub dataset of video files, prepared on first use.
+
+    Frames are decoded with PyAV inside the DataLoader workers (seeking to each clip's start),
+    or memory-mapped from the frame cache when the folder has one.
+
+    Args:
+        root: the prepared folder, or ``hf://datasets/OWNER/NAME[@REVISION]``.
+        num_frames: frames per training clip (at most the prepared clip length).
+        crop: training crop side in pixels (multiple of 128); smaller files are left out.
+        val_crop_limit: cap on the side of the centred validation window (None: the whole
+            frame, each side rounded down to a multiple of 128).
+        max_val_clips: validation uses this many evenly spaced clips (None: all).
+        use_cache: read the frame cache when the folder has one.
+        source_root: where the video files are now, if they moved after preparation.
+        hub_cache: where Hub footage is prepared (default ``~/.cache/nvc-train/footage``).
+        val_fraction, cache_frames, downscale: how Hub footage is prepared (as the
+            ``prepare-footage`` options of the same names).
+    """
+
+    def __init__(self, root: str, num_frames: int = 3, crop: int = 256, batch_size: int = 8, num_workers: int = 4,
+                 temporal_flip: bool = True, val_crop_limit: int | None = None, max_val_clips: int | None = 16,
+                 use_cache: bool = True, source_root: str | None = None, hub_cache: str | None = None,
+                 val_fraction: float = 0.1, cache_frames: bool = False, downscale: float = 1.0):
+        super().__init__()
+        if crop % MODEL_MULTIPLE:
+            raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
+        self.save_hyperparameters()
+        from nvc_train.data.footage import FootageError, MANIFEST
+
+        # Fail before the logger starts; a Hub name is checked here and fetched in prepare_data.
+        if not (self.prepared_root() / MANIFEST).exists() and not root.startswith("hf://"):
+            raise FootageError(f"{root} is not prepared footage (no {MANIFEST}): "
+                               f"run `nvc-train prepare-footage SRC --out {root}`")
+
+    def prepared_root(self) -> Path:
+        """The local prepared folder (for a Hub name: where ``prepare_data`` puts it)."""
+        from nvc_train.data.hub import is_hub_name, parse_hub_name
+
+        root = self.hparams.root
+        if not is_hub_name(root):
+            return Path(root)
+        repo_id, revision = parse_hub_name(root)
+        base = Path(self.hparams.hub_cache or Path.home() / ".cache" / "nvc-train" / "footage")
+        return base / f"{repo_id.replace('/', '--')}--{revision or 'main'}--clip{self.hparams.num_frames}"
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node, before setup(): the place to download.
+        from nvc_train.data.footage import MANIFEST, prepare_footage
+        from nvc_train.data.hub import download_hub_footage, is_hub_name
+
+        hp = self.hparams
+        if is_hub_name(hp.root) and not (self.prepared_root() / MANIFEST).exists():
+            prepare_footage(download_hub_footage(hp.root), self.prepared_root(), clip_len=hp.num_frames,
+                            val_fraction=hp.val_fraction, cache=hp.cache_frames, downscale=hp.downscale)
+
+    def setup(self, stage: str | None = None) -> None:
+        from nvc_train.data.footage import FootageClips, FootageError, load_footage
+
+        hp = self.hparams
+        footage = load_footage(self.prepared_root(), hp.source_root)
+        try:
+            self.train_set = FootageClips(footage, "train", hp.num_frames, hp.crop, hp.temporal_flip,
+                                          use_cache=hp.use_cache)
+            self.val_set = FootageClips(footage, "validation", hp.num_frames, None, False, hp.val_crop_limit,
+                                        hp.max_val_clips, hp.use_cache)
+        except ValueError as exc:
+            raise FootageError(str(exc)) from None
+        if stage in (None, "fit") and len(self.train_set) == 0:
+            raise FootageError(f"{footage.root} has no training clip of at least {hp.crop}x{hp.crop} pixels: "
+                               "lower --data.crop or prepare more footage")

@@ -42,3 +42,16 @@ def test_invalid_values_caught_by_constructors(tmp_path):
     assert_one_line_error(cli("fit", "--config", qat, "--model.qat.activation_bits", "12", cwd=tmp_path),
                           "activation_bits must be 8 or 16")
     assert_one_line_error(cli("fit", "--config", DEMO, "--data.init_args.crop", "100", cwd=tmp_path), "multiple of 128")
+
+
+def test_data_roots_that_cannot_be_used(tmp_path):
+    footage = str(ROOT / "configs" / "finetune" / "footage.yaml")
+    vimeo = str(ROOT / "configs" / "vimeo.yaml")
+    assert_one_line_error(cli("fit", "--config", footage, cwd=tmp_path), "missing --data.root")
+    assert_one_line_error(cli("fit", "--config", DEMO, "--data.crop", "abc", cwd=tmp_path), "--data.crop: Expected")
+    assert_one_line_error(cli("fit", "--config", footage, "--data.root", str(tmp_path), cwd=tmp_path),
+                          "not prepared footage")
+    assert_one_line_error(cli("fit", "--config", vimeo, "--data.root", str(tmp_path), cwd=tmp_path),
+                          "sep_trainlist.txt not found")
+    assert_one_line_error(cli("fit", "--config", footage, "--data.root", "hf://datasets/x", cwd=tmp_path),
+                          "not a Hugging Face dataset name")

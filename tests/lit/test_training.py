@@ -54,14 +54,35 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
     assert t2.global_step == 4
 
 
+@pytest.fixture(scope="module")
+def data_roots(tmp_path_factory) -> dict[str, str]:
+    """A --data.root for each DataModule that needs one: prepared footage, a Vimeo-90k tree."""
+    import warnings
+
+    from nvc_train.data.footage import prepare_footage
+    from tests.data.footage_fixtures import write_footage
+    from tests.data.test_vimeo import make_vimeo_tree
+
+    base = tmp_path_factory.mktemp("roots")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare_footage(write_footage(base / "footage"), base / "prepared", val_fraction=0.34, progress=False)
+    return {"FootageDataModule": str(base / "prepared"),
+            "VimeoDataModule": str(make_vimeo_tree(base / "vimeo", n_train=2, n_test=1))}
+
+
 @pytest.mark.parametrize("config", sorted(glob.glob(str(ROOT / "configs" / "**" / "*.yaml"), recursive=True)))
-def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
+def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch, data_roots):
     from lightning.pytorch.cli import LightningCLI
 
-    from nvc_train.lit.data import SyntheticClipDataModule
+    from nvc_train.lit.data import ClipDataModule
 
     monkeypatch.chdir(tmp_path)
     args = ["--config", config]
+    text = Path(config).read_text()
+    for name, root in data_roots.items():
+        if f"nvc_train.lit.data.{name}" in text:
+            args += ["--data.root", root, "--data.crop", "128"]
     if "init_weights" in Path(config).read_text():  # fine-tuning presets need a float model file
         from compressai.models.video import ScaleSpaceFlow
 
@@ -71,9 +92,10 @@ def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch):
     assert isinstance(cli_obj.model, SSFLitModule)
     assert isinstance(cli_obj.datamodule, L.LightningDataModule)
     assert cli_obj.trainer.max_steps > 0
-    if isinstance(cli_obj.datamodule, SyntheticClipDataModule):
-        cli_obj.datamodule.setup("fit")
-        assert cli_obj.datamodule.train_set[0].ndim == 4
+    assert isinstance(cli_obj.datamodule, ClipDataModule)
+    cli_obj.datamodule.setup("fit")
+    assert cli_obj.datamodule.train_set[0].ndim == 4
+    assert cli_obj.datamodule.val_set[0].ndim == 4
 
 
 def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
@@ -95,3 +117,27 @@ def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
     pixels = np.asarray(Image.open(images[-1]).convert("RGB"), dtype=np.float64)
     original = pixels[:, : pixels.shape[1] // 2]
     assert original.std() > 10, "the original frame in the logged image must not be blank"
+
+
+@pytest.mark.parametrize("name", ["VimeoDataModule", "FootageDataModule"])
+def test_training_steps_on_real_data_get_float_batches(name, data_roots, tmp_path):
+    """uint8 clips leave the DataLoader and reach the module as float32 in [0, 1]."""
+    from nvc_train.lit import data as lit_data
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((batch.dtype, float(batch.min()), float(batch.max()), tuple(batch.shape)))
+
+    dm = getattr(lit_data, name)(data_roots[name], num_frames=2, crop=128, batch_size=2, num_workers=0,
+                                 max_val_clips=1, val_crop_limit=128)
+    module = SSFLitModule(quality=3, real_coding_clips=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path), limit_val_batches=1,
+                        num_sanity_val_steps=1, callbacks=[Probe()], enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    assert len(seen) == 2
+    for dtype, low, high, shape in seen:
+        assert dtype == torch.float32 and 0 <= low < high <= 1 and shape == (2, 2, 3, 128, 128)
+    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
