@@ -63,8 +63,44 @@ def _upsample(plane: Tensor, height: int, width: int) -> Tensor:
     return up[:height, :width]
 
 
-def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, bits: int, spec: ColourSpec) -> Tensor:
-    """Integer planes (Y' (H, W); Cb, Cr subsampled or not) → RGB (3, H, W) float32 in [0, 1]."""
+Window = tuple[int, int, int, int]
+"""(top, left, height, width) of a rectangle of a frame, in luma pixels."""
+
+
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, bits: int, spec: ColourSpec,
+                 window: Window | None = None) -> Tensor:
+    """Integer planes (Y' (H, W); Cb, Cr subsampled or not) → RGB (3, H, W) float32 in [0, 1].
+
+    With ``window``, only that rectangle (3, height, width) is converted, bit-identical to
+    cropping the whole frame's conversion: chroma is taken with a margin of one sample, on
+    the chroma grid, so every interpolated pixel sees the same samples with the same weights.
+    """
+    if window is not None:
+        y, cb, cr, inner = _window_planes(y, cb, cr, window)
+        top, left, height, width = inner
+        return _ycbcr_to_rgb(y, cb, cr, bits, spec)[:, top:top + height, left:left + width]
+    return _ycbcr_to_rgb(y, cb, cr, bits, spec)
+
+
+def _window_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, window: Window):
+    """The planes of a block around ``window`` whose conversion contains it exactly, and
+    the window's position in that block."""
+    top, left, height, width = window
+    full_h, full_w = y.shape
+    sv, sh = full_h // cb.shape[0], full_w // cb.shape[1]
+    if cb.shape[0] * sv != full_h or cb.shape[1] * sh != full_w:
+        # Odd sides upsample by a factor that is not an integer: convert the whole frame.
+        return y, cb, cr, window
+    # Block edges on the chroma grid, one chroma sample beyond the window, clamped to the frame
+    # (where the whole-frame conversion clamps in the same way).
+    t0, l0 = max(0, (top // sv - 1) * sv), max(0, (left // sh - 1) * sh)
+    t1 = min(full_h, (-(-(top + height) // sv) + 1) * sv)
+    l1 = min(full_w, (-(-(left + width) // sh) + 1) * sh)
+    chroma = (slice(t0 // sv, t1 // sv), slice(l0 // sh, l1 // sh))
+    return y[t0:t1, l0:l1], cb[chroma], cr[chroma], (top - t0, left - l0, height, width)
+
+
+def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, bits: int, spec: ColourSpec) -> Tensor:
     height, width = y.shape
     y_off, y_span, c_off, c_span = spec.luma_chroma_scale(bits)
     luma = (torch.from_numpy(y.astype(np.float32)) - y_off) / y_span

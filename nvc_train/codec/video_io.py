@@ -24,7 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from nvc_train.codec.atomic import AtomicOutput
-from nvc_train.codec.colour import ColourSpec, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
+from nvc_train.codec.colour import ColourSpec, Window, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
 from nvc_train.errors import UserError
 
 CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -164,9 +164,11 @@ class PyAVReader(FrameReader):
     def source_frames(self) -> Iterator[SourceFrame]:
         return (frame for _, frame in self.timed_frames())
 
-    def timed_frames(self, start_pts: int | None = None) -> Iterator[tuple[int | None, SourceFrame]]:
+    def timed_frames(self, start_pts: int | None = None, window: Window | None = None
+                     ) -> Iterator[tuple[int | None, SourceFrame]]:
         """(pts, frame) in presentation order; with ``start_pts``, seek to the keyframe at or
-        before it and skip the frames before it (pts in the stream's time base)."""
+        before it and skip the frames before it (pts in the stream's time base). With
+        ``window``, frames are only that rectangle, converted alone (no ``planes``)."""
         import av
 
         try:
@@ -176,7 +178,7 @@ class PyAVReader(FrameReader):
             for frame in self.container.decode(self.stream):
                 if start_pts is not None and frame.pts is not None and frame.pts < start_pts:
                     continue
-                yield frame.pts, self._convert(frame)
+                yield frame.pts, self._convert(frame, window)
         except av.error.FFmpegError as exc:
             raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
 
@@ -190,7 +192,7 @@ class PyAVReader(FrameReader):
         except av.error.FFmpegError as exc:
             raise VideoError(f"cannot decode {self.path}: {_av_reason(exc)}") from None
 
-    def _convert(self, frame) -> SourceFrame:
+    def _convert(self, frame, window: Window | None = None) -> SourceFrame:
         name = frame.format.name
         m = _YUV_FORMAT.match(name)
         if m:
@@ -198,7 +200,15 @@ class PyAVReader(FrameReader):
             spec = replace(self._spec, range="full") if jpeg else self._spec
             dtype = np.uint8 if bits == 8 else np.dtype("<u2")
             planes = [_plane_array(p, dtype) for p in frame.planes[:3]]
-            return SourceFrame(ycbcr_to_rgb(*planes, bits=bits, spec=spec), tuple(planes) if chroma == "420" else None, bits)
+            rgb = ycbcr_to_rgb(*planes, bits=bits, spec=spec, window=window)
+            return SourceFrame(rgb, tuple(planes) if chroma == "420" and window is None else None, bits)
+        converted = self._convert_other(frame, name)
+        if window is None:
+            return converted
+        top, left, height, width = window
+        return SourceFrame(converted.rgb[:, top:top + height, left:left + width], bits=converted.bits)
+
+    def _convert_other(self, frame, name: str) -> SourceFrame:
         if name in ("gray", "gray10le", "gray12le", "gray16le"):
             bits = 8 if name == "gray" else int(name[4:6])
             y = _plane_array(frame.planes[0], np.uint8 if bits == 8 else np.dtype("<u2"))

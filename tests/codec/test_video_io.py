@@ -225,3 +225,18 @@ def test_png_folder_output_replaces_atomically(tmp_path):
         w.write(torch.full((3, 16, 16), 0.5))
     assert sorted(p.name for p in out.iterdir()) == ["frame_00000.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
+
+
+@pytest.mark.parametrize("chroma", [(2, 2), (1, 2), (1, 1)], ids=["420", "422", "444"])
+def test_converting_a_window_equals_the_window_of_the_whole_conversion(chroma):
+    """Exact, including odd sides (converted whole) and windows touching the frame's edges."""
+    rng = np.random.default_rng(sum(chroma))
+    for _ in range(60):
+        height, width = (int(v) for v in rng.integers(8, 70, 2))
+        ch, cw = -(-height // chroma[0]), -(-width // chroma[1])
+        planes = [rng.integers(0, 1024, shape).astype(np.uint16) for shape in ((height, width), (ch, cw), (ch, cw))]
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        whole = ycbcr_to_rgb(*planes, 10, ColourSpec("bt2020"))
+        window = ycbcr_to_rgb(*planes, 10, ColourSpec("bt2020"), (top, left, h, w))
+        assert torch.equal(window, whole[:, top:top + h, left:left + w]), (height, width, top, left, h, w)

@@ -137,6 +137,20 @@ def test_seeking_reads_the_same_frames_as_sequential_decoding_and_the_cache(foot
             assert np.array_equal(cached.frames(row, row["start"], 3), got), row
 
 
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_windows_converted_alone_equal_windows_of_the_cache(prepared, split):
+    """The decode path converts only the crop window; the cache holds whole converted frames."""
+    data = load_footage(prepared)
+    crop = 128 if split == "train" else None
+    decoded = FootageClips(data, split, 3, crop, val_crop_limit=128, use_cache=False)
+    cached = FootageClips(data, split, 3, crop, val_crop_limit=128, use_cache=True)
+    for i in range(len(decoded)):
+        torch.manual_seed(i)
+        a = decoded[i]
+        torch.manual_seed(i)
+        assert torch.equal(a, cached[i]), (split, decoded.rows[i])
+
+
 def test_decoded_footage_matches_the_pixels_that_were_encoded(footage):
     from nvc_train.codec.video_io import InputOptions
 
@@ -189,6 +203,36 @@ def test_validation_is_deterministic_centred_and_capped(prepared):
     full = val.frames(row, row["start"], 3)
     top, left = (row["height"] - 128) // 2, (row["width"] - 128) // 2
     assert np.array_equal(first[0].permute(0, 2, 3, 1).numpy(), full[:, top:top + 128, left:left + 128])
+
+
+def _read_a_clip_and_collect_garbage(worker_id: int) -> None:
+    import gc
+
+    torch.utils.data.get_worker_info().dataset[0]
+    gc.collect()
+
+
+def test_workers_start_after_the_main_process_read_clips(footage, prepared):
+    """Regression: a decoder opened (with frame threads) in the parent and freed in a forked
+    worker hung that worker for ever. The timeout turns a hang into a failure."""
+    import gc
+
+    data = FootageClips(load_footage(prepared), "train", 3, 128, use_cache=False)
+    gc.disable()  # keep the garbage below alive until the fork, as a busy parent may
+    try:
+        for i in range(3):
+            data[i]  # opens files in this process, with FFmpeg's frame threads
+        with open_video(footage / "cam_a/day1.mp4") as reader:
+            next(iter(reader))  # closed, but cyclic garbage until collected
+        # Each worker reads a clip and collects garbage at once, as a long-running worker
+        # eventually does.
+        loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, timeout=60,
+                                             worker_init_fn=_read_a_clip_and_collect_garbage)
+        batches = list(loader)
+    finally:
+        gc.enable()
+    assert sum(len(b) for b in batches) == len(data)
+    assert data[0].shape == (3, 3, 128, 128)  # and the parent still reads after the fork
 
 
 def test_files_smaller_than_the_crop_are_left_out_with_a_warning(prepared):

@@ -1,0 +1,113 @@
+"""Training-loader throughput on footage: clips/s of 3 frames, 256×256 crops, with 0, 2 and 4
+DataLoader workers, decoding mp4 sources with PyAV (seeking to each clip) vs reading the
+frame cache (full size and downscaled ×0.5).
+
+Sources: generated 1080p H.264 files (libx264 veryfast, CRF 20, 3 B-frames, a keyframe every
+``--gop`` frames, as cameras write them), prepared with ``prepare_footage``. The loader is the
+one ``FootageDataModule`` builds (shuffled, batch 8, uint8 clips); the first batches are
+warm-up (worker start). Results go to benchmarks/loader_throughput_results.json.
+
+    .venv/bin/python benchmarks/loader_throughput.py [--files 3 --frames 90 --gop 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
+from nvc_train.data.footage import FootageClips, load_footage, prepare_footage
+from nvc_train.data.synthetic import synthetic_clip
+
+HERE = Path(__file__).resolve().parent
+
+
+def write_source(path: Path, seed: int, frames: int, gop: int, height: int = 1080, width: int = 1920) -> None:
+    """A 1080p H.264 file from a synthetic clip rendered at quarter size and upsampled."""
+    small = synthetic_clip(seed, frames, height // 2, width // 2)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30), options={
+            "crf": "20", "preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:bframes=3:scenecut=0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for rgb in small:
+            big = F.interpolate(rgb[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            planes = rgb_to_ycbcr420(big, 8, ColourSpec())
+            yuv = np.concatenate([p.ravel() for p in planes]).reshape(height * 3 // 2, width)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def clips_per_second(dataset: FootageClips, workers: int, batches: int, warmup: int, batch_size: int = 8) -> float:
+    # Random clips with replacement: the timing then does not depend on the dataset's length.
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=(warmup + batches + 8) * batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    del it
+    return batches * batch_size / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=3)
+    p.add_argument("--frames", type=int, default=90, help="frames per source file")
+    p.add_argument("--gop", type=int, default=30, help="keyframe interval of the sources")
+    p.add_argument("--batches", type=int, default=12, help="timed batches of 8 clips")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
+    p.add_argument("--out", default=str(HERE / "loader_throughput_results.json"))
+    args = p.parse_args()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="nvc-loader-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "src").mkdir()
+        t0 = time.perf_counter()
+        for i in range(args.files):
+            write_source(tmp / "src" / f"cam{i}.mp4", i, args.frames, args.gop)
+        print(f"wrote {args.files} × {args.frames} frames of 1080p in {time.perf_counter() - t0:.0f} s")
+        prepared = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, kwargs in (("full", {"cache": True}), ("half", {"cache": True, "downscale": 0.5})):
+                t0 = time.perf_counter()
+                prepare_footage(tmp / "src", tmp / name, clip_len=3, stride=1, val_fraction=0.0, progress=False, **kwargs)
+                prepared[name] = time.perf_counter() - t0
+                print(f"prepare --cache{' --downscale 0.5' if name == 'half' else ''}: {prepared[name]:.1f} s")
+        sources = {"mp4 1080p (PyAV, seek)": ("full", False), "cache 1080p (memmap)": ("full", True),
+                   "mp4 1080p → 540p (PyAV, seek, resize)": ("half", False), "cache 540p (memmap)": ("half", True)}
+        results = []
+        for label, (name, use_cache) in sources.items():
+            data = FootageClips(load_footage(tmp / name), "train", 3, 256, use_cache=use_cache)
+            for workers in args.workers:
+                rate = clips_per_second(data, workers, args.batches, warmup=max(1, workers))
+                results.append({"source": label, "workers": workers, "clips_per_s": round(rate, 2)})
+                print(f"{label:40s} workers={workers}: {rate:7.2f} clips/s")
+
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "av": av.__version__, "files": args.files, "frames": args.frames,
+            "gop": args.gop, "batch": 8, "clip": "3 frames, 256x256 crop", "prepare_seconds": prepared}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
