@@ -23,11 +23,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
+from nvc_train.codec.colour import ColourSpec
+from nvc_train.codec.video_io import H264Writer
 from nvc_train.data.footage import FootageClips, load_footage, prepare_footage
 from nvc_train.data.synthetic import synthetic_clip
 
@@ -37,18 +37,10 @@ HERE = Path(__file__).resolve().parent
 def write_source(path: Path, seed: int, frames: int, gop: int, height: int = 1080, width: int = 1920) -> None:
     """A 1080p H.264 file from a synthetic clip rendered at quarter size and upsampled."""
     small = synthetic_clip(seed, frames, height // 2, width // 2)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(30), options={
-            "crf": "20", "preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:bframes=3:scenecut=0"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    options = {"crf": "20", "preset": "veryfast", "x264-params": f"keyint={gop}:min-keyint={gop}:bframes=3:scenecut=0"}
+    with H264Writer(path, width, height, Fraction(30), ColourSpec(), "high", options) as out:
         for rgb in small:
-            big = F.interpolate(rgb[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            planes = rgb_to_ycbcr420(big, 8, ColourSpec())
-            yuv = np.concatenate([p.ravel() for p in planes]).reshape(height * 3 // 2, width)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            out.write(F.interpolate(rgb[None], size=(height, width), mode="bilinear", align_corners=False)[0])
 
 
 def clips_per_second(dataset: FootageClips, workers: int, batches: int, warmup: int, batch_size: int = 8) -> float:

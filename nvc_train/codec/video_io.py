@@ -488,7 +488,10 @@ class H264Writer(FrameWriter):
     """H.264 in .mp4/.mkv/.mov: ``lossless`` is libx264rgb at QP 0 (bit-exact 8-bit RGB);
     ``high`` is libx264 4:2:0 at CRF 12 with our Y'CbCr conversion, tagged in the stream."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, mode: str):
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, mode: str,
+                 encoder_options: dict[str, str] | None = None):
+        """``encoder_options`` add to or override libx264's (e.g. ``{"crf": "20",
+        "x264-params": "keyint=30:bframes=3"}``, as camera-like test footage)."""
         import av
 
         super().__init__(path, width, height, fps)
@@ -497,10 +500,12 @@ class H264Writer(FrameWriter):
         self.mode, self.spec = mode, spec
         self.container = av.open(str(self.tmp), "w", format={".mkv": "matroska", ".mov": "mov"}.get(path.suffix, "mp4"))
         if mode == "lossless":
-            self.stream = self.container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "medium"})
+            self.stream = self.container.add_stream("libx264rgb", rate=fps,
+                                                    options={"qp": "0", "preset": "medium", **(encoder_options or {})})
             self.stream.pix_fmt = "rgb24"
         else:
-            self.stream = self.container.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "medium"})
+            self.stream = self.container.add_stream("libx264", rate=fps,
+                                                    options={"crf": "12", "preset": "medium", **(encoder_options or {})})
             self.stream.pix_fmt = "yuv420p"
             cc = self.stream.codec_context
             cc.colorspace, cc.color_primaries, cc.color_trc = _AV_TAGS[spec.matrix]

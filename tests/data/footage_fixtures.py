@@ -9,13 +9,11 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import lightning as L
-import numpy as np
 import torch
 
-from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
-from nvc_train.codec.video_io import open_writer
+from nvc_train.codec.colour import ColourSpec
+from nvc_train.codec.video_io import H264Writer, open_writer
 from tests.codec.video_fixtures import clip
 
 # (relative path, frames, height, width, fps): every size is at least 128 px, the smallest crop.
@@ -32,25 +30,13 @@ SINGLE_FRAME = "cam_b/still.mov"
 
 
 def write_h264(path: Path, frames: torch.Tensor, fps: Fraction) -> Path:
-    """libx264 4:2:0 with 2 B-frames and a keyframe every 4 frames (decode order ≠ display order).
-    Y'CbCr is BT.709 limited range by our own conversion; .mp4 files say so in their tags,
-    the others are untagged (read as BT.709, the default)."""
+    """libx264 4:2:0 with 2 B-frames and a keyframe every 4 frames (decode order ≠ display order),
+    BT.709 limited range by our own conversion, tagged in the stream."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[-2:]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={
-            "crf": "16", "x264-params": "keyint=4:min-keyint=4:bframes=2:b-adapt=0:scenecut=0"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if path.suffix == ".mp4":
-            cc = stream.codec_context
-            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1
+    options = {"crf": "16", "x264-params": "keyint=4:min-keyint=4:bframes=2:b-adapt=0:scenecut=0"}
+    with H264Writer(path, frames.shape[-1], frames.shape[-2], fps, ColourSpec(), "high", options) as out:
         for rgb in frames:
-            planes = rgb_to_ycbcr420(rgb, 8, ColourSpec())
-            yuv = np.concatenate([p.ravel() for p in planes]).reshape(height * 3 // 2, width)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            out.write(rgb)
     return path
 
 
