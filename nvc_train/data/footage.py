@@ -20,6 +20,7 @@ bilinear filter and round to 8 bits.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -170,26 +171,16 @@ def _decode_source(path: Path, downscale: float, cache: Path | None, progress) -
             progress.update(len(pts))
         else:
             timed = reader.timed_frames() if isinstance(reader, PyAVReader) else ((None, f) for f in reader.source_frames())
-            with _CacheFile(cache) if cache is not None else _NoCache() as out:
+            with _CacheFile(cache) if cache is not None else contextlib.nullcontext() as out:
                 for frame_pts, frame in timed:
                     pts.append(frame_pts)
-                    out.write(stored_frame(frame.rgb, width, height))
+                    if out is not None:
+                        out.write(stored_frame(frame.rgb, width, height))
                     progress.update(1)
     seekable = bool(pts) and all(p is not None for p in pts) and all(a < b for a, b in pairwise(pts))
     return {"frames": len(pts), "width": width, "height": height, "source_width": info.width,
             "source_height": info.height, "fps": str(info.fps), "pts": pts if seekable else None,
             "description": info.description}
-
-
-class _NoCache:
-    def write(self, frame: np.ndarray) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride: int | None = None,
