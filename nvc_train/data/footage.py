@@ -138,14 +138,24 @@ def clip_starts(frames: int, clip_len: int, stride: int) -> range:
 
 
 class _CacheFile(AtomicOutput):
-    """A raw RGB uint8 frame cache, written frame by frame, renamed into place when complete."""
+    """A raw RGB uint8 frame cache, written frame by frame, renamed into place when complete.
+
+    A failed write (disk full, no permission) stops the whole run with a UserError: unlike
+    an unreadable source, it would fail for every file."""
 
     def __init__(self, path: Path):
         super().__init__(path)
-        self.file = open(self.tmp, "wb")
+        try:
+            self.file = open(self.tmp, "wb")
+        except OSError as exc:
+            raise UserError(f"cannot write the frame cache in {path.parent}: {exc.strerror}") from None
 
     def write(self, frame: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(frame).tobytes())
+        try:
+            self.file.write(np.ascontiguousarray(frame).tobytes())
+        except OSError as exc:
+            raise UserError(f"cannot write the frame cache {self.tmp.parent}: {exc.strerror} "
+                            "(free space, or use --downscale, or drop --cache)") from None
 
     def _finish(self) -> None:
         self.file.close()

@@ -299,6 +299,23 @@ def test_bad_input_gives_one_line_errors(footage, prepared, tmp_path):
         load_footage(tmp_path)
 
 
+def test_a_cache_that_cannot_be_written_stops_the_run(footage, tmp_path):
+    """Disk full (here: a 100 kB file-size limit) must not turn into 'skipped' for every file."""
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "prepare-footage", str(footage), "--out",
+                             str(tmp_path / "data"), "--cache", "--quiet"], capture_output=True, text=True,
+                            preexec_fn=limit_file_size, timeout=300)
+    assert_one_line_error(result, "cannot write the frame cache")
+    assert "skipped" not in result.stderr
+    assert not list((tmp_path / "data").rglob("*.rgb*"))  # neither a cache file nor its temporary
+
+
 # --- the Hugging Face Hub --------------------------------------------------------------
 
 
