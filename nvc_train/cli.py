@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(.pth.tar) are the float family. Writes OUT/<family>.json (CompressAI format), "
                                    "OUT/sequences/<seq>-<model>.json (per frame), OUT/rd.png, OUT/summary.md.")
     s.add_argument("--checkpoint", nargs="+", required=True, help="integer .ckpt and/or float .pth.tar files")
-    s.add_argument("--data", nargs="+", required=True, help="video files, PNG folders, or folders of them")
+    s.add_argument("--data", nargs="+", required=True,
+                   help="video files, PNG folders, folders of them, or a prepare-footage folder (its validation files)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--frames", type=int, default=None, help="code at most N frames per sequence")
     s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")

@@ -392,3 +392,13 @@ def test_fit_on_footage_with_ddp_decoding_in_workers(prepared, tmp_path):
     padded = list(range(n_val)) + list(range(n_val))[: n_val % 2]
     assert ranks[0]["val"] == padded[0::2] and ranks[1]["val"] == padded[1::2]
     assert list(tmp_path.glob("runs/footage/wandb/offline-run-*/run-*.wandb"))  # the config's W&B folder
+
+
+def test_eval_takes_the_held_out_files_of_prepared_footage(prepared):
+    from nvc_train.eval.evaluate import collect_sequences
+
+    manifest = json.loads((prepared / "footage.json").read_text())
+    held_out = {f["source"] for f in manifest["files"] if f["split"] == "validation"}
+    found = collect_sequences([prepared])
+    assert {p.relative_to(manifest["source_root"]).as_posix() for p in found} == held_out
+    assert all(p.is_file() for p in found)
