@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store every frame as raw RGB (fast loading; 3 bytes per pixel per frame on disk)")
     s.add_argument("--downscale", type=float, default=1.0,
                    help="scale every frame by this factor in (0, 1], e.g. 0.5 for 1080p → 540p (default: %(default)s)")
+    s.add_argument("--jobs", type=int, default=1, help="files decoded in parallel (default: %(default)s)")
     s.add_argument("--overwrite", action="store_true", help="replace prepared footage already in OUT")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 

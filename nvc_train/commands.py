@@ -234,7 +234,8 @@ def prepare_footage(args) -> int:
         warnings.simplefilter("always")
         report = prepare(source, Path(args.out), clip_len=args.clip_len, stride=args.stride,
                          val_fraction=args.val_fraction, seed=args.seed, cache=args.cache,
-                         downscale=args.downscale, overwrite=args.overwrite, progress=not args.quiet)
+                         downscale=args.downscale, overwrite=args.overwrite, progress=not args.quiet,
+                         jobs=args.jobs)
     for source_name, reason in report.skipped:
         print(f"nvc-train: warning: skipped {source_name}: {reason}", file=sys.stderr)
     for w in caught:

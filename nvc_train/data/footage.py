@@ -195,7 +195,7 @@ def _decode_source(path: Path, downscale: float, cache: Path | None, progress) -
 
 def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride: int | None = None,
                     val_fraction: float = 0.1, seed: int = 0, cache: bool = False, downscale: float = 1.0,
-                    overwrite: bool = False, progress: bool = True) -> PrepareReport:
+                    overwrite: bool = False, progress: bool = True, jobs: int = 1) -> PrepareReport:
     """Index the clips of every video file under ``src`` into ``out`` (see the module doc).
 
     Args:
@@ -204,6 +204,7 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
         val_fraction: share of *files* held out for validation.
         cache: also store every frame, downscaled, as raw RGB uint8 (fast loading).
         downscale: factor in (0, 1] applied to every frame (e.g. 0.5: 1080p → 540p).
+        jobs: files decoded in parallel (worker processes).
 
     A file that cannot be opened or decoded, or has fewer than ``clip_len`` frames, is skipped
     and named in a warning. An interrupted run resumes: finished cache files are reused.
@@ -212,6 +213,8 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
 
     src, out = Path(src), Path(out)
     stride = clip_len if stride is None else stride
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     if clip_len < 1 or stride < 1:
         raise UserError(f"--clip-len and --stride must be at least 1, got {clip_len} and {stride}")
     if not 0 < downscale <= 1:
@@ -235,26 +238,32 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
 
     decoded: dict[str, dict] = {}
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=None, unit="frame", disable=not progress, desc="decoding")
-    for i, path in enumerate(paths):
+    tasks = [(path, downscale, cache_dir if cache else None) for path in paths]
+    if jobs > 1:
+        # One file per process; spawned (not forked) workers with one torch thread each.
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(min(jobs, len(paths)), mp_context=get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            results = tqdm(pool.map(_file_facts, tasks), total=len(paths), unit="file", disable=not progress,
+                           desc=f"decoding ({jobs} jobs)")
+            outcomes = list(zip(paths, results))
+    else:
+        bar = tqdm(total=None, unit="frame", disable=not progress, desc="decoding")
+        outcomes = []
+        for i, task in enumerate(tasks):
+            bar.set_description(f"file {i + 1}/{len(paths)} {task[0].name}")
+            outcomes.append((task[0], _file_facts(task, bar)))
+        bar.close()
+    for path, (facts, reason) in outcomes:
         rel = path.relative_to(root).as_posix()
-        bar.set_description(f"file {i + 1}/{len(paths)} {path.name}")
-        key = _cache_key(path, downscale) if cache else None
-        facts = _read_cache_facts(cache_dir, key) if key else None
-        try:
-            if facts is None:
-                facts = _decode_source(path, downscale, cache_dir / f"{key}.rgb" if key else None, bar)
-                if key:
-                    _write_json(cache_dir / f"{key}.json", facts)
-        except (VideoError, OSError) as exc:
-            skipped.append((rel, str(exc).splitlines()[0]))
-            continue
-        if facts["frames"] < clip_len:
-            skipped.append((rel, f"{facts['frames']} frame(s), fewer than the clip length {clip_len}"))
-            continue
-        facts["cache"] = f"{key}.rgb" if key else None
-        decoded[rel] = facts
-    bar.close()
+        if facts is not None and facts["frames"] < clip_len:
+            reason = f"{facts['frames']} frame(s), fewer than the clip length {clip_len}"
+        if reason is not None:
+            skipped.append((rel, reason))
+        else:
+            decoded[rel] = facts
     if not decoded:
         if created:
             remove_path(out)
@@ -278,6 +287,25 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
         warnings.warn(f"skipped {len(skipped)} of {len(paths)} files: "
                       + "; ".join(f"{s} ({r})" for s, r in skipped), stacklevel=2)
     return PrepareReport(out, files, clips, skipped)
+
+
+def _file_facts(task: tuple[Path, float, Path | None], progress=None) -> tuple[dict | None, str | None]:
+    """(facts, None) of one source file, decoding it (into the cache) unless an earlier run
+    cached it; (None, reason) if it cannot be read. Runs in a worker process with ``--jobs``."""
+    from tqdm.auto import tqdm
+
+    path, downscale, cache_dir = task
+    progress = progress if progress is not None else tqdm(disable=True)
+    key = _cache_key(path, downscale) if cache_dir is not None else None
+    facts = _read_cache_facts(cache_dir, key) if key else None
+    if facts is None:
+        try:
+            facts = _decode_source(path, downscale, cache_dir / f"{key}.rgb" if key else None, progress)
+        except (VideoError, OSError) as exc:
+            return None, str(exc).splitlines()[0]
+        if key:
+            _write_json(cache_dir / f"{key}.json", facts)
+    return {**facts, "cache": f"{key}.rgb" if key else None}, None
 
 
 def _read_cache_facts(cache_dir: Path, key: str) -> dict | None:

@@ -93,6 +93,15 @@ def test_index_rows_split_by_file_without_leakage(prepared):
         assert len(rows) == clips_per_file(frames, 3, 3)
 
 
+def test_parallel_jobs_prepare_the_same_dataset(footage, prepared, tmp_path):
+    report = _prepare(footage, tmp_path / "data", clip_len=3, val_fraction=0.34, cache=True, jobs=2)
+    assert len(report.files) == len(USABLE) and {s for s, _ in report.skipped} == {BROKEN, SINGLE_FRAME}
+    serial, parallel = (json.loads((d / "footage.json").read_text()) for d in (prepared, tmp_path / "data"))
+    assert parallel["files"] == serial["files"] and parallel["clips"] == serial["clips"]
+    for f in serial["files"]:
+        assert (prepared / "cache" / f["cache"]).read_bytes() == (tmp_path / "data" / "cache" / f["cache"]).read_bytes()
+
+
 def test_split_does_not_depend_on_scan_order_and_follows_the_seed():
     names = [f"cam/{i:03d}.mp4" for i in range(40)]
     val = validation_files(names, 0.25, seed=0)
