@@ -61,6 +61,9 @@ def main() -> None:
     results = {"float": [], "float_control": [], "qat": [], "ptq": [], "ptq_choice": [], "args": vars(args)}
     t0 = time.perf_counter()
     for q in args.qualities:
+        # Seed before the parent is built: its initial weights must not depend on what ran
+        # before (the first quality's did, and its RD point changed from run to run).
+        L.seed_everything(q)
         parent = SSFLitModule(quality=q, learning_rate=1e-4, real_coding_clips=0)
         fit(parent, args.float_steps, seed=q)
         lmbda = parent.lmbda
