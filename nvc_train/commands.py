@@ -226,6 +226,7 @@ def prepare_footage(args) -> int:
     """Index the clips of a footage folder (or Hub dataset) as a training dataset."""
     import warnings
 
+    from nvc_train.data.footage import SkippedFilesWarning
     from nvc_train.data.footage import prepare_footage as prepare
     from nvc_train.data.hub import download_hub_footage, is_hub_name
 
@@ -238,8 +239,8 @@ def prepare_footage(args) -> int:
                          jobs=args.jobs)
     for source_name, reason in report.skipped:
         print(f"nvc-train: warning: skipped {source_name}: {reason}", file=sys.stderr)
-    for w in caught:
-        if not str(w.message).startswith("skipped "):
+    for w in caught:  # skipped files were printed one per line above
+        if not issubclass(w.category, SkippedFilesWarning):
             print(f"nvc-train: warning: {w.message}", file=sys.stderr)
     if not args.quiet:
         for split in ("train", "validation"):

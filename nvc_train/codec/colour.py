@@ -77,9 +77,16 @@ def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, bits: int, spec:
     """
     if window is not None:
         y, cb, cr, inner = _window_planes(y, cb, cr, window)
-        top, left, height, width = inner
-        return _ycbcr_to_rgb(y, cb, cr, bits, spec)[:, top:top + height, left:left + width]
+        return crop(_ycbcr_to_rgb(y, cb, cr, bits, spec), inner)
     return _ycbcr_to_rgb(y, cb, cr, bits, spec)
+
+
+def crop(rgb: Tensor, window: Window | None) -> Tensor:
+    """(3, H, W) → the ``window`` rectangle (3, height, width); no window: unchanged."""
+    if window is None:
+        return rgb
+    top, left, height, width = window
+    return rgb[:, top:top + height, left:left + width]
 
 
 def _window_planes(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, window: Window):

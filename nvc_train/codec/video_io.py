@@ -24,7 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from nvc_train.codec.atomic import AtomicOutput
-from nvc_train.codec.colour import ColourSpec, Window, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
+from nvc_train.codec.colour import ColourSpec, Window, crop, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
 from nvc_train.errors import UserError
 
 CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -203,10 +203,7 @@ class PyAVReader(FrameReader):
             rgb = ycbcr_to_rgb(*planes, bits=bits, spec=spec, window=window)
             return SourceFrame(rgb, tuple(planes) if chroma == "420" and window is None else None, bits)
         converted = self._convert_other(frame, name)
-        if window is None:
-            return converted
-        top, left, height, width = window
-        return SourceFrame(converted.rgb[:, top:top + height, left:left + width], bits=converted.bits)
+        return converted if window is None else SourceFrame(crop(converted.rgb, window), bits=converted.bits)
 
     def _convert_other(self, frame, name: str) -> SourceFrame:
         if name in ("gray", "gray10le", "gray12le", "gray16le"):

@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from nvc_train.codec.atomic import AtomicOutput, remove_path, replace_path
-from nvc_train.codec.colour import Window, rgb_to_uint8
+from nvc_train.codec.colour import Window, crop, rgb_to_uint8
 from nvc_train.codec.video_io import PyAVReader, VideoError, Y4MReader, open_video
 from nvc_train.data.clips import centre_window, maybe_flip, random_window, validation_size
 from nvc_train.errors import UserError
@@ -54,6 +54,10 @@ SPLITS = ("train", "validation")
 
 class FootageError(UserError):
     """A prepared footage folder that cannot be used as asked."""
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some source files were not usable (``PrepareReport.skipped`` lists them)."""
 
 
 # --------------------------------------------------------------------------- frames
@@ -285,7 +289,7 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
     _write_json(out / MANIFEST, manifest)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(paths)} files: "
-                      + "; ".join(f"{s} ({r})" for s, r in skipped), stacklevel=2)
+                      + "; ".join(f"{s} ({r})" for s, r in skipped), SkippedFilesWarning, stacklevel=2)
     return PrepareReport(out, files, clips, skipped)
 
 
@@ -371,12 +375,8 @@ class PreparedFootage:
     source_root: Path
 
 
-def load_footage(root: str | Path, source_root: str | Path | None = None) -> PreparedFootage:
-    """Open a folder written by :func:`prepare_footage`; ``source_root`` overrides where the
-    video files are (when the footage moved since it was prepared)."""
-    import datasets
-
-    root = Path(root)
+def read_manifest(root: Path) -> dict:
+    """The manifest of a prepared folder, checked for format and version."""
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except FileNotFoundError:
@@ -386,6 +386,16 @@ def load_footage(root: str | Path, source_root: str | Path | None = None) -> Pre
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise FootageError(f"{root / MANIFEST} is not nvc-train footage format {FORMAT_VERSION} "
                            f"(found {manifest.get('format')!r} version {manifest.get('version')!r}): prepare it again")
+    return manifest
+
+
+def load_footage(root: str | Path, source_root: str | Path | None = None) -> PreparedFootage:
+    """Open a folder written by :func:`prepare_footage`; ``source_root`` overrides where the
+    video files are (when the footage moved since it was prepared)."""
+    import datasets
+
+    root = Path(root)
+    manifest = read_manifest(root)
     try:
         dd = datasets.load_from_disk(str(root / "dataset"))
         empty = {name: [] for name in next(iter(dd.values())).column_names}
@@ -423,13 +433,6 @@ class _OpenSources:
         reader = self.open.pop(path, None)
         if reader is not None:
             reader.close()
-
-
-def _crop(rgb: Tensor, window: Window | None) -> Tensor:
-    if window is None:
-        return rgb
-    top, left, height, width = window
-    return rgb[:, top:top + height, left:left + width]
 
 
 _ALL_OPEN_SOURCES: weakref.WeakSet[_OpenSources] = weakref.WeakSet()
@@ -541,7 +544,7 @@ class FootageClips(Dataset):
         try:
             if isinstance(reader, Y4MReader):
                 reader.seek(start)
-                frames = [_crop(f.rgb, convert_window) for f in islice(reader.source_frames(), count)]
+                frames = [crop(f.rgb, convert_window) for f in islice(reader.source_frames(), count)]
             else:
                 frames = self._decode_av(reader, path, info, start, count, convert_window)
         except VideoError as exc:

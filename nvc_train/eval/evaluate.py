@@ -14,7 +14,6 @@ frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -75,7 +74,7 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
 def collect_sequences(paths: list[str | Path]) -> list[Path]:
     """Video files and PNG folders from files and folders (a folder of videos is expanded;
     a folder prepared by ``prepare-footage`` gives its validation files, never trained on)."""
-    from nvc_train.data.footage import MANIFEST
+    from nvc_train.data.footage import MANIFEST, read_manifest
 
     found: list[Path] = []
     for p in map(Path, paths):
@@ -84,7 +83,7 @@ def collect_sequences(paths: list[str | Path]) -> list[Path]:
         if p.is_file():
             found.append(p)
         elif (p / MANIFEST).is_file():
-            manifest = json.loads((p / MANIFEST).read_text())
+            manifest = read_manifest(p)
             held_out = [Path(manifest["source_root"]) / f["source"] for f in manifest["files"] if f["split"] == "validation"]
             if not held_out:
                 raise UserError(f"{p} has no validation files: prepare it with --val-fraction above 0")
