@@ -106,21 +106,22 @@ def _describe_data(ckpt: dict) -> str:
 
 
 def conformance(args) -> int:
-    """Decode the embedded conformance bitstream on ``--device``; exit 1 on any difference."""
-    from nvc_train.codec.bitstream import read_bitstream_bytes
+    """Decode every conformance record of the checkpoint on ``--device``: one line per record
+    and part, exit 1 on any difference (a missing or short record is a difference)."""
+    from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
     device = _device(args.device)
-    ck = load_integer_checkpoint(args.checkpoint, device=device)
-    _, coded = read_bitstream_bytes(ck.conformance["bitstream"])
-    expected = ck.conformance["latent_sha256"]
-    failures = 0
-    for t, (frame, want) in enumerate(zip(ck.codec.decompress_iter(coded, device), expected)):
-        ok = frame.latent_sha256 == want
-        failures += not ok
-        print(f"frame {t} {coded[t].frame_type} {frame.latent_sha256} {'OK' if ok else 'MISMATCH expected ' + want}")
-    verdict = "PASS" if failures == 0 else f"FAIL ({failures} of {len(expected)} frames differ)"
-    print(f"conformance {verdict}: {Path(args.checkpoint).name} on {device}")
+    ck = load_integer_checkpoint(args.checkpoint, device=device, self_check=False)
+    total = failures = 0
+    for check in run_checks(ck.codec, ck.conformance, device):
+        total += 1
+        failures += not check.ok
+        verdict = "OK" if check.ok else f"MISMATCH expected {check.want or 'a stored hash'}"
+        print(f"{check.record:<9} {check.item:<24} {check.got or '-'} {verdict}")
+    records = ", ".join(r["name"] for r in ck.conformance.records) or "(none)"
+    verdict = "PASS" if failures == 0 else f"FAIL ({failures} of {total} checks differ)"
+    print(f"conformance {verdict}: {total} checks in records {records} of {Path(args.checkpoint).name} on {device}")
     return 0 if failures == 0 else 1
 
 

@@ -49,7 +49,7 @@ def _rd_on_clip(encode_decode, frames: list[torch.Tensor]) -> tuple[float, float
 
 
 def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: int | None) -> int:
-    from nvc_train.codec.bitstream import read_bitstream_bytes
+    from nvc_train.quant.conformance import run_checks
     from nvc_train.data.synthetic import synthetic_clip
     from nvc_train.eval.metrics import bits_of
     from nvc_train.codec.integer_codec import coded_bits
@@ -74,9 +74,8 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
 
     print("[demo] 4/5 conformance")
     ck = load_integer_checkpoint(fixed)
-    _, coded = read_bitstream_bytes(ck.conformance["bitstream"])
-    got = [f.latent_sha256 for f in ck.codec.decompress_iter(coded)]
-    conformance_ok = got == ck.conformance["latent_sha256"]
+    checks = list(run_checks(ck.codec, ck.conformance))
+    conformance_ok = all(c.ok for c in checks)
 
     print("[demo] 5/5 encode and decode a generated clip (3 frames, 256x256)")
     frames = [f.unsqueeze(0) for f in synthetic_clip(EVAL_SEED, 3, 256, 256)]
@@ -102,6 +101,7 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     print(f"float model:        {float_pth}")
     print(f"integer checkpoint: {int_path} (also {fixed}), model card {fixed.with_suffix('.md')}")
     print(f"run folders:        {out / 'float'}, {out / 'qat'} (W&B offline runs in */wandb; `wandb sync` uploads)")
-    print(f"conformance:        {'PASS' if conformance_ok else 'FAIL'}")
+    print(f"conformance:        {'PASS' if conformance_ok else 'FAIL'} ({len(checks)} checks: "
+          f"{ck.conformance.describe()})")
     print(f"demo took {time.perf_counter() - start:.0f} s")
     return 0 if conformance_ok else 1

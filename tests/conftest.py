@@ -20,6 +20,16 @@ def _restore_environment():
     os.environ.update(saved)
 
 
+@pytest.fixture
+def cuda_flags_restored():
+    """Tests that set cuDNN/TF32 flags leave them as they found them for later tests."""
+    saved = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

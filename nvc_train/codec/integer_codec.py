@@ -5,11 +5,16 @@ slightly between machines, DESIGN.md §2); everything that decides what the rang
 reads — z symbols, CDF indexes, means — is integer, so the decoded latents are
 bit-identical on every machine. Strings are coded with CompressAI's own rANS coder and the
 entropy tables stored in the checkpoint.
+
+Byte order: CompressAI's rANS coder writes its 32-bit words in the host's byte order, so
+the entropy-coded strings (and therefore .nvc files and conformance records) are
+little-endian; a big-endian machine is refused rather than allowed to write or misread them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import NamedTuple
 
 import torch
@@ -17,6 +22,7 @@ from compressai.entropy_models.entropy_models import EntropyModel
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
+from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant.config import MEAN_FRAC_BITS, SYMBOL_LIMIT
 from nvc_train.quant.fake_quant import integer_hyper_input
@@ -40,10 +46,24 @@ class CodedFrame(NamedTuple):
 
 
 class DecodedFrame(NamedTuple):
-    """Reconstruction (1, 3, H, W) float32 and the SHA-256 of its decoded latents."""
+    """Reconstruction (1, 3, H, W) float32, the SHA-256 of its decoded latents, and the
+    SHA-256 of each part's latent alone (``{"keyframe": …}`` or ``{"motion": …, "residual": …}``)."""
 
     x_hat: Tensor
     latent_sha256: str
+    part_sha256: dict[str, str]
+
+
+def _frame(x_hat: Tensor, latents: dict[str, Tensor]) -> DecodedFrame:
+    return DecodedFrame(x_hat, latent_digest(list(latents.values())),
+                        {part: latent_digest([y]) for part, y in latents.items()})
+
+
+def require_little_endian() -> None:
+    """Refuse a big-endian host: rANS strings are written in host byte order (see module doc)."""
+    if sys.byteorder != "little":
+        raise UserError("this machine is big-endian; .nvc streams are little-endian (CompressAI's rANS "
+                        "coder writes host-order words), so it can neither encode nor decode them")
 
 
 def coded_bits(coded_frames: list[CodedFrame]) -> int:
@@ -92,16 +112,25 @@ class IntegerHyperprior(nn.Module):
         # every device, and the power-of-two scaling is exact.
         return (y_symbols.long() * 2**MEAN_FRAC_BITS + mean_q).float() * 2.0**-MEAN_FRAC_BITS
 
-    def compress(self, y: Tensor) -> tuple[Tensor, CodedLatent]:
-        """y (1, C, H, W) float → (y_hat, strings). y_hat equals what the decoder will get."""
+    def compress(self, y: Tensor, part: str = "latent") -> tuple[Tensor, CodedLatent]:
+        """y (1, C, H, W) float → (y_hat, strings). y_hat equals what the decoder will get.
+
+        Symbols of y and z are clamped to ±SYMBOL_LIMIT (2**15): then ``symbol·256 + mean``
+        stays below 2**24 and y_hat = symbol + mean is exact in float32. Non-finite latents
+        (a model with NaN weights, a broken input) are refused: NaN has no symbol.
+        """
         eb, gc = self.hp.entropy_bottleneck, self.hp.gaussian_conditional
         z = self.hp.hyper_encoder(y)
+        for name, t in (("y", y), ("z", z)):
+            if not bool(torch.isfinite(t).all()):
+                raise UserError(f"the {part} latent {name} contains NaN or infinity (non-finite model weights "
+                                "or input frame?): nothing can be encoded")
         med = eb._get_medians().detach().reshape(1, -1, 1, 1)
         z_symbols = torch.clamp(torch.round(z - med), -SYMBOL_LIMIT, SYMBOL_LIMIT)
         z_string = EntropyModel.compress(eb, z_symbols, eb._build_indexes(z.size()))[0]
         mean_q, indexes = self._entropy_parameters(z_symbols.long())
         means = mean_q.float() * 2.0**-MEAN_FRAC_BITS
-        y_symbols = torch.round(y - means)
+        y_symbols = torch.clamp(torch.round(y - means), -SYMBOL_LIMIT, SYMBOL_LIMIT)
         y_string = EntropyModel.compress(gc, y_symbols, indexes)[0]
         return self._y_hat(y_symbols, mean_q), CodedLatent(y_string, z_string, tuple(z.shape[-2:]))
 
@@ -135,28 +164,31 @@ class IntegerSSF(nn.Module):
     def compress_iter(self, frames, gop: int | None = None):
         """Encode frame by frame (a generator of (CodedFrame, DecodedFrame)); only the
         reference frame is kept, so memory does not grow with the sequence."""
+        require_little_endian()
         m = self.model
         x_ref = None
         for t, x in enumerate(frames):
             if x.shape[0] != 1:
                 raise ValueError("the integer codec encodes one sequence at a time (batch size 1)")
             if x_ref is None or (gop and t % gop == 0):
-                y_hat, c = self.hyperpriors["keyframe"].compress(m.img_encoder(x))
+                y_hat, c = self.hyperpriors["keyframe"].compress(m.img_encoder(x), "keyframe")
                 x_ref = m.img_decoder(y_hat)
                 cf = CodedFrame("I", {"keyframe": c})
-                latents = [y_hat]
+                latents = {"keyframe": y_hat}
             else:
-                y_motion_hat, c_motion = self.hyperpriors["motion"].compress(m.motion_encoder(torch.cat((x, x_ref), dim=1)))
+                y_motion_hat, c_motion = self.hyperpriors["motion"].compress(
+                    m.motion_encoder(torch.cat((x, x_ref), dim=1)), "motion")
                 x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
-                y_res_hat, c_res = self.hyperpriors["residual"].compress(m.res_encoder(x - x_pred))
+                y_res_hat, c_res = self.hyperpriors["residual"].compress(m.res_encoder(x - x_pred), "residual")
                 x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
                 cf = CodedFrame("P", {"motion": c_motion, "residual": c_res})
-                latents = [y_motion_hat, y_res_hat]
-            yield cf, DecodedFrame(x_ref, latent_digest(latents))
+                latents = {"motion": y_motion_hat, "residual": y_res_hat}
+            yield cf, _frame(x_ref, latents)
 
     @torch.no_grad()
     def decompress_iter(self, coded_frames, device: torch.device | str = "cpu"):
         """Decode frame by frame (a generator: memory does not grow with the sequence)."""
+        require_little_endian()
         m = self.model
         device = torch.device(device)
         x_ref = None
@@ -164,7 +196,7 @@ class IntegerSSF(nn.Module):
             if cf.frame_type == "I":
                 y_hat = self.hyperpriors["keyframe"].decompress(cf.latents["keyframe"], device)
                 x_ref = m.img_decoder(y_hat)
-                latents = [y_hat]
+                latents = {"keyframe": y_hat}
             else:
                 if x_ref is None:
                     raise ValueError("bitstream starts with a P-frame: no reference to predict from")
@@ -172,8 +204,8 @@ class IntegerSSF(nn.Module):
                 x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
                 y_res_hat = self.hyperpriors["residual"].decompress(cf.latents["residual"], device)
                 x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
-                latents = [y_motion_hat, y_res_hat]
-            yield DecodedFrame(x_ref, latent_digest(latents))
+                latents = {"motion": y_motion_hat, "residual": y_res_hat}
+            yield _frame(x_ref, latents)
 
     def decompress(self, coded_frames, device: torch.device | str = "cpu") -> list[DecodedFrame]:
         return list(self.decompress_iter(coded_frames, device))

@@ -3,8 +3,12 @@
 Every function here maps integers to integers with a result that does not depend on the
 device, the thread count, the batch size or the convolution algorithm:
 
-* transposed convolutions run in float64 on integer-valued tensors; every partial sum is
-  proven below 2**53 at export (:func:`accumulator_bound`), so any summation order is exact;
+* transposed convolutions are one float64 GEMM of the integer weights with the input
+  followed by ``fold`` (col2im); every partial sum is proven below 2**53 at export
+  (:func:`accumulator_bound`), so any summation order, blocking or GEMM kernel is exact.
+  No process-global backend flag (cuDNN, TF32, oneDNN) is read or written: PyTorch's
+  flags change the algorithms of convolutions and float32 matmuls, not of a float64 GEMM
+  or of ``fold``, and a flag toggled here would race with other threads;
 * requantization is a fixed-point multiply and an arithmetic right shift in int64 with
   round-half-up (:func:`requantize`);
 * the scale output never becomes a float: it is compared against integer thresholds
@@ -17,6 +21,7 @@ what inference computes.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -55,6 +60,10 @@ class FixedPoint(NamedTuple):
 def quantize_weight_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 per-output-channel quantization of a ConvTranspose2d weight.
 
+    Both divisions run in float64 (correctly rounded on every device; a GPU's float32
+    division may be a reciprocal multiply), so a model trained on a GPU exports exactly
+    the integers its last training step simulated.
+
     Args:
         weight: (C_in, C_out, kH, kW) float32; output channels are dim 1 for transposed convs.
 
@@ -62,12 +71,12 @@ def quantize_weight_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
         ``(weight_int, scale)``: integer-valued float32 tensor of ``weight``'s shape in
         [-127, 127] and per-output-channel scales (C_out,) float32, ``weight ≈ weight_int·scale``.
     """
-    w = weight.detach().float()
+    w = weight.detach().double()
     max_abs = w.abs().amax(dim=(0, 2, 3))
     # An all-zero channel gets any positive scale; its integers are all zero either way.
-    scale = torch.where(max_abs > 0, max_abs / WEIGHT_QMAX, torch.ones_like(max_abs))
-    weight_int = torch.clamp(torch.round(w / scale.view(1, -1, 1, 1)), -WEIGHT_QMAX, WEIGHT_QMAX)
-    return weight_int, scale
+    scale = torch.where(max_abs > 0, max_abs / WEIGHT_QMAX, torch.ones_like(max_abs)).float()
+    weight_int = torch.clamp(torch.round(w / scale.double().view(1, -1, 1, 1)), -WEIGHT_QMAX, WEIGHT_QMAX)
+    return weight_int.float(), scale
 
 
 def accumulator_scale(input_scale: Tensor | float, weight_scale: Tensor) -> Tensor:
@@ -80,6 +89,12 @@ def accumulator_scale(input_scale: Tensor | float, weight_scale: Tensor) -> Tens
     return s_in * weight_scale.detach().double()
 
 
+def requantization_multiplier(acc_scale: Tensor, out_scale: Tensor | float) -> Tensor:
+    """``acc_scale / out_scale`` (C,) float64, divided on the host: one IEEE division, the
+    same value whichever device trained the model."""
+    return acc_scale.detach().double().cpu() / torch.as_tensor(out_scale, dtype=torch.float64).detach().cpu()
+
+
 def quantize_bias(bias: Tensor, acc_scale: Tensor) -> Tensor:
     """Bias as integers at the accumulator's scale, (C,) int64 (round half to even)."""
     return torch.round(bias.detach().double() / acc_scale).long()
@@ -88,54 +103,82 @@ def quantize_bias(bias: Tensor, acc_scale: Tensor) -> Tensor:
 def fixed_point(real_multiplier: Tensor, out_bound: int) -> FixedPoint:
     """Fixed-point form of a positive per-channel multiplier, exact and device-independent.
 
+    Computed with Python floats (IEEE float64: ``frexp`` and ``ldexp`` are exact) and
+    Python integers on the host, whatever device the multiplier lives on.
+
     Args:
         real_multiplier: (C,) float64, ``input_scale·weight_scale / output_scale``.
         out_bound: largest |output| the caller keeps (255 for 8-bit activations).
+
+    Returns:
+        int64 tensors on ``real_multiplier``'s device.
     """
-    if not torch.all(real_multiplier > 0) or not torch.all(torch.isfinite(real_multiplier)):
-        raise ValueError("requantization multipliers must be positive and finite")
-    exponent = torch.frexp(real_multiplier).exponent.long()  # M = f·2**e, f in [0.5, 1)
     shift_cap = 61 - (out_bound + 2).bit_length()
-    shift = torch.clamp(MULTIPLIER_BITS - exponent, max=shift_cap)
-    if torch.any(shift < 1):
-        raise ValueError("requantization multiplier too large for a right shift (scale collapse?)")
-    # M·2**shift scales by a power of two (exact); +0.5 and floor are exact below 2**52.
-    multiplier = torch.floor(torch.ldexp(real_multiplier, shift) + 0.5).long()
-    if torch.any(multiplier < 1):
-        raise ValueError("requantization multiplier underflows to zero (scale collapse?)")
-    two_pow_shift = torch.ldexp(torch.ones_like(real_multiplier), shift)
-    saturation = torch.ceil((out_bound + 1) * two_pow_shift / multiplier.double()).long() + 1
-    return FixedPoint(multiplier, shift, saturation)
+    multipliers, shifts, saturations = [], [], []
+    for real in real_multiplier.detach().double().cpu().tolist():
+        if not (math.isfinite(real) and real > 0):
+            raise ValueError("requantization multipliers must be positive and finite")
+        exponent = math.frexp(real)[1]  # real = f·2**exponent, f in [0.5, 1)
+        shift = min(MULTIPLIER_BITS - exponent, shift_cap)
+        if shift < 1:
+            raise ValueError("requantization multiplier too large for a right shift (scale collapse?)")
+        # real·2**shift < 2**31 scales by a power of two (exact); +0.5 and floor are exact.
+        multiplier = math.floor(math.ldexp(real, shift) + 0.5)
+        if multiplier < 1:
+            raise ValueError("requantization multiplier underflows to zero (scale collapse?)")
+        multipliers.append(multiplier)
+        shifts.append(shift)
+        # Smallest |acc| whose output is already beyond out_bound, plus one.
+        saturations.append(-(-((out_bound + 1) << shift) // multiplier) + 1)
+    as_tensor = lambda v: torch.tensor(v, dtype=torch.int64, device=real_multiplier.device)  # noqa: E731
+    return FixedPoint(as_tensor(multipliers), as_tensor(shifts), as_tensor(saturations))
 
 
 def check_fixed_point(fp: FixedPoint) -> None:
     """Raise if ``acc·multiplier + rounding`` could leave int64 for any clamped accumulator."""
-    worst = (fp.saturation.double() * fp.multiplier.double()) + torch.ldexp(
-        torch.ones_like(fp.multiplier, dtype=torch.float64), fp.shift - 1
-    )
-    if torch.any(worst >= INT64_HEADROOM):
-        raise ValueError(f"requantization product may overflow int64 (max {worst.max().item():.3g})")
+    for sat, mult, shift in zip(fp.saturation.tolist(), fp.multiplier.tolist(), fp.shift.tolist()):
+        worst = sat * mult + (1 << (shift - 1))
+        if worst >= INT64_HEADROOM:
+            raise ValueError(f"requantization product may overflow int64 (max {float(worst):.3g})")
 
 
+def float64_gemm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in float64 (batched over ``b``'s leading dim): the one GEMM of the exact path.
+
+    Integer-valued operands whose every partial sum stays below 2**53 give the exact integer
+    product with any IEEE-754 float64 GEMM, whatever its blocking or summation order. A
+    machine whose float64 GEMM is not IEEE (emulated FP64 with too few slices, a replaced
+    BLAS) breaks that; the checkpoint's stress record and load-time self-test catch it.
+    """
+    return torch.matmul(a, b)
+
+
+@torch.compiler.disable
 def conv_transpose_exact(x_int: Tensor, weight_int: Tensor) -> Tensor:
     """Exact integer transposed convolution of SSF's hyper-decoder layers.
 
+    Computed as col2im: one float64 GEMM ``weight^T (C_out·25, C_in) @ x (C_in, H·W)`` per
+    sample, then ``fold`` sums the 25 taps into the (2H, 2W) output. Neither operation has
+    an algorithm that a backend flag can change (cuDNN, TF32, ``fp32_precision``, oneDNN,
+    deterministic mode), so the result is the same under every setting, device and thread
+    count; ``torch.compile`` is kept out (no fused or reordered float kernels).
+
     Args:
-        x_int: (N, C_in, H, W) integer-valued tensor (any dtype).
+        x_int: (N, C_in, H, W) integer-valued tensor (any dtype, any memory format).
         weight_int: (C_in, C_out, 5, 5) integer-valued tensor.
 
     Returns:
         (N, C_out, 2H, 2W) int64 accumulators without bias. Exact when the export-time bound
         (:func:`accumulator_bound`) holds; the final round is a safety net, not a fix.
     """
-    x = x_int.to(torch.float64)
-    w = weight_int.to(device=x.device, dtype=torch.float64)
-    # cuDNN may pick FFT/Winograd algorithms that are not exact even in float64; the native
-    # kernels (im2col + GEMM) only add integers, so disable it for this call.
-    with torch.backends.cudnn.flags(enabled=False):
-        acc = F.conv_transpose2d(
-            x, w, stride=DECONV_STRIDE, padding=DECONV_PADDING, output_padding=DECONV_OUTPUT_PADDING
-        )
+    n, c_in, h, w = x_int.shape
+    c_out, k = weight_int.shape[1], weight_int.shape[2]
+    x = x_int.to(torch.float64).reshape(n, c_in, h * w)
+    weight = weight_int.to(device=x.device, dtype=torch.float64).reshape(c_in, c_out * k * k)
+    columns = float64_gemm(weight.t(), x)  # (N, C_out·k·k, H·W)
+    # ConvTranspose2d's output size; output_padding=1 keeps a last row/column padding trims.
+    out_h, out_w = ((d - 1) * DECONV_STRIDE - 2 * DECONV_PADDING + k + DECONV_OUTPUT_PADDING for d in (h, w))
+    acc = F.fold(columns, (out_h, out_w), kernel_size=k, stride=DECONV_STRIDE, padding=DECONV_PADDING)
     return torch.round(acc).long()
 
 
@@ -210,9 +253,13 @@ def scale_indexes(acc: Tensor, thresholds: Tensor) -> Tensor:
 def accumulator_bound(weight_int: Tensor, bias_int: Tensor, input_bound: int) -> int:
     """Worst |accumulator| of a layer over every input with |x| <= input_bound (Python int).
 
-    Sums |w| over all input channels and taps of an output channel: a superset of the taps
-    that meet at any output position, so a valid (slightly loose) bound.
+    With stride 2, output row ``oy`` gathers only the taps ``ky ≡ oy (mod 2)`` (3 of the 5
+    for even rows, 2 for odd), likewise for columns: the bound is the largest, over output
+    channels and the four parity classes, of ``Σ|w| · input_bound + |bias|``. An interior
+    output of a signed input attains it (the stress conformance record does).
     """
-    per_channel = weight_int.detach().abs().long().sum(dim=(0, 2, 3))
-    worst = per_channel * int(input_bound) + bias_int.abs()
+    magnitude = weight_int.detach().abs().long()
+    per_class = torch.stack([magnitude[:, :, py::DECONV_STRIDE, px::DECONV_STRIDE].sum(dim=(0, 2, 3))
+                             for py in range(DECONV_STRIDE) for px in range(DECONV_STRIDE)])  # (4, C_out)
+    worst = per_class.amax(dim=0) * int(input_bound) + bias_int.abs().to(per_class.device)
     return int(worst.max().item())

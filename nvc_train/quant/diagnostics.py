@@ -23,8 +23,7 @@ def keyframe_saturation(codec, frame: Tensor, role: str = "scale") -> float:
     dec = ihp.scale_decoder if role == "scale" else ihp.mean_decoder
     hits = total = 0
     for i in range(2):
-        acc = arith.add_bias(arith.conv_transpose_exact(x, dec._t(f"layer{i}.weight")), dec._t(f"layer{i}.bias"))
-        hi = int(dec._t(f"layer{i}.act_hi"))
-        x = arith.requantize(acc, dec._fixed_point(i), int(dec._t(f"layer{i}.act_lo")), hi)
+        lo, hi = dec.activation_range(i)
+        x = arith.requantize(dec.layer_accumulator(i, x), dec._fixed_point(i), lo, hi)
         hits, total = hits + int((x == hi).sum()), total + x.numel()
     return hits / total

@@ -8,6 +8,10 @@ File layout (all integers big-endian)::
     sha256       32 bytes  SHA-256 of the payload
     payload               torch.save of {"tensors", "metadata", "conformance"}
 
+Format 2 (this version) stores three conformance records (:mod:`nvc_train.quant.conformance`)
+and runs the stress record's layer-0 self-test on load; format 1 (one 128×128 record, no
+self-test) still loads.
+
 ``tensors`` holds the float ScaleSpaceFlow state dict (``ssf.*``, entropy-model CDF tables
 included, computed once here) and the integer hyper-decoders (``int.*``). Loading checks
 magic, version, length and hash before unpickling (with ``weights_only=True``), and never
@@ -34,12 +38,13 @@ from torch import Tensor
 from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
+from nvc_train.quant.conformance import Conformance, build_records, from_payload, self_test, to_payload
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
 from nvc_train.quant.integer import convert_decoder
 
 MAGIC = b"NVCTRAIN-INT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct(">12sIQ32s")
 
 
@@ -48,7 +53,7 @@ class IntegerCheckpoint(NamedTuple):
 
     codec: IntegerSSF
     metadata: dict
-    conformance: dict
+    conformance: Conformance
     sha256: str
 
 
@@ -70,14 +75,6 @@ def integer_tensors(model: ScaleSpaceFlow, qat: HyperpriorQAT) -> dict[str, Tens
             )
             out.update({f"{part}.{role}.{name}": t for name, t in tensors.items()})
     return out
-
-
-def conformance_clip(num_frames: int = 3, size: int = 128) -> list[Tensor]:
-    """The fixed synthetic clip every checkpoint's conformance bitstream encodes."""
-    from nvc_train.data.synthetic import synthetic_clip
-
-    clip = synthetic_clip(seed=20200614, num_frames=num_frames, height=size, width=size)
-    return [f.unsqueeze(0) for f in clip]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,12 +101,9 @@ def export_integer_checkpoint(
     """Freeze ``model`` + ``qat`` into ``out_dir/<name>-<sha8>.ckpt`` and write its model card.
 
     Computes the entropy tables once (``update(force=True)``), converts the hyper-decoders
-    (raising ``ExportError`` if an accumulator could leave the exact range), then encodes
-    the conformance clip on the CPU with the codec *as it will be loaded* and records the
-    SHA-256 of its latents.
+    (raising ``ExportError`` if an accumulator could leave the exact range), then builds the
+    conformance records on the CPU with the codec *as it will be loaded*.
     """
-    from nvc_train.codec.bitstream import write_bitstream_bytes
-
     model = model.cpu().eval()
     qat = qat.cpu().eval()
     model.update(force=True)
@@ -119,23 +113,15 @@ def export_integer_checkpoint(
                 "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
                              "weights": "int8/int16 per output channel", "accumulation": "exact, float64 < 2**53",
                              "requantization": "int64 (acc*m + 2**(s-1)) >> s"}}
-
-    codec = _codec_from_tensors(tensors, qat.config)
-    frames = conformance_clip()
-    coded, recon = codec.compress(frames)
-    h, w = frames[0].shape[-2:]
-    conformance = {
-        "bitstream": torch.frombuffer(bytearray(write_bitstream_bytes(coded, width=w, height=h, checkpoint_sha256=None)), dtype=torch.uint8),
-        "latent_sha256": [r.latent_sha256 for r in recon],
-    }
+    conformance = build_records(_codec_from_tensors(tensors, qat.config))
     buf = io.BytesIO()
-    torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True), "conformance": {
-        "bitstream": conformance["bitstream"], "latent_sha256": json.dumps(conformance["latent_sha256"])}}, buf)
+    torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True),
+                "conformance": to_payload(conformance)}, buf)
     payload = buf.getvalue()
     digest = hashlib.sha256(payload).hexdigest()
     path = Path(out_dir) / f"{name}-{digest[:8]}.ckpt"
     atomic_write_bytes(path, _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), bytes.fromhex(digest)) + payload)
-    atomic_write_bytes(path.with_suffix(".md"), model_card(path.name, digest, metadata, tensors).encode())
+    atomic_write_bytes(path.with_suffix(".md"), model_card(path.name, digest, metadata, tensors, conformance).encode())
     return path
 
 
@@ -147,8 +133,13 @@ def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig) -> Inte
     return build_integer_ssf(model, int_tensors, config.input_frac_bits).eval()
 
 
-def load_integer_checkpoint(path: str | Path, device: str = "cpu") -> IntegerCheckpoint:
-    """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`."""
+def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: bool = True) -> IntegerCheckpoint:
+    """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`.
+
+    With ``self_check`` (the default) the stress record's layer-0 checks run on ``device``
+    and a machine that does not reproduce them is refused (``nvc-train conformance`` turns
+    it off to report every check instead).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -172,18 +163,17 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu") -> IntegerChe
         metadata = json.loads(obj["metadata"])
         config = QuantConfig(**metadata["quant"])
         codec = _codec_from_tensors(obj["tensors"], config).to(device)
-        conformance = {
-            "bitstream": obj["conformance"]["bitstream"].numpy().tobytes(),
-            "latent_sha256": json.loads(obj["conformance"]["latent_sha256"]),
-        }
+        conformance = from_payload(obj["conformance"])
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"{path} passed its hash check but its content is not a valid integer checkpoint ({exc})") from None
+    if self_check:
+        self_test(codec, conformance, device, str(path))
     return IntegerCheckpoint(codec, metadata, conformance, digest.hex())
 
 
-def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Tensor]) -> str:
+def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Tensor], conformance: Conformance) -> str:
     """Markdown model card written beside the checkpoint."""
     bounds = {k: int(v) for k, v in tensors.items() if k.endswith("acc_bound")}
     worst = max(bounds.values()) if bounds else 0
@@ -191,7 +181,8 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         f"# {filename}",
         "",
         "Scale-Space Flow (CompressAI `ssf2020` architecture) with integer hyper-decoders:",
-        "the decoded latents are bit-identical on every machine (nvc-train DESIGN.md §3).",
+        "the decoded latents are bit-identical on every machine, under nvc-train's integer",
+        "contract (docs/integer-contract.md in the nvc-train repository).",
         "",
         f"- SHA-256 of the payload: `{digest}`",
         f"- format version: {metadata.get('format_version')}",
@@ -201,7 +192,11 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         f"- training data: {metadata.get('training_data')}",
         f"- packages: {metadata.get('packages')}",
         "",
-        "Check it on your machine: `nvc-train conformance " + filename + " [--device cuda]`.",
+        f"- conformance records: {conformance.describe()}",
+        "",
+        "Check it on your machine: `nvc-train conformance " + filename + " [--device cuda]` (exit status 0",
+        "only if every record decodes to its stored hashes; loading also runs the stress record's layer-0",
+        "self-test and refuses a machine that does not reproduce it).",
         "",
         "## Resolved config",
         "```json",

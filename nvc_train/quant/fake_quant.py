@@ -185,7 +185,7 @@ class FakeQuantHyperDecoder(nn.Module):
                 if calibrate:
                     self._calibrate(i, y)
                 s_out, lo, hi = self.act_spec(i)
-                fp = arith.fixed_point(acc_scale / s_out.detach().double(), max(abs(lo), abs(hi)))
+                fp = arith.fixed_point(arith.requantization_multiplier(acc_scale, s_out), max(abs(lo), abs(hi)))
                 a_int = arith.requantize(acc, fp, lo, hi)
                 s_lsq = _grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
                 a_float = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq

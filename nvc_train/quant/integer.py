@@ -60,7 +60,7 @@ def convert_decoder(
         if i < len(layers) - 1:
             s_out, lo, hi = fq.act_spec(i)
             s_out = s_out.detach()
-            fp = arith.fixed_point(acc_scale / s_out.double(), max(abs(lo), abs(hi)))
+            fp = arith.fixed_point(arith.requantization_multiplier(acc_scale, s_out), max(abs(lo), abs(hi)))
             out[f"layer{i}.act_lo"], out[f"layer{i}.act_hi"] = torch.tensor(lo), torch.tensor(hi)
             s_in, bound = s_out, max(abs(lo), abs(hi))
         elif fq.role == "mean":
@@ -93,15 +93,31 @@ class IntegerHyperDecoder(nn.Module):
     def _fixed_point(self, i: int) -> arith.FixedPoint:
         return arith.FixedPoint(self._t(f"layer{i}.multiplier"), self._t(f"layer{i}.shift"), self._t(f"layer{i}.saturation"))
 
+    def layer_weight(self, i: int) -> Tensor:
+        """(C_in, C_out, 5, 5) integer weights of layer ``i``."""
+        return self._t(f"layer{i}.weight")
+
+    def layer_bias(self, i: int) -> Tensor:
+        """(C_out,) int64 bias of layer ``i`` at its accumulator scale."""
+        return self._t(f"layer{i}.bias")
+
+    def activation_range(self, i: int) -> tuple[int, int]:
+        """Integer range [lo, hi] of the activation after intermediate layer ``i`` (0 or 1)."""
+        return int(self._t(f"layer{i}.act_lo")), int(self._t(f"layer{i}.act_hi"))
+
+    def layer_accumulator(self, i: int, x: Tensor) -> Tensor:
+        """Exact int64 accumulators (bias included) of layer ``i``: (N, C, h, w) → (N, C, 2h, 2w)."""
+        return arith.add_bias(arith.conv_transpose_exact(x, self.layer_weight(i)), self.layer_bias(i))
+
+    @torch.compiler.disable
     def forward(self, z_int: Tensor) -> Tensor:
         """(N, 192, h, w) int64 → means on the 2**-8 grid (int64) or CDF indexes (int32),
         (N, 192, 8h, 8w)."""
         x = z_int
         for i in range(3):
-            acc = arith.add_bias(arith.conv_transpose_exact(x, self._t(f"layer{i}.weight")), self._t(f"layer{i}.bias"))
+            acc = self.layer_accumulator(i, x)
             if i < 2:
-                lo, hi = int(self._t(f"layer{i}.act_lo")), int(self._t(f"layer{i}.act_hi"))
-                x = arith.requantize(acc, self._fixed_point(i), lo, hi)
+                x = arith.requantize(acc, self._fixed_point(i), *self.activation_range(i))
             elif self.role == "mean":
                 return arith.requantize(acc, self._fixed_point(i), -MEAN_BOUND, MEAN_BOUND)
             else:

@@ -7,21 +7,7 @@ import pytest
 import torch
 
 from nvc_train.quant import arith
-
-
-def reference_conv_transpose(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) in numpy int64 loops.
-
-    Every input pixel scatters w[:, :, ky, kx] into output position (2i + ky - 2, 2j + kx - 2).
-    """
-    n, cin, h, wd = x.shape
-    _, cout, k, _ = w.shape
-    full = np.zeros((n, cout, 2 * h + 4, 2 * wd + 4), dtype=np.int64)
-    for ky in range(k):
-        for kx in range(k):
-            contrib = np.einsum("nchw,cd->ndhw", x, w[:, :, ky, kx])
-            full[:, :, ky:ky + 2 * h:2, kx:kx + 2 * wd:2] += contrib
-    return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd]
+from tests.quant import reference
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -29,7 +15,7 @@ def test_conv_transpose_exact_matches_int64_reference_beyond_2_24(seed):
     g = np.random.default_rng(seed)
     x = g.integers(-2**20, 2**20, size=(2, 16, 5, 6), dtype=np.int64)  # wide first-layer inputs
     w = g.integers(-127, 128, size=(16, 8, 5, 5), dtype=np.int64)
-    ref = reference_conv_transpose(x, w)
+    ref = reference.conv_transpose(x, w)
     got = arith.conv_transpose_exact(torch.from_numpy(x), torch.from_numpy(w)).numpy()
     assert np.abs(ref).max() > 2**24, "test must exercise accumulators float32 cannot hold"
     np.testing.assert_array_equal(got, ref)
@@ -40,7 +26,7 @@ def test_float32_would_not_be_exact():
     g = np.random.default_rng(0)
     x = g.integers(-2**20, 2**20, size=(1, 16, 5, 6), dtype=np.int64)
     w = g.integers(-127, 128, size=(16, 8, 5, 5), dtype=np.int64)
-    ref = reference_conv_transpose(x, w)
+    ref = reference.conv_transpose(x, w)
     f32 = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).float(), torch.from_numpy(w).float(),
                                                stride=2, padding=2, output_padding=1)
     assert (torch.round(f32).long().numpy() != ref).any()
@@ -87,18 +73,21 @@ def test_fixed_point_is_precise_and_saturation_is_equivalent():
         assert python_requantize(s, int(fp.multiplier[c]), int(fp.shift[c]), 2**62, 0, 255) == 255
 
 
-def test_scale_index_thresholds_agree_with_float_comparison_at_the_edges():
-    table = torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)).float()
+def test_scale_thresholds_with_accumulator_scales_that_are_products_of_float32():
+    """Thresholds against float64 comparisons at and around every threshold, with
+    accumulator scales formed as real ones are: float32 input scale × float32 weight scale."""
     g = torch.Generator().manual_seed(0)
-    acc_scale = (torch.rand(5, generator=g, dtype=torch.float64) * 1e-4 + 1e-7).float().double()
+    table = torch.exp(torch.linspace(np.log(0.11), np.log(256), 64)).float()
+    s_in = (torch.rand((), generator=g) * 0.05 + 1e-3).float()
+    s_w = (torch.rand(6, generator=g) * 0.02 + 1e-4).float()
+    acc_scale = s_in.double() * s_w.double()
+    assert torch.any(acc_scale.float().double() != acc_scale), "products must need more than float32's 24 bits"
     thr = arith.scale_index_thresholds(table, acc_scale)
-    # Accumulators at and around every threshold: the hardest cases for a float comparison.
-    acc = (thr.unsqueeze(-1) + torch.arange(-2, 3)).reshape(5, -1)  # (C, 63*5)
-    acc = acc.T.reshape(1, -1, 5, 1).permute(0, 2, 1, 3).contiguous()  # (1, C, 315, 1)
+    acc = (thr.unsqueeze(-1) + torch.arange(-2, 3)).reshape(6, -1).T.reshape(1, -1, 6, 1).permute(0, 2, 1, 3).contiguous()
     got = arith.scale_indexes(acc, thr)
-    scales = acc.double() * acc_scale.view(1, -1, 1, 1)
-    want = sum((scales > t).int() for t in table[:-1].double())
-    assert torch.equal(got, want)
+    scales = acc.numpy().astype(np.float64) * acc_scale.numpy().reshape(1, -1, 1, 1)
+    want = (scales[..., None] > table.numpy().astype(np.float64)[:-1]).sum(-1)
+    np.testing.assert_array_equal(got.numpy(), want)
 
 
 def test_accumulator_bound_is_an_upper_bound():

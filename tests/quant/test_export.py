@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from nvc_train.errors import UserError
-from nvc_train.quant.export import FORMAT_VERSION, load_integer_checkpoint
+from nvc_train.quant.export import _HEADER, FORMAT_VERSION, MAGIC, load_integer_checkpoint
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -48,8 +52,98 @@ def test_loading_never_recomputes_entropy_tables(int_checkpoint, monkeypatch):
 def test_conformance_cli_passes(int_checkpoint):
     result = cli("conformance", str(int_checkpoint))
     assert result.returncode == 0, result.stderr
-    assert "conformance PASS" in result.stdout
-    assert result.stdout.count(" OK") == 3
+    lines = result.stdout.splitlines()
+    # Per frame and part: I (keyframe), P (motion, residual), P: 5 lines per clip record;
+    # stress: 6 hyper-decoders × (3 layers + output).
+    assert [line.split()[0] for line in lines[:-1]] == ["small"] * 5 + ["realistic"] * 5 + ["stress"] * 24
+    assert all(line.endswith(" OK") for line in lines[:-1])
+    assert lines[-1].startswith("conformance PASS: 34 checks in records small, realistic, stress")
+    card = int_checkpoint.with_suffix(".md").read_text()
+    assert "realistic (768×512, 3 frames IPP)" in card and "docs/integer-contract.md" in card
+    assert "DESIGN.md" not in card
+
+
+def rewrite_checkpoint(src: Path, dst: Path, mutate, version: int = FORMAT_VERSION) -> Path:
+    """Re-save ``src`` with ``mutate(payload)`` applied and a valid header (hash recomputed)."""
+    data = src.read_bytes()
+    payload = torch.load(io.BytesIO(data[_HEADER.size:]), weights_only=True)
+    mutate(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    dst.write_bytes(_HEADER.pack(MAGIC, version, len(body), hashlib.sha256(body).digest()) + body)
+    return dst
+
+
+def _records(payload) -> list:
+    return json.loads(payload["conformance"]["records"])
+
+
+def _set_records(payload, records) -> None:
+    payload["conformance"]["records"] = json.dumps(records)
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    ("no records", "checkpoint conformance records none"),
+    ("empty record", "realistic frame count: 3 coded 0 expected"),
+    ("stress check dropped", "stress 1 stress checks missing"),
+])
+def test_conformance_counts_missing_evidence_as_failure(int_checkpoint, tmp_path, damage, fragment):
+    def mutate(payload):
+        records = _records(payload)
+        if damage == "no records":
+            records = []
+        elif damage == "empty record":
+            records[1]["frames"] = []
+        else:
+            records[2]["checks"].pop()
+        _set_records(payload, records)
+
+    bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad.ckpt", mutate)
+    result = cli("conformance", str(bad))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert fragment in " ".join(result.stdout.split()) and "conformance FAIL" in result.stdout
+
+
+def test_format_1_checkpoints_still_load_and_check(int_checkpoint, tmp_path):
+    """A checkpoint as format 1 wrote it: one 128×128 record, whole-frame hashes, no stress."""
+    def mutate(payload):
+        small = _records(payload)[0]
+        payload["conformance"] = {"bitstream": payload["conformance"]["tensors"]["small.bitstream"],
+                                  "latent_sha256": json.dumps([f["latent_sha256"] for f in small["frames"]])}
+
+    old = rewrite_checkpoint(int_checkpoint, tmp_path / "old.ckpt", mutate, version=1)
+    assert [r["name"] for r in load_integer_checkpoint(old).conformance.records] == ["small"]
+    result = cli("conformance", str(old))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" OK") == 3 and "conformance PASS: 3 checks in records small" in result.stdout
+
+
+def gemm_accurate_to_32_bits(a, b):
+    """A float64 GEMM that is not IEEE-exact: results rounded to 32 significant bits (as an
+    emulated FP64 with too few slices might be). Sums below 2**32 still come out exact."""
+    exact = torch.matmul(a, b)
+    mantissa, exponent = torch.frexp(exact)
+    return torch.ldexp(torch.round(mantissa * 2.0**32), exponent - 32)
+
+
+def test_an_inexact_float64_gemm_is_caught_by_the_stress_record(int_checkpoint, monkeypatch, capsys):
+    """The clip records' accumulators stay below 2**26 and survive such a GEMM; the stress
+    record's reach 2**36 and do not. Loading refuses (self-test), naming the layer."""
+    from argparse import Namespace
+
+    from nvc_train import commands
+    from nvc_train.quant import arith
+
+    monkeypatch.setattr(arith, "float64_gemm", gemm_accurate_to_32_bits)
+    with pytest.raises(UserError, match=r"computes keyframe\.mean layer 0 differently"):
+        load_integer_checkpoint(int_checkpoint)
+    assert commands.conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu")) == 1
+    lines = capsys.readouterr().out.splitlines()
+    verdicts = {(line.split()[0], line.endswith(" OK")) for line in lines[:-1]}
+    assert verdicts == {("small", True), ("realistic", True), ("stress", False)} | (
+        {("stress", True)} if ("stress", True) in verdicts else set())
+    assert any(line.startswith("stress") and "layer 0" in line and "MISMATCH" in line for line in lines)
 
 
 def test_conformance_fails_when_expected_hashes_differ(int_checkpoint, tmp_path, monkeypatch):
