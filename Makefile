@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Every GPU check and figure in one command (needs CUDA; under 5 minutes on one GPU).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

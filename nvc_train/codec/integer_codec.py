@@ -1,7 +1,7 @@
 """The integer SSF codec: a keyframe then P-frames, with integer hyper-decoders on both sides.
 
 Analysis and synthesis transforms, warping and reconstruction stay float (pixels may drift
-slightly between machines, DESIGN.md §2); everything that decides what the range decoder
+slightly between machines, docs/integer-contract.md); everything that decides what the range decoder
 reads — z symbols, CDF indexes, means — is integer, so the decoded latents are
 bit-identical on every machine. Strings are coded with CompressAI's own rANS coder and the
 entropy tables stored in the checkpoint.

@@ -1,4 +1,4 @@
-"""Exact integer arithmetic of the hyper-decoders: the contract of DESIGN.md §3, in code.
+"""Exact integer arithmetic of the hyper-decoders: docs/integer-contract.md, in code.
 
 Every function here maps integers to integers with a result that does not depend on the
 device, the thread count, the batch size or the convolution algorithm:

@@ -15,8 +15,9 @@ from nvc_train.quant.export import integer_tensors
 from nvc_train.quant.fake_quant import (
     fake_quant_scale_indexes, hyper_decoder, hyper_decoder_layers, hyper_input, input_bound, quantize_medians,
 )
-from nvc_train.quant.integer import ExportError, IntegerHyperDecoder, convert_decoder
+from nvc_train.quant.integer import ExportError, convert_decoder
 from tests.quant import reference as ref
+from tests.quant.helpers import integer_decoder
 
 
 def real_latents(model, seed):
@@ -115,8 +116,7 @@ def test_16_bit_activations_convert_exactly(float_module):
         layers = ref.Layers([c.weight.detach().numpy() for c in convs], [c.bias.detach().numpy() for c in convs],
                             dec.effective_act_scales().detach().numpy(), 65535, 8)
         want = ref.hyper_decoder(layers, role, z_int.numpy(), hp.gaussian_conditional.scale_table.numpy()).output
-        prefix = f"residual.{role}."
-        convert = IntegerHyperDecoder(role, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        convert = integer_decoder(tensors, "residual", role)
         prepared = fq.integer if role == "mean" else fake_quant_scale_indexes(fq, hp.gaussian_conditional.scale_table)
         np.testing.assert_array_equal(convert(z_int).numpy(), want)
         np.testing.assert_array_equal(prepared.numpy(), want)

@@ -18,8 +18,8 @@ from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant.conformance import stress_pattern
 from nvc_train.quant.fake_quant import ROLES, fake_quant_scale_indexes, hyper_decoder, hyper_decoder_layers
-from nvc_train.quant.integer import IntegerHyperDecoder
 from tests.quant import reference as ref
+from tests.quant.helpers import integer_decoder
 
 INTERIOR_SHARE = {"real": 0.2, "random": 0.05}
 """Least share of intermediate activations strictly inside (0, qmax) per input kind, so that
@@ -82,8 +82,7 @@ def test_prepare_and_convert_equal_the_reference(frozen, part, role, kind):
         bound = int(tensors[f"{part}.{role}.layer0.acc_bound"])
         assert np.abs(trace.accumulators[0]).max() >= 0.99 * bound  # the worst case, reached
 
-    prefix = f"{part}.{role}."
-    convert = IntegerHyperDecoder(role, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    convert = integer_decoder(tensors, part, role)
     converted = convert(torch.from_numpy(x)).numpy()
     z_int = torch.from_numpy(x)
     with torch.no_grad():
