@@ -64,12 +64,24 @@ def export_float(args) -> int:
 
 
 def save_float_state_dict(model, path: Path) -> None:
-    """Entropy tables computed (``update``), then the plain state dict written atomically."""
+    """Entropy tables computed (``update``), then the state dict written atomically.
+
+    A model with a flow reference is written as ``{"state_dict", "flow_reference"}``, which
+    CompressAI's ``eval_model`` also loads (it reads the state dict and ignores the rest), with
+    a warning: CompressAI's stock SSF evaluates it with resolution-dependent flow.
+    """
     from nvc_train.quant.export import atomic_write_bytes
 
     model.update(force=True)
+    obj = model.state_dict()
+    flow_reference = getattr(model, "flow_reference", None)
+    if flow_reference is not None:
+        obj = {"state_dict": obj, "flow_reference": flow_reference}
+        print(f"nvc-train: warning: {path.name} records flow_reference={flow_reference}; CompressAI's stock "
+              f"ScaleSpaceFlow ignores it and moves by the flow in units of half the frame, so its results "
+              f"differ from nvc-train's except on {flow_reference}×{flow_reference} frames", file=sys.stderr)
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -49,6 +49,11 @@ class SSFLitModule(L.LightningModule):
         autocast: "bf16" runs analysis/synthesis transforms under bfloat16 autocast; the
             hyperpriors (entropy parameters) always run in float32.
         real_coding_clips: validation clips that are also really compressed and decoded.
+        flow_reference: crop size (pixels) at which the model's flow units are defined; the
+            decoded flow is rescaled to every frame so a vector means the same pixel motion
+            at any size (CompressAI issue #307). ``None``: CompressAI's behaviour, or the
+            value recorded in ``init_weights``. Frames of this size are unaffected, so set it
+            to the training crop; the zoo's ssf2020 weights were trained on 256² crops.
         train_scope: "all" trains every parameter; "hyperpriors" freezes the analysis and
             synthesis transforms and trains only the three hyperpriors (hyper-encoders,
             hyper-decoders, entropy bottlenecks) and the QAT scales — QAT fine-tuning then
@@ -71,11 +76,14 @@ class SSFLitModule(L.LightningModule):
         autocast: Literal["none", "bf16"] = "none",
         real_coding_clips: int = 1,
         train_scope: Literal["all", "hyperpriors"] = "all",
+        flow_reference: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
-        self.model = load_ssf(init_weights) if init_weights else build_ssf()
+        self.model = load_ssf(init_weights, flow_reference) if init_weights else build_ssf(flow_reference)
+        # The value in effect (possibly read from init_weights) is what checkpoints record.
+        self.hparams.flow_reference = self.model.flow_reference
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
             qat = QuantConfig(**qat)
         self.qat = HyperpriorQAT(qat) if qat is not None else None

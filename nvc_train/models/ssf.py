@@ -1,7 +1,8 @@
 """CompressAI's ScaleSpaceFlow, unforked: construction, strict loading, and a training forward.
 
-The model object is always a stock ``compressai.models.video.ScaleSpaceFlow`` so its state
-dict stays loadable by CompressAI's own tools. :func:`ssf_forward` mirrors
+The model object is a :class:`FlowReferenceSSF`: CompressAI's ``ScaleSpaceFlow`` with one
+override (``forward_prediction`` rescales the decoded flow to the frame, CompressAI issue
+#307) and an identical state dict, so it stays loadable by CompressAI's own tools. :func:`ssf_forward` mirrors
 ``ScaleSpaceFlow.forward`` but lets the caller decide how each hyperprior runs (float, as
 in CompressAI, or through the QAT fake-quant hyper-decoders) and keeps the entropy
 parameters out of reduced-precision autocast.
@@ -9,6 +10,7 @@ parameters out of reduced-precision autocast.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -28,9 +30,57 @@ MODEL_MULTIPLE = 128
 """Frame sides must be multiples of this: 4 stride-2 analysis layers, then 3 hyper layers."""
 
 
-def build_ssf() -> ScaleSpaceFlow:
+def rescale_flow(motion_info: Tensor, flow_reference: int) -> Tensor:
+    """Motion-decoder output with its flow rescaled from the reference size to this frame.
+
+    ``ScaleSpaceFlow.warp_volume`` adds the flow to a grid spanning [-1, 1] across the frame,
+    so one flow unit is half the frame's width (height): a motion decoder trained on R-pixel
+    crops means ``f·R/2`` pixels by an output ``f``, but moves ``f·W/2`` pixels on a W-wide
+    frame. Multiplying x by R/W and y by R/H keeps the pixel displacement; at W = H = R the
+    factors are exactly 1 and the result is bit-identical to the stock warp.
+
+    Args:
+        motion_info: (N, 3, H, W) flow x, flow y, scale field, at the (padded) frame size.
+        flow_reference: R, the square size in pixels at which flow units are defined.
+    """
+    height, width = motion_info.shape[-2:]
+    factors = motion_info.new_tensor([flow_reference / width, flow_reference / height, 1.0]).view(1, 3, 1, 1)
+    return motion_info * factors
+
+
+class FlowReferenceSSF(ScaleSpaceFlow):
+    """ScaleSpaceFlow whose flow means the same pixel motion at every frame size.
+
+    ``flow_reference`` (pixels) is the crop size the model was trained on; ``None`` keeps
+    CompressAI's behaviour (flow in units of half the frame, CompressAI issue #307). It is a
+    property of the weights, not of the state dict: checkpoints store it beside the weights.
+    Every path that warps (training forward, CompressAI's ``compress``/``decompress``, the
+    integer codec) goes through :meth:`forward_prediction`.
+    """
+
+    def __init__(self, flow_reference: int | None = None):
+        super().__init__()
+        self.flow_reference = check_flow_reference(flow_reference)
+
+    def forward_prediction(self, x_ref: Tensor, motion_info: Tensor) -> Tensor:
+        if self.flow_reference is not None:
+            motion_info = rescale_flow(motion_info, self.flow_reference)
+        return super().forward_prediction(x_ref, motion_info)
+
+
+def check_flow_reference(flow_reference: int | None) -> int | None:
+    """``None`` or a positive number of pixels; anything else is a one-line error."""
+    if flow_reference is None:
+        return None
+    if isinstance(flow_reference, bool) or not isinstance(flow_reference, int) or flow_reference < 1:
+        raise UserError(f"flow_reference must be a positive number of pixels (the training crop size) or null, "
+                        f"got {flow_reference!r}")
+    return flow_reference
+
+
+def build_ssf(flow_reference: int | None = None) -> FlowReferenceSSF:
     """A freshly initialised ScaleSpaceFlow with CompressAI's defaults."""
-    return ScaleSpaceFlow()
+    return FlowReferenceSSF(flow_reference)
 
 
 def hyperprior(model: ScaleSpaceFlow, part: str) -> nn.Module:
@@ -125,11 +175,20 @@ def resize_entropy_buffers(model: ScaleSpaceFlow, state_dict: dict[str, Tensor],
                 getattr(module, buf).resize_(state_dict[key].shape)
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+class FloatCheckpoint(NamedTuple):
+    """A float ScaleSpaceFlow file: its state dict and, if it records one, its flow reference."""
+
+    state_dict: dict[str, Tensor]
+    flow_reference: int | None
+
+
+def read_state_dict(path: str | Path) -> FloatCheckpoint:
     """Load a ScaleSpaceFlow state dict from a file, with one-line errors for bad files.
 
     Accepts a plain state dict (CompressAI zoo, ``nvc-train export-float``) or a CompressAI
-    training checkpoint ``{"state_dict": ...}``.
+    training checkpoint ``{"state_dict": ...}``; ``export-float`` of a model with a flow
+    reference writes the latter with ``"flow_reference"`` beside it (CompressAI's
+    ``eval_model`` reads the state dict and ignores the rest).
     """
     path = Path(path)
     if not path.is_file():
@@ -138,11 +197,15 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
         raise UserError(f"{path} is not a readable PyTorch file ({type(exc).__name__})") from None
+    flow_reference = None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        flow_reference = obj.get("flow_reference")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
-    return obj
+    if flow_reference is not None and not (isinstance(flow_reference, int) and flow_reference >= 1):
+        raise UserError(f"{path} records an invalid flow_reference {flow_reference!r}")
+    return FloatCheckpoint(obj, flow_reference)
 
 
 def load_ssf_state_dict(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], source: str = "state dict") -> None:
@@ -169,8 +232,16 @@ def load_ssf_state_dict(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], so
     model.load_state_dict(state_dict)
 
 
-def load_ssf(path: str | Path) -> ScaleSpaceFlow:
-    """A ScaleSpaceFlow with the weights (and entropy tables, if present) from ``path``."""
-    model = build_ssf()
-    load_ssf_state_dict(model, read_state_dict(path), source=str(path))
+def load_ssf(path: str | Path, flow_reference: int | None = None) -> FlowReferenceSSF:
+    """A ScaleSpaceFlow with the weights (and entropy tables, if present) from ``path``.
+
+    ``flow_reference`` given here wins over one recorded in the file (with a warning if they
+    differ: the weights were trained for the file's); ``None`` takes the file's, if any.
+    """
+    ckpt = read_state_dict(path)
+    if flow_reference is not None and ckpt.flow_reference not in (None, flow_reference):
+        warnings.warn(f"{path} records flow_reference={ckpt.flow_reference} but {flow_reference} was asked for; "
+                      f"using {flow_reference}", stacklevel=2)
+    model = build_ssf(flow_reference if flow_reference is not None else ckpt.flow_reference)
+    load_ssf_state_dict(model, ckpt.state_dict, source=str(path))
     return model

@@ -110,10 +110,11 @@ def export_integer_checkpoint(
     tensors = {f"ssf.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     tensors.update({f"int.{k}": v for k, v in integer_tensors(model, qat).items()})
     metadata = {**metadata, "format_version": FORMAT_VERSION, "quant": asdict(qat.config),
+                "flow_reference": getattr(model, "flow_reference", None),
                 "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
                              "weights": "int8/int16 per output channel", "accumulation": "exact, float64 < 2**53",
                              "requantization": "int64 (acc*m + 2**(s-1)) >> s"}}
-    conformance = build_records(_codec_from_tensors(tensors, qat.config))
+    conformance = build_records(_codec_from_tensors(tensors, qat.config, metadata["flow_reference"]))
     buf = io.BytesIO()
     torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True),
                 "conformance": to_payload(conformance)}, buf)
@@ -125,8 +126,8 @@ def export_integer_checkpoint(
     return path
 
 
-def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig) -> IntegerSSF:
-    model = build_ssf()
+def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig, flow_reference: int | None) -> IntegerSSF:
+    model = build_ssf(flow_reference)
     load_ssf_state_dict(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ssf.")}, "integer checkpoint")
     model.eval()
     int_tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
@@ -162,7 +163,7 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
         obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         metadata = json.loads(obj["metadata"])
         config = QuantConfig(**metadata["quant"])
-        codec = _codec_from_tensors(obj["tensors"], config).to(device)
+        codec = _codec_from_tensors(obj["tensors"], config, metadata.get("flow_reference")).to(device)
         conformance = from_payload(obj["conformance"])
     except UserError:
         raise
@@ -187,6 +188,7 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         f"- SHA-256 of the payload: `{digest}`",
         f"- format version: {metadata.get('format_version')}",
         f"- quality: {metadata.get('quality')}, lambda: {metadata.get('lmbda')}",
+        f"- flow reference: {_flow_reference_line(metadata.get('flow_reference'))}",
         f"- quantization: {metadata.get('quant')}",
         f"- largest accumulator bound: {worst} (< 2**53 = {2**53}: exact in float64)",
         f"- training data: {metadata.get('training_data')}",
@@ -204,3 +206,10 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _flow_reference_line(flow_reference: int | None) -> str:
+    if flow_reference is None:
+        return "none (CompressAI's flow units: half the frame, so motion scales with frame size)"
+    return (f"{flow_reference} px (flow rescaled to every frame; decoding uses this value, "
+            f"CompressAI's stock SSF does not)")

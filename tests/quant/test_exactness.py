@@ -239,3 +239,23 @@ def test_torch_compile_stays_out_of_the_integer_path(loaded):
     torch.compile(lambda t: t * 2 + 1, backend=recording_backend)(torch.ones(3))
     assert len(graphs) == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_decoders_cpu_vs_cuda_on_symbols_up_to_2_15(int_checkpoint, cuda_flags_restored):
+    """Whole decoders, z of shape (2, 192, 8, 15), cuDNN enabled with benchmark and TF32:
+    identical outputs on CPU and GPU. Control: the float32 hyper-decoders differ."""
+    cpu, gpu = load_integer_checkpoint(int_checkpoint), load_integer_checkpoint(int_checkpoint, device="cuda")
+    torch.backends.cudnn.enabled = torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    symbols = (torch.rand(2, 192, 8, 15, generator=torch.Generator().manual_seed(3)) * 2 - 1).mul(2**15).round().long()
+    control = 0
+    for part, role in DECODERS:
+        (a, dec_a), (b, dec_b) = decoder(cpu, part, role), decoder(gpu, part, role)
+        z = integer_hyper_input(symbols, a.median_q, a.input_frac_bits)
+        assert torch.equal(dec_a(z), dec_b(z.cuda()).cpu())
+        float_a, float_b = (getattr(h.hp, f"hyper_decoder_{role}") for h in (a, b))
+        with torch.no_grad():
+            z_hat = z.float() * 2.0**-a.input_frac_bits
+            control += int((float_a(z_hat) != float_b(z_hat.cuda()).cpu()).sum())
+    assert control > 0, "the float32 hyper-decoders must differ between CPU and GPU"

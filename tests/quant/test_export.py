@@ -88,7 +88,7 @@ def _set_records(payload, records) -> None:
     ("empty record", "realistic frame count: 3 coded 0 expected"),
     ("stress check dropped", "stress 1 stress checks missing"),
 ])
-def test_conformance_counts_missing_evidence_as_failure(int_checkpoint, tmp_path, damage, fragment):
+def test_conformance_counts_missing_evidence_as_failure(int_checkpoint, tmp_path, capsys, damage, fragment):
     def mutate(payload):
         records = _records(payload)
         if damage == "no records":
@@ -99,10 +99,14 @@ def test_conformance_counts_missing_evidence_as_failure(int_checkpoint, tmp_path
             records[2]["checks"].pop()
         _set_records(payload, records)
 
+    from argparse import Namespace
+
+    from nvc_train import commands
+
     bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad.ckpt", mutate)
-    result = cli("conformance", str(bad))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert fragment in " ".join(result.stdout.split()) and "conformance FAIL" in result.stdout
+    assert commands.conformance(Namespace(checkpoint=str(bad), device="cpu")) == 1
+    out = capsys.readouterr().out
+    assert fragment in " ".join(out.split()) and "conformance FAIL" in out
 
 
 def test_format_1_checkpoints_still_load_and_check(int_checkpoint, tmp_path):
