@@ -141,3 +141,24 @@ def test_encoder_and_decoder_agree_through_the_cli(referenced_checkpoint, tmp_pa
     assert not torch.equal(stock_decoded[1].x_hat, decoded[1].x_hat)
     with open_video(out, InputOptions()) as reader:
         assert uint8_frames(list(reader)).shape == (3, 256, 384, 3)
+
+
+def test_training_module_uses_and_records_the_value(tmp_path, capsys):
+    """The LightningModule's forward warps through the same override, and its hyper-parameters
+    record the value in effect (here read from the float file it starts from)."""
+    from nvc_train.commands import save_float_state_dict
+    from nvc_train.lit.module import SSFLitModule
+
+    parent = tmp_path / "parent.pth.tar"
+    save_float_state_dict(build_ssf(128), parent)
+    capsys.readouterr()
+    module = SSFLitModule(init_weights=str(parent), real_coding_clips=0).eval()
+    assert module.model.flow_reference == 128 and module.hparams.flow_reference == 128
+    stock = SSFLitModule(real_coding_clips=0).eval()
+    stock.model.load_state_dict(module.model.state_dict())
+    for size, same in ((128, True), (256, False)):
+        frames = [f.unsqueeze(0) for f in synthetic_clip(8, 2, size, size)]
+        torch.manual_seed(0)
+        with torch.no_grad():
+            a, b = module(frames)[1].x_hat, stock(frames)[1].x_hat
+        assert torch.equal(a, b) == same, size
