@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3.11
+# Python 3.11 where there is one, else any python3 >= 3.10 (checked before the venv is made).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -7,6 +8,8 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast bench gpu-check clean
 
 $(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null || \
+		{ echo "nvc-train: error: needs Python >= 3.10; found $$($(PYTHON) --version 2>&1) at $(PYTHON) (set PYTHON=...)" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
