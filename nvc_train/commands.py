@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, require_file
 
 PACKAGES = ("nvc-train", "torch", "compressai", "lightning", "numpy")
 
@@ -30,9 +30,7 @@ def package_versions() -> dict[str, str]:
 
 def read_lightning_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint as a dict, with one-line errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    path = require_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -358,9 +356,7 @@ def info(args) -> int:
     """Describe a .nvc bitstream (no checkpoint needed)."""
     from nvc_train.codec.bitstream import EMBEDDED, frame_record_size, iter_frames, read_header
 
-    path = Path(args.bitstream)
-    if not path.is_file():
-        raise UserError(f"bitstream not found: {path}")
+    path = require_file(args.bitstream, "bitstream")
     with open(path, "rb") as f:
         header = read_header(f)
         frames = [(cf.frame_type, frame_record_size(cf)) for cf in iter_frames(f, header)]
@@ -488,9 +484,7 @@ def bdrate(args) -> int:
     from nvc_train.eval.bdrate import bd_psnr, bd_rate
 
     def load(path: str) -> tuple[str, list[float], list[float]]:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"results file not found: {p}")
+        p = require_file(path, "results file")
         try:
             data = json.loads(p.read_text())
             results = data.get("results", data)
@@ -550,9 +544,7 @@ def compare(args) -> int:
 
 def _read_verify(path: str) -> list[tuple[str, str]]:
     """``nvc-train verify`` output → [(frame type, latent SHA-256)] in frame order."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"verify output not found: {p}")
+    p = require_file(path, "verify output")
     rows = []
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
         parts = line.split()

@@ -23,7 +23,7 @@ from nvc_train.codec.bitstream import (EMBEDDED, colour_code, BitstreamWriter, H
                                        validate_file)
 from nvc_train.codec.integer_codec import DecodedFrame
 from nvc_train.codec.video_io import FrameReader, FrameWriter
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import ms_ssim, psnr
 from nvc_train.models.ssf import MODEL_MULTIPLE
 from nvc_train.quant.export import IntegerCheckpoint
@@ -143,8 +143,7 @@ def _frame_stats(t: int, frame_type: str, nbytes: int, frame: DecodedFrame, refe
 
 def open_checked(bitstream: Path, checkpoint: IntegerCheckpoint) -> Header:
     """Validate the whole bitstream (every CRC and length) and that it belongs to ``checkpoint``."""
-    if not bitstream.is_file():
-        raise UserError(f"bitstream not found: {bitstream}")
+    require_file(bitstream, "bitstream")
     header = validate_file(bitstream)
     if header.checkpoint_sha256 not in (EMBEDDED, bytes.fromhex(checkpoint.sha256)):
         raise UserError(f"{bitstream} was encoded with checkpoint {header.checkpoint_sha256.hex()[:8]}, "

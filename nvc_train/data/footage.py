@@ -375,12 +375,21 @@ class PreparedFootage:
     source_root: Path
 
 
+def not_prepared_message(root: str | Path) -> str:
+    """What to say of a --data.root without a manifest: prepare it into a folder of its own
+    (``prepare-footage`` refuses to write inside its source)."""
+    root = Path(root)
+    out = root.with_name(f"{root.name}-prepared")
+    return (f"{root} is not prepared footage (no {MANIFEST}): if it holds your videos, run "
+            f"`nvc-train prepare-footage {root} --out {out}` and train with `--data.root {out}`")
+
+
 def read_manifest(root: Path) -> dict:
     """The manifest of a prepared folder, checked for format and version."""
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except FileNotFoundError:
-        raise FootageError(f"{root} is not prepared footage (no {MANIFEST}): run `nvc-train prepare-footage SRC --out {root}`") from None
+        raise FootageError(not_prepared_message(root)) from None
     except (OSError, ValueError) as exc:
         raise FootageError(f"cannot read {root / MANIFEST}: {exc}") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:

@@ -30,7 +30,7 @@ from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
 from nvc_train.codec.files import encode_video, pad_frame
 from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
 from nvc_train.codec.video_io import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
 
 FAMILIES = ("float", "ptq", "qat")
@@ -53,9 +53,7 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
     from nvc_train.models.ssf import load_ssf
     from nvc_train.quant.export import MAGIC, load_integer_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    path = require_file(path, "checkpoint")
     with open(path, "rb") as f:
         magic = f.read(len(MAGIC))
     if magic == MAGIC:

@@ -161,12 +161,11 @@ class FootageDataModule(ClipDataModule):
         if crop % MODEL_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
         self.save_hyperparameters()
-        from nvc_train.data.footage import FootageError, MANIFEST
+        from nvc_train.data.footage import MANIFEST, FootageError, not_prepared_message
 
         # Fail before the logger starts; a Hub name is checked here and fetched in prepare_data.
         if not (self.prepared_root() / MANIFEST).exists() and not root.startswith("hf://"):
-            raise FootageError(f"{root} is not prepared footage (no {MANIFEST}): "
-                               f"run `nvc-train prepare-footage SRC --out {root}`")
+            raise FootageError(not_prepared_message(root))
 
     def prepared_root(self) -> Path:
         """The local prepared folder (for a Hub name: where ``prepare_data`` puts it)."""

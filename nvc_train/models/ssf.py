@@ -19,7 +19,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, require_file
 
 PARTS = ("keyframe", "motion", "residual")
 """Names of the three hyperpriors, as CompressAI's likelihood dicts call them."""
@@ -185,20 +185,25 @@ class FloatCheckpoint(NamedTuple):
 def read_state_dict(path: str | Path) -> FloatCheckpoint:
     """Load a ScaleSpaceFlow state dict from a file, with one-line errors for bad files.
 
-    Accepts a plain state dict (CompressAI zoo, ``nvc-train export-float``) or a CompressAI
-    training checkpoint ``{"state_dict": ...}``; ``export-float`` of a model with a flow
+    Accepts a plain state dict (CompressAI zoo, ``nvc-train export-float``), a CompressAI
+    training checkpoint ``{"state_dict": ...}``, or the Lightning checkpoint of a float
+    ``nvc-train fit`` run (its ``model.*`` weights); ``export-float`` of a model with a flow
     reference writes the latter with ``"flow_reference"`` beside it (CompressAI's
     ``eval_model`` reads the state dict and ignores the rest).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    path = require_file(path, "checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise UserError(f"{path} is not a readable PyTorch file ({type(exc).__name__})") from None
+        raise UserError(f"{path} is not a readable ScaleSpaceFlow state dict ({type(exc).__name__}); if it is a "
+                        f"Lightning checkpoint, run `nvc-train export-float` on it first") from None
     flow_reference = None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
+        # A float run's last.ckpt: the model's weights are its "model." entries.
+        hparams = obj.get("hyper_parameters")
+        flow_reference = hparams.get("flow_reference") if isinstance(hparams, dict) else None
+        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         flow_reference = obj.get("flow_reference")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -36,7 +36,7 @@ from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor
 
 from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, require_file
 from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
 from nvc_train.quant.conformance import Conformance, build_records, from_payload, self_test, to_payload
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
@@ -141,9 +141,7 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
     and a machine that does not reproduce them is refused (``nvc-train conformance`` turns
     it off to report every check instead).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    path = require_file(path, "checkpoint")
     data = path.read_bytes()
     if len(data) < _HEADER.size or not data.startswith(MAGIC):
         if data[:2] == b"PK" or data[:1] == b"\x80":

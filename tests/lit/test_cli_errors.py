@@ -50,7 +50,7 @@ def test_data_roots_that_cannot_be_used(tmp_path):
     assert_one_line_error(cli("fit", "--config", footage, cwd=tmp_path), "missing --data.root")
     assert_one_line_error(cli("fit", "--config", DEMO, "--data.crop", "abc", cwd=tmp_path), "--data.crop: Expected")
     assert_one_line_error(cli("fit", "--config", footage, "--data.root", str(tmp_path), cwd=tmp_path),
-                          "not prepared footage")
+                          f"run `nvc-train prepare-footage {tmp_path} --out {tmp_path}-prepared`")
     assert_one_line_error(cli("fit", "--config", vimeo, "--data.root", str(tmp_path), cwd=tmp_path),
                           "sep_trainlist.txt not found")
     assert_one_line_error(cli("fit", "--config", footage, "--data.root", "hf://datasets/x", cwd=tmp_path),

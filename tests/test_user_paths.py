@@ -1,0 +1,58 @@
+"""What a user's paths and files are taken for: a directory is named as one, and a float
+Lightning checkpoint starts a fine-tune directly."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from nvc_train.cli import main
+from nvc_train.errors import UserError
+from nvc_train.lit.module import SSFLitModule
+from nvc_train.models.ssf import load_ssf
+from nvc_train.quant.config import QuantConfig
+
+
+@pytest.mark.parametrize("argv", [
+    ["conformance", "{d}"],
+    ["verify", "{f}", "--checkpoint", "{d}"],
+    ["info", "{d}"],
+    ["decode", "{d}", "-o", "{o}", "--checkpoint", "{ck}"],
+    ["bdrate", "{d}", "{d}"],
+    ["export-float", "{d}", "{o}"],
+])
+def test_a_directory_where_a_file_is_expected_is_named_as_one(tmp_path, capsys, argv, request):
+    d = tmp_path / "adir"
+    d.mkdir()
+    f = tmp_path / "missing"
+    ck = request.getfixturevalue("int_checkpoint") if "{ck}" in argv else None
+    code = main([a.format(d=d, f=f, o=tmp_path / "out.y4m", ck=ck) for a in argv])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("nvc-train: error:") and f"{d} is a directory, not a file" in err[0], err
+
+
+def lightning_checkpoint(path, **kwargs):
+    module = SSFLitModule(quality=3, real_coding_clips=0, **kwargs)
+    trainer = L.Trainer(accelerator="cpu", max_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return module
+
+
+def test_a_float_run_checkpoint_is_accepted_as_init_weights(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    parent = lightning_checkpoint(ckpt, flow_reference=128)
+    child = SSFLitModule(init_weights=str(ckpt), real_coding_clips=0)
+    want = parent.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in child.model.state_dict().items())
+    assert child.model.flow_reference == 128
+
+
+def test_a_qat_run_checkpoint_as_init_weights_says_what_to_do(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    lightning_checkpoint(ckpt, qat=QuantConfig())
+    with pytest.raises(UserError, match="run `nvc-train export-float` on it first"):
+        load_ssf(ckpt)
