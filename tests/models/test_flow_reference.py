@@ -64,16 +64,18 @@ def test_a_pan_of_d_pixels_at_the_reference_size_moves_d_pixels_at_four_times_th
     assert not shifted_by(pan(stock, large, flow_x), large, d)
 
 
-def test_y_is_rescaled_by_the_height():
-    """A non-square frame: x by R/W, y by R/H."""
+def test_x_by_the_width_and_y_by_the_height():
+    """A non-square frame (256×512) and a diagonal pan of 2 px down and 3 px right at the
+    reference size: x is rescaled by R/W, y by R/H (swapped factors would move 6 px and 1.5 px)."""
     model = build_ssf(128).eval()
     frame = synthetic_clip(6, 1, 256, 512)
     motion = torch.zeros(1, 3, 256, 512)
-    motion[:, 1] = 2 * 2 / 128  # 2 px down at the reference size
+    motion[:, 0] = 2 * 3 / 128
+    motion[:, 1] = 2 * 2 / 128
     motion[:, 2] = LEVEL0
     with torch.no_grad():
         pred = model.forward_prediction(frame, motion)
-    assert torch.allclose(pred[..., 8:-10, 8:-8], frame[..., 10:-8, 8:-8], atol=1e-4)
+    assert torch.allclose(pred[..., 8:-10, 8:-11], frame[..., 10:-8, 11:-8], atol=1e-4)
 
 
 def test_flow_reference_is_validated():

@@ -199,9 +199,19 @@ def test_exact_path_touches_no_process_global_flag(loaded, monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "set_flags", refuse)
     for name in ("_set_cudnn_enabled", "_set_cudnn_allow_tf32", "_set_cudnn_benchmark", "_set_cudnn_deterministic"):
         monkeypatch.setattr(torch._C, name, refuse)
+    before = global_flags()
     checks = list(run_checks(loaded.codec, loaded.conformance._replace(
         records=[r for r in loaded.conformance.records if r["name"] in ("small", "stress")])))
     assert checks and all(c.ok for c in checks)
+    assert global_flags() == before  # nothing set and left behind through a property setter either
+
+
+def global_flags() -> tuple:
+    """Every process-global precision/algorithm switch a decode could change."""
+    b = torch.backends
+    return (b.cudnn.enabled, b.cudnn.benchmark, b.cudnn.deterministic, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32,
+            b.mkldnn.enabled, b.cudnn.conv.fp32_precision, b.cuda.matmul.fp32_precision, b.mkldnn.fp32_precision,
+            torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
 
 
 def test_four_threads_decode_different_streams_at_once(loaded):

@@ -211,3 +211,23 @@ def test_verify_prints_hashes_and_refuses_other_checkpoints(int_checkpoint, tmp_
     other = tmp_path / "other.nvc"
     other.write_bytes(write_bitstream_bytes(coded, 128, 128, "ab" * 32))
     assert_one_line_error(cli("verify", str(other), "--checkpoint", str(int_checkpoint)), "encoded with checkpoint abababab")
+
+
+def test_a_wrong_stored_stress_hash_is_reported_and_named(int_checkpoint, tmp_path, capsys):
+    """The stress hashes are really compared, at load (naming the decoder) and by the command."""
+    from argparse import Namespace
+
+    from nvc_train import commands
+
+    def mutate(payload):
+        records = _records(payload)
+        check = next(c for c in records[2]["checks"] if c["decoder"] == "residual.scale" and c["layer"] == 0)
+        check["sha256"] = "0" * 64
+        _set_records(payload, records)
+
+    bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad.ckpt", mutate)
+    with pytest.raises(UserError, match=r"computes residual\.scale layer 0 differently"):
+        load_integer_checkpoint(bad)
+    assert commands.conformance(Namespace(checkpoint=str(bad), device="cpu")) == 1
+    mismatches = [line for line in capsys.readouterr().out.splitlines() if "MISMATCH" in line]
+    assert len(mismatches) == 1 and mismatches[0].split()[:3] == ["stress", "residual.scale", "layer"]

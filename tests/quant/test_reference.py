@@ -17,7 +17,10 @@ import torch
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant.conformance import stress_pattern
-from nvc_train.quant.fake_quant import ROLES, fake_quant_scale_indexes, hyper_decoder, hyper_decoder_layers
+from nvc_train.quant import arith
+from nvc_train.quant.fake_quant import (
+    ROLES, fake_quant_scale_indexes, hyper_decoder, hyper_decoder_layers, integer_hyper_input, quantize_medians,
+)
 from tests.quant import reference as ref
 from tests.quant.helpers import integer_decoder
 
@@ -75,7 +78,11 @@ def test_prepare_and_convert_equal_the_reference(frozen, part, role, kind):
     sym = symbols(m, tensors, part, role, kind)
     med_q = ref.median_q(hp.entropy_bottleneck._get_medians().detach().numpy(), layers.input_frac_bits)
     x = ref.z_int(sym, med_q, layers.input_frac_bits)
+    np.testing.assert_array_equal(  # the package builds the decoder input the same way
+        integer_hyper_input(torch.from_numpy(sym), quantize_medians(hp.entropy_bottleneck._get_medians(), 8), 8).numpy(), x)
     trace = ref.hyper_decoder(layers, role, x, hp.gaussian_conditional.scale_table.numpy())
+    for i, acc in enumerate(trace.accumulators):  # the bound proven at export really bounds
+        assert np.abs(acc).max() <= int(tensors[f"{part}.{role}.layer{i}.acc_bound"])
     if kind in INTERIOR_SHARE:
         assert interior_share(trace, layers.act_qmax) >= INTERIOR_SHARE[kind]
     if kind == "stress":
@@ -92,3 +99,16 @@ def test_prepare_and_convert_equal_the_reference(frozen, part, role, kind):
     np.testing.assert_array_equal(prepared.numpy(), trace.output)
     if role == "scale":
         assert len(np.unique(trace.output)) > 3, "the comparison must span several CDF tables"
+
+
+def test_requantization_ties_round_half_up_as_the_reference():
+    """Exact ties never occur with 31-bit multipliers on real data, so make them: multipliers
+    that are powers of two (times 3) put acc·m exactly halfway between two outputs."""
+    reals = np.array([2.0**-10, 3 * 2.0**-12, 2.0**-3, 5 * 2.0**-9])
+    fp = arith.fixed_point(torch.from_numpy(reals), 255)
+    half = [int(v) for v in (torch.ldexp(torch.ones(4, dtype=torch.float64), fp.shift - 1) / fp.multiplier).round().long()]
+    acc = np.array([[q * 2 * h + h for q in range(-3, 60)] for h in half]).T  # (63, 4): ties q + 1/2
+    acc = np.concatenate([acc, acc + 1, acc - 1])[:, :, None, None]
+    got = arith.requantize(torch.from_numpy(acc), fp, 0, 255).numpy()
+    np.testing.assert_array_equal(got, ref.requantize(acc, reals, 255, 0, 255))
+    assert (got[:63, 0, 0, 0] == np.clip(np.arange(-3, 60) + 1, 0, 255)).all()  # q + 1/2 → q + 1
