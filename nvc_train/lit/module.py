@@ -53,7 +53,7 @@ class SSFLitModule(L.LightningModule):
             decoded flow is rescaled to every frame so a vector means the same pixel motion
             at any size (CompressAI issue #307). ``None``: CompressAI's behaviour, or the
             value recorded in ``init_weights``. Frames of this size are unaffected, so set it
-            to the training crop; the zoo's ssf2020 weights were trained on 256² crops.
+            to the training crop (CompressAI's video training example crops 256²).
         train_scope: "all" trains every parameter; "hyperpriors" freezes the analysis and
             synthesis transforms and trains only the three hyperpriors (hyper-encoders,
             hyper-decoders, entropy bottlenecks) and the QAT scales — QAT fine-tuning then

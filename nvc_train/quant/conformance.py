@@ -12,8 +12,9 @@ Every checkpoint exported by this version carries three records (docs/integer-co
   export (signs follow the weights, magnitudes at the clamp limits: symbols ±2**15 for layer
   0, the activation ceiling for layers 1 and 2). Stored: the input, the SHA-256 of the
   layer's int64 accumulators and of the whole decoder's output on the layer-0 input. Those
-  accumulators need 41 bits: a float64 GEMM that is not IEEE-exact (emulated FP64 with too
-  few slices, a replaced BLAS) rounds them where the clip records' smaller sums survive.
+  accumulators reach 2**36-2**40 on the models measured (the clip records' about 2**25): a
+  float64 GEMM that is not IEEE-exact (emulated FP64 with too few slices, a replaced BLAS)
+  rounds them where the clip records' smaller sums survive.
 
 Loading a checkpoint runs the stress record's layer-0 checks (:func:`self_test`, a few
 milliseconds); ``nvc-train conformance`` runs everything (:func:`run_checks`).
