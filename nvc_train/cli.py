@@ -82,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"Lightning {name} (see `nvc-train {name} --help`)", add_help=False)
 
-    s = sub.add_parser("export-float", help="Lightning checkpoint → plain ScaleSpaceFlow state dict (CompressAI-loadable)")
+    s = sub.add_parser("export-float", help="Lightning checkpoint → plain ScaleSpaceFlow state dict (CompressAI-loadable)",
+                       description="Write the float model of a `nvc-train fit` run as a ScaleSpaceFlow state dict with "
+                                   "its entropy tables computed. With --zoo, OUT is a folder and the file is written "
+                                   "as CompressAI's update_model writes zoo weights, named ssf2020-mse-<quality>-<sha8>"
+                                   ".pth.tar, for CompressAI's zoo loader and eval_model.")
     s.add_argument("checkpoint", help="Lightning .ckpt from `nvc-train fit`")
-    s.add_argument("out", help="output .pth.tar")
+    s.add_argument("out", help="output .pth.tar (with --zoo: output folder)")
+    s.add_argument("--zoo", action="store_true", help="CompressAI zoo format and name (flow_reference is not stored)")
+    s.add_argument("--quality", type=int, default=None, choices=range(1, 10), metavar="{1..9}",
+                   help="--zoo: the quality in the file name (default: the run's)")
 
     s = sub.add_parser("export", help="QAT Lightning checkpoint → integer checkpoint <name>-<sha8>.ckpt + model card")
     s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")

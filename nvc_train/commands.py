@@ -56,9 +56,31 @@ def lit_module_from_checkpoint(path: str | Path):
 def export_float(args) -> int:
     """Plain ScaleSpaceFlow state dict with entropy tables, loadable by CompressAI's tools."""
     module, _ = lit_module_from_checkpoint(args.checkpoint)
+    if args.zoo:
+        path = export_zoo_file(module, Path(args.out), args.quality)
+        print(f"wrote {path} (CompressAI zoo format, λ={module.lmbda})")
+        return 0
     save_float_state_dict(module.model, Path(args.out))
     print(f"wrote {args.out} (ScaleSpaceFlow state dict, λ={module.lmbda})")
     return 0
+
+
+def export_zoo_file(module, out_dir: Path, quality: int | None) -> Path:
+    """``out_dir/ssf2020-mse-<q>-<sha8>.pth.tar`` as CompressAI's ``update_model`` writes it."""
+    from nvc_train.models.loss import QUALITY_LAMBDAS
+    from nvc_train.models.zoo import write_zoo_file
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--zoo writes into a folder; {out_dir} is a file")
+    hp = module.hparams
+    if quality is None:
+        quality = hp.quality
+        if hp.lmbda is not None and float(hp.lmbda) != QUALITY_LAMBDAS.get(quality):
+            raise UserError(f"the run trained with λ={hp.lmbda}, no zoo quality: name one with --quality")
+    if module.model.flow_reference is not None:
+        print(f"nvc-train: warning: the zoo format stores weights only: flow_reference={module.model.flow_reference} "
+              f"is dropped, and CompressAI moves by the flow in units of half the frame", file=sys.stderr)
+    return write_zoo_file(module.model, out_dir, "mse", quality)
 
 
 def save_float_state_dict(model, path: Path) -> None:
@@ -68,7 +90,7 @@ def save_float_state_dict(model, path: Path) -> None:
     CompressAI's ``eval_model`` also loads (it reads the state dict and ignores the rest), with
     a warning: CompressAI's stock SSF evaluates it with resolution-dependent flow.
     """
-    from nvc_train.quant.export import atomic_write_bytes
+    from nvc_train.codec.atomic import atomic_write_bytes
 
     model.update(force=True)
     obj = model.state_dict()
@@ -161,7 +183,8 @@ def ptq(args) -> int:
     from nvc_train.models.loss import quality_to_lambda
     from nvc_train.models.ssf import load_ssf
     from nvc_train.quant import ptq as P
-    from nvc_train.quant.export import atomic_write_bytes, export_integer_checkpoint
+    from nvc_train.codec.atomic import atomic_write_bytes
+    from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.integer import ExportError
 
     source = Path(args.model)
@@ -389,7 +412,7 @@ def evaluate(args) -> int:
     from tqdm import tqdm
 
     from nvc_train.eval import evaluate as E
-    from nvc_train.quant.export import atomic_write_bytes
+    from nvc_train.codec.atomic import atomic_write_bytes
 
     if args.gop < 0 or (args.frames is not None and args.frames <= 0):
         raise UserError("--gop must be ≥ 0 and --frames ≥ 1")

@@ -286,7 +286,7 @@ def plot_rd(curves: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nvc_train.quant.export import atomic_write_bytes
+    from nvc_train.codec.atomic import atomic_write_bytes
 
     metrics = [("psnr-rgb", "PSNR-RGB [dB]")]
     if all("ms-ssim-rgb" in c["results"] for c in curves.values()):

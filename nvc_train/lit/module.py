@@ -10,6 +10,7 @@ optimisation (global step, accumulation, precision plugins, checkpoints) intact.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import lightning as L
@@ -19,7 +20,15 @@ from torch import Tensor
 from nvc_train.codec.integer_codec import IntegerSSF, coded_bits
 from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.models.loss import quality_to_lambda, rd_loss
-from nvc_train.models.ssf import HYPERPRIOR_ATTR, build_ssf, float_hyperprior_forward, load_ssf, resize_entropy_buffers, ssf_forward
+from nvc_train.models.ssf import (
+    HYPERPRIOR_ATTR,
+    build_ssf,
+    float_hyperprior_forward,
+    load_ssf,
+    resize_entropy_buffers,
+    ssf_forward,
+)
+from nvc_train.models.zoo import zoo_entry, zoo_weights
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
 
@@ -42,7 +51,13 @@ class SSFLitModule(L.LightningModule):
             ``lr_gamma``.
         lr_gamma: learning-rate decay factor.
         init_weights: ScaleSpaceFlow state dict to start from (fine-tuning; distinct from
-            resuming with ``--ckpt_path``); loaded strictly.
+            resuming with ``--ckpt_path``); loaded strictly. Wins over ``pretrained``.
+        pretrained: start from CompressAI's pretrained ``ssf2020`` weights: ``true`` for the
+            MSE model of ``quality``, or a zoo name such as ``"ssf2020-mse-3"``. Fetched by
+            ``torch.hub`` into ``$TORCH_HOME/hub/checkpoints`` and hash-checked
+            (:mod:`nvc_train.models.zoo`). Loaded when a run starts from scratch (fit,
+            validate or test without a checkpoint to restore), so resuming a run never reads
+            or downloads the zoo file.
         qat: quantization settings; when set, the hyper-decoders train through the exact
             integer arithmetic from ``qat_start_step`` on.
         qat_start_step: global step at which QAT begins (0: QAT from the first step).
@@ -77,10 +92,20 @@ class SSFLitModule(L.LightningModule):
         real_coding_clips: int = 1,
         train_scope: Literal["all", "hyperpriors"] = "all",
         flow_reference: int | None = None,
+        pretrained: bool | str = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
+        # Resolved now (a bad name fails before any training starts), loaded at the start.
+        self.zoo = None if init_weights else zoo_entry(pretrained, quality)
+        if self.zoo is not None and self.zoo.quality != quality and lmbda is None:
+            warnings.warn(f"starting from {self.zoo.name} but training at quality {quality} "
+                          f"(λ={quality_to_lambda(quality)}); set --model.quality {self.zoo.quality} to keep its rate",
+                          stacklevel=2)
+        # What the run started from, recorded by name (an exported card names it as base model).
+        self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
+        self._zoo_pending = self.zoo is not None
         self.model = load_ssf(init_weights, flow_reference) if init_weights else build_ssf(flow_reference)
         # The value in effect (possibly read from init_weights) is what checkpoints record.
         self.hparams.flow_reference = self.model.flow_reference
@@ -91,6 +116,30 @@ class SSFLitModule(L.LightningModule):
             trainable = tuple(f"{attr}." for attr in HYPERPRIOR_ATTR.values())
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(trainable))
+
+    # --- initial weights from CompressAI's zoo ------------------------------------------
+    def _start_from_zoo(self) -> None:
+        """Load the zoo weights once, unless the trainer restored a checkpoint (a resume)."""
+        if not self._zoo_pending:
+            return
+        self._zoo_pending = False
+        if self.trainer.ckpt_path is not None:
+            return
+        from nvc_train.models.ssf import load_ssf_state_dict
+
+        state_dict = zoo_weights(self.zoo, progress=self.trainer.is_global_zero)
+        device = next(self.model.parameters()).device
+        load_ssf_state_dict(self.model, state_dict, source=f"CompressAI's {self.zoo.name}")
+        self.model.to(device)
+
+    def on_fit_start(self) -> None:
+        self._start_from_zoo()
+
+    def on_validation_start(self) -> None:
+        self._start_from_zoo()
+
+    def on_test_start(self) -> None:
+        self._start_from_zoo()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         resize_entropy_buffers(self.model, state_dict, prefix="model.")

@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import struct
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +33,7 @@ import torch
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor
 
+from nvc_train.codec.atomic import atomic_write_bytes
 from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
 from nvc_train.errors import UserError, require_file
 from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
@@ -75,24 +74,6 @@ def integer_tensors(model: ScaleSpaceFlow, qat: HyperpriorQAT) -> dict[str, Tens
             )
             out.update({f"{part}.{role}.{name}": t for name, t in tensors.items()})
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make exports private
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_integer_checkpoint(

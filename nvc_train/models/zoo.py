@@ -1,0 +1,181 @@
+"""CompressAI's pretrained ``ssf2020`` weights in, and CompressAI's zoo format out.
+
+In: a zoo name (``ssf2020-mse-3``, or ``True`` with a quality) is looked up in CompressAI's
+own URL table (``compressai.zoo.video.model_urls``) and fetched with ``torch.hub`` into its
+cache, ``$TORCH_HOME/hub/checkpoints`` (by default ``~/.cache/torch/hub/checkpoints``). The
+file name carries the first 8 hex digits of the file's SHA-256 (``ssf2020-mse-3-9c8b998d``);
+``torch.hub`` checks them when it downloads, and :func:`zoo_weights` checks them again on
+every load, because ``torch.hub`` trusts a cached file blindly. Keys go through CompressAI's
+``load_pretrained`` renaming, exactly as ``compressai.zoo.ssf2020(pretrained=True)`` does.
+
+Out: :func:`write_zoo_file` writes what CompressAI's ``update_model`` writes: the plain
+state dict of an updated model (entropy tables computed), named ``<name>-<sha8>.pth.tar``,
+so the file drops into CompressAI's zoo loader and ``eval_model`` unchanged.
+
+No network is touched when the file is cached; with ``HF_HUB_OFFLINE=1`` or
+``NVC_TRAIN_OFFLINE=1`` none is touched at all, and a missing file is one line saying which
+file, where to put it and where it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import socket
+from pathlib import Path
+from typing import NamedTuple
+from urllib.error import URLError
+
+import torch
+from torch import Tensor
+
+from nvc_train.errors import UserError
+
+ARCHITECTURE = "ssf2020"
+_NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])$")
+_HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.")
+OFFLINE_VARIABLES = ("NVC_TRAIN_OFFLINE", "HF_HUB_OFFLINE")
+DOWNLOAD_TIMEOUT_S = 60
+"""Socket timeout of a zoo download: a firewall that drops packets fails in a minute, not hours."""
+
+
+class ZooEntry(NamedTuple):
+    """One file of CompressAI's model zoo."""
+
+    name: str  # "ssf2020-mse-3"
+    metric: str  # "mse" or "ms-ssim"
+    quality: int  # 1..9
+    url: str  # CompressAI's download address, its file name ends in -<sha8>.pth.tar
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def sha8(self) -> str:
+        return _HASHED_NAME.search(self.filename).group(1)
+
+
+def zoo_entry(pretrained: bool | str | None, quality: int) -> ZooEntry | None:
+    """The zoo file that ``--model.pretrained`` names, or ``None`` when it is off.
+
+    Args:
+        pretrained: ``False``/``None`` (off), ``True`` (the MSE model of ``quality``), or a
+            name ``ssf2020-<metric>-<quality>`` as CompressAI's zoo spells it.
+        quality: the quality 1..9 that ``True`` refers to.
+    """
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        name = f"{ARCHITECTURE}-mse-{quality}"
+    elif isinstance(pretrained, str):
+        name = pretrained.strip().lower()
+    else:
+        raise UserError(f"--model.pretrained must be true, false or a zoo name like ssf2020-mse-3, got {pretrained!r}")
+    match = _NAME.match(name)
+    if not match:
+        raise UserError(f"--model.pretrained {pretrained!r}: not a CompressAI zoo name; use true (with --model.quality) "
+                        f"or ssf2020-mse-Q with Q in 1..9")
+    metric, q = match.group(1), int(match.group(2))
+    from compressai.zoo.video import model_urls
+
+    url = model_urls.get(ARCHITECTURE, {}).get(metric, {}).get(q)
+    if url is None or not _HASHED_NAME.search(url.rsplit("/", 1)[-1]):
+        available = ", ".join(f"{ARCHITECTURE}-{m}-{k}" for m, table in model_urls.get(ARCHITECTURE, {}).items()
+                              for k in sorted(table))
+        raise UserError(f"CompressAI publishes no weights named {name} (available: {available or 'none'})")
+    return ZooEntry(name, metric, q, url)
+
+
+def zoo_cache_dir() -> Path:
+    """Where ``torch.hub`` keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def downloads_disabled() -> bool:
+    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on") for var in OFFLINE_VARIABLES)
+
+
+def fetch_zoo_file(entry: ZooEntry, progress: bool = True) -> Path:
+    """The cached zoo file of ``entry``, downloaded by ``torch.hub`` if it is not there yet.
+
+    The cached file's SHA-256 must start with the 8 hex digits of its name; a file that
+    does not is refused (and left in place for the user to inspect or delete).
+    """
+    path = zoo_cache_dir() / entry.filename
+    if not path.is_file():
+        where = f"put {entry.filename} into {path.parent} (from {entry.url})"
+        if downloads_disabled():
+            set_vars = " or ".join(v for v in OFFLINE_VARIABLES if os.environ.get(v))
+            raise UserError(f"{entry.name}: {entry.filename} is not in the torch hub cache and downloads are off "
+                            f"({set_vars}): {where}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.sha8, progress=progress)
+        except (URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise UserError(f"{entry.name}: cannot download {entry.url} ({reason}); offline, {where}") from None
+        except RuntimeError as exc:  # torch.hub's hash check
+            raise UserError(f"{entry.name}: the download of {entry.url} failed its SHA-256 check ({exc})") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    actual = sha256_file(path)
+    if not actual.startswith(entry.sha8):
+        raise UserError(f"{path} has SHA-256 {actual[:8]}…, its name says {entry.sha8}: the file is corrupt or "
+                        f"not CompressAI's; delete it to download it again")
+    return path
+
+
+def zoo_weights(entry: ZooEntry, progress: bool = True) -> dict[str, Tensor]:
+    """The state dict of a zoo file, keys renamed as CompressAI's zoo loader renames them."""
+    from compressai.zoo.pretrained import load_pretrained
+
+    path = fetch_zoo_file(entry, progress)
+    try:
+        # torch.hub's own loader reads the cached file (no network: it exists now).
+        state_dict = torch.hub.load_state_dict_from_url(entry.url, map_location="cpu", progress=False,
+                                                        weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise UserError(f"{path} is not a readable state dict ({type(exc).__name__}); delete it to download "
+                        f"it again") from None
+    return load_pretrained(state_dict)
+
+
+def zoo_filename(name: str, payload: bytes) -> str:
+    """``<name>-<sha8>.pth.tar``: CompressAI's ``update_model`` naming, from the file's bytes."""
+    return f"{name}-{hashlib.sha256(payload).hexdigest()[:8]}.pth.tar"
+
+
+def zoo_file_bytes(model) -> bytes:
+    """What ``update_model`` saves: the entropy tables computed, then the plain state dict."""
+    model.update(force=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def write_zoo_file(model, out_dir: Path, metric: str, quality: int) -> Path:
+    """Write ``out_dir/ssf2020-<metric>-<quality>-<sha8>.pth.tar`` atomically.
+
+    The name depends on the content, so an existing file of that name holds the same bytes
+    and is left as it is.
+    """
+    from nvc_train.codec.atomic import atomic_write_bytes
+
+    payload = zoo_file_bytes(model)
+    path = Path(out_dir) / zoo_filename(f"{ARCHITECTURE}-{metric}-{quality}", payload)
+    if not path.exists():
+        atomic_write_bytes(path, payload)
+    return path
