@@ -117,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("conformance", help="decode a checkpoint's embedded conformance bitstream; exit 0 only if exact")
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help="integer checkpoint (a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
     s = sub.add_parser("verify", help="print per-frame latent SHA-256 of a bitstream (diff across machines)")
     s.add_argument("bitstream")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help="integer checkpoint (a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub)")
     s.add_argument("--device", default="cpu")
 
     s = sub.add_parser("encode", help="video file → .nvc bitstream (integer checkpoint)",
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as a keyframe every --gop frames and P-frames between.")
     s.add_argument("input", help="video file, .y4m, .yuv or a folder of PNG frames")
     s.add_argument("-o", "--output", required=True, help="output .nvc file")
-    s.add_argument("--checkpoint", required=True, help="integer checkpoint from `nvc-train export` or `ptq`")
+    s.add_argument("--checkpoint", required=True, help="integer checkpoint from `nvc-train export` or `ptq` (a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub)")
     s.add_argument("--frames", type=int, default=None, help="encode at most N frames")
     s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. to measure against --reference).")
     s.add_argument("bitstream")
     s.add_argument("-o", "--output", default=None, help="output .y4m, .yuv (yuv420p), .mp4/.mkv/.mov or PNG folder")
-    s.add_argument("--checkpoint", required=True, help="the integer checkpoint the bitstream was encoded with")
+    s.add_argument("--checkpoint", required=True, help="the integer checkpoint the bitstream was encoded with (a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     s.add_argument("--mp4-mode", default="lossless", choices=("lossless", "high"),
                    help="lossless: H.264 RGB at QP 0 (exact 8-bit RGB, fewer players); high: H.264 4:2:0 CRF 12 "
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "grouped as ptq or qat by their metadata; float ScaleSpaceFlow state dicts "
                                    "(.pth.tar) are the float family. Writes OUT/<family>.json (CompressAI format), "
                                    "OUT/sequences/<seq>-<model>.json (per frame), OUT/rd.png, OUT/summary.md.")
-    s.add_argument("--checkpoint", nargs="+", required=True, help="integer .ckpt and/or float .pth.tar files")
+    s.add_argument("--checkpoint", nargs="+", required=True, help="integer .ckpt and/or float .pth.tar files, or hf://OWNER/NAME[@REV][/FILE]")
     s.add_argument("--data", nargs="+", required=True,
                    help="video files, PNG folders, folders of them, or a prepare-footage folder (its validation files)")
     s.add_argument("--out", required=True, help="output folder")
@@ -210,6 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1, help="files decoded in parallel (default: %(default)s)")
     s.add_argument("--overwrite", action="store_true", help="replace prepared footage already in OUT")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    s = sub.add_parser("publish", help="upload an integer checkpoint, its model card and manifest to the Hugging Face Hub",
+                       description="Check CHECKPOINT on this machine (every conformance record must decode exactly), "
+                                   "then commit it to the Hub model repository OWNER/NAME with a README.md model card "
+                                   "(Hub YAML header, RD results from --eval) and nvc-train.json, the manifest through "
+                                   "which `--checkpoint hf://OWNER/NAME` finds and hash-checks it. Needs a write token "
+                                   "(`hf auth login` or HF_TOKEN).")
+    s.add_argument("checkpoint", help="integer checkpoint from `nvc-train export` or `ptq`")
+    s.add_argument("--repo", required=True, metavar="OWNER/NAME", help="Hub model repository (created if missing)")
+    s.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if missing; "
+                                                                         "default: main)")
+    s.add_argument("--private", action="store_true", help="create the repository private")
+    s.add_argument("--float", dest="float_parent", default=None, metavar="PTH",
+                   help="also publish the float parent (.pth.tar from `nvc-train export-float`)")
+    s.add_argument("--eval", dest="eval_dir", default=None, metavar="OUT",
+                   help="`nvc-train eval --out` folder with results for this checkpoint (model-index, BD-rate)")
+    s.add_argument("--license", default=None, help="licence id for the card (default: bsd-3-clause-clear, "
+                                                   "CompressAI's, when started from its zoo; else other)")
+    s.add_argument("--base-model", default=None, metavar="OWNER/NAME", help="Hub model it was fine-tuned from")
+    s.add_argument("--dataset", action="append", default=[], metavar="OWNER/NAME",
+                   help="Hub dataset it was trained on (repeatable; an hf://datasets root is added by itself)")
+    s.add_argument("--overwrite", action="store_true", help="replace files of the same name with different content")
+    s.add_argument("--dry-run", default=None, metavar="DIR", help="write the files to DIR instead of uploading")
+    s.add_argument("--quiet", action="store_true", help="print only the result")
 
     s = sub.add_parser("demo", help="train float SSF → QAT → export → conformance on generated data")
     s.add_argument("--checkpoints", default="checkpoints/demo", help="where the demo models go (default: %(default)s)")

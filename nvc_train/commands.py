@@ -40,6 +40,14 @@ def read_lightning_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def checkpoint_path(text: str) -> Path:
+    """A checkpoint argument as a local file: a path, or ``hf://OWNER/NAME[@REV][/FILE]``
+    fetched into the Hugging Face cache and checked (:mod:`nvc_train.hf.refs`)."""
+    from nvc_train.hf.refs import resolve_checkpoint
+
+    return resolve_checkpoint(text)
+
+
 def lit_module_from_checkpoint(path: str | Path):
     from nvc_train.lit.module import SSFLitModule
 
@@ -144,7 +152,8 @@ def conformance(args) -> int:
     from nvc_train.quant.export import load_integer_checkpoint
 
     device = _device(args.device)
-    ck = load_integer_checkpoint(args.checkpoint, device=device, self_check=False)
+    path = checkpoint_path(args.checkpoint)
+    ck = load_integer_checkpoint(path, device=device, self_check=False)
     total = failures = 0
     for check in run_checks(ck.codec, ck.conformance, device):
         total += 1
@@ -153,7 +162,7 @@ def conformance(args) -> int:
         print(f"{check.record:<9} {check.item:<24} {check.got or '-'} {verdict}")
     records = ", ".join(r["name"] for r in ck.conformance.records) or "(none)"
     verdict = "PASS" if failures == 0 else f"FAIL ({failures} of {total} checks differ)"
-    print(f"conformance {verdict}: {total} checks in records {records} of {Path(args.checkpoint).name} on {device}")
+    print(f"conformance {verdict}: {total} checks in records {records} of {path.name} on {device}")
     return 0 if failures == 0 else 1
 
 
@@ -165,7 +174,7 @@ def verify(args) -> int:
 
     path = Path(args.bitstream)
     device = _device(args.device)
-    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    ck = load_integer_checkpoint(checkpoint_path(args.checkpoint), device=device)
     open_checked(path, ck)
     _, coded = read_bitstream_bytes(path.read_bytes())
     for t, frame in enumerate(ck.codec.decompress_iter(coded, device)):
@@ -285,6 +294,31 @@ def prepare_footage(args) -> int:
     return 0
 
 
+def publish(args) -> int:
+    """Integer checkpoint (+ float parent, card, manifest) → a Hugging Face Hub model repository."""
+    from nvc_train.hf import publish as P
+
+    if not args.quiet:
+        print(f"checking {args.checkpoint}: loading and decoding its conformance records on this machine …")
+    plan = P.prepare(Path(args.checkpoint), args.repo, args.revision,
+                     Path(args.float_parent) if args.float_parent else None,
+                     Path(args.eval_dir) if args.eval_dir else None, args.license, args.base_model, args.dataset)
+    if not args.quiet:
+        print(f"conformance PASS: {plan.conformance_checks} checks")
+    if args.dry_run:
+        for path in P.write_folder(plan, Path(args.dry_run), args.overwrite):
+            print(f"wrote {path}")
+        return 0
+    url, changed = P.upload(plan, private=args.private, overwrite=args.overwrite)
+    ref = f"hf://{args.repo}{'@' + args.revision if args.revision else ''}"
+    if not changed:
+        print(f"{ref} already holds these files; nothing uploaded")
+        return 0
+    print(f"published {', '.join(changed)} to {ref} ({url})")
+    print(f"decode with: nvc-train decode CLIP.nvc -o CLIP.y4m --checkpoint {ref}")
+    return 0
+
+
 def demo(args) -> int:
     from nvc_train.demo import run_demo
 
@@ -328,7 +362,7 @@ def encode(args) -> int:
         raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
     device = _device(args.device)
     options = _input_options(args)
-    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    ck = load_integer_checkpoint(checkpoint_path(args.checkpoint), device=device)
     with open_video(args.input, options) as reader:
         if not args.quiet:
             info = reader.info
@@ -351,7 +385,7 @@ def decode(args) -> int:
     if out is not None and out.suffix == ".nvc":
         raise UserError("decode writes video (.y4m, .yuv, .mp4, .mkv, .mov or a PNG folder), not .nvc")
     device = _device(args.device)
-    ck = load_integer_checkpoint(args.checkpoint, device=device)
+    ck = load_integer_checkpoint(checkpoint_path(args.checkpoint), device=device)
 
     def make_writer(header):
         from fractions import Fraction
@@ -419,7 +453,7 @@ def evaluate(args) -> int:
     device = _device(args.device)
     out = Path(args.out)
     sequences = E.collect_sequences(args.data)
-    models = [E.load_eval_model(p, device) for p in args.checkpoint]
+    models = [E.load_eval_model(checkpoint_path(p), device) for p in args.checkpoint]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError("two checkpoints share a file name; rename one so results stay apart")

@@ -100,3 +100,43 @@ def int_checkpoint(qat_module, tmp_path_factory):
 
     m = copy.deepcopy(qat_module)
     return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("int"), "test", {"quality": 5})
+
+
+# --- an RD evaluation shared by the eval and publish tests --------------------------------
+@pytest.fixture(scope="session")
+def sequences(tmp_path_factory):
+    """Two generated sequences: an H.264 .mp4 and a .y4m (MS-SSIM needs sides ≥ 161)."""
+    from fractions import Fraction
+
+    from nvc_train.codec.video_io import open_writer
+    from tests.codec.video_fixtures import clip, write_h264
+
+    folder = tmp_path_factory.mktemp("seqs")
+    write_h264(folder / "walk.mp4", clip(21, 4, 176, 200), fps=Fraction(30))
+    with open_writer(folder / "pan.y4m", 192, 168, Fraction(25)) as w:
+        for f in clip(22, 4, 168, 192):
+            w.write(f)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def float_weights(float_module, tmp_path_factory):
+    """``float_module`` as a ScaleSpaceFlow state dict (``export-float``'s format)."""
+    import copy
+
+    from nvc_train.commands import save_float_state_dict
+
+    path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
+    save_float_state_dict(copy.deepcopy(float_module.model), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def evaluation(int_checkpoint, float_weights, sequences, tmp_path_factory):
+    """``nvc-train eval`` of the integer checkpoint and its float parent: (exit code, --out folder)."""
+    from nvc_train.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("eval")
+    code = cli_main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
+                     "--out", str(out), "--frames", "3", "--gop", "2", "--quiet"])
+    return code, out

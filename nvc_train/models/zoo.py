@@ -31,6 +31,7 @@ from urllib.error import URLError
 import torch
 from torch import Tensor
 
+from nvc_train.digest import sha256_file
 from nvc_train.errors import UserError
 
 ARCHITECTURE = "ssf2020"
@@ -92,14 +93,6 @@ def zoo_entry(pretrained: bool | str | None, quality: int) -> ZooEntry | None:
 def zoo_cache_dir() -> Path:
     """Where ``torch.hub`` keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def downloads_disabled() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import subprocess
@@ -17,42 +16,14 @@ from nvc_train.cli import main
 from nvc_train.codec.colour import ColourSpec
 from nvc_train.codec.files import decode_video
 from nvc_train.codec.video_io import SourceFrame, open_writer
-from nvc_train.commands import save_float_state_dict
 from nvc_train.eval.evaluate import frame_metrics
 from nvc_train.quant.export import load_integer_checkpoint
-from tests.codec.video_fixtures import clip, write_h264
 
 
 def run_cli(args, capsys):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def sequences(tmp_path_factory):
-    """Two generated sequences: an H.264 .mp4 and a .y4m (MS-SSIM needs sides ≥ 161)."""
-    folder = tmp_path_factory.mktemp("seqs")
-    write_h264(folder / "walk.mp4", clip(21, 4, 176, 200), fps=Fraction(30))
-    with open_writer(folder / "pan.y4m", 192, 168, Fraction(25)) as w:
-        for f in clip(22, 4, 168, 192):
-            w.write(f)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def float_weights(float_module, tmp_path_factory):
-    path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
-    save_float_state_dict(copy.deepcopy(float_module.model), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def evaluation(int_checkpoint, float_weights, sequences, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval")
-    code = main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
-                 "--out", str(out), "--frames", "3", "--gop", "2", "--quiet"])
-    return code, out
 
 
 def test_eval_writes_compressai_results_per_family_and_sequence(evaluation, int_checkpoint):

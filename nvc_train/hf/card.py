@@ -1,0 +1,201 @@
+"""The Hub model card of a published integer checkpoint (README.md with a YAML header).
+
+The header is written with ``huggingface_hub``'s own ``ModelCardData``/``EvalResult`` so it
+follows the Hub's conventions (``license``, ``library_name``, ``tags``, ``base_model``,
+``datasets``, ``model-index``); the body states what a user needs to trust and use the
+checkpoint: the integer contract, bit widths, quality and λ, the payload SHA-256, the
+conformance records and the command that checks them, the training data, and the RD results
+and BD-rate that ``nvc-train eval`` measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+from nvc_train.errors import UserError
+
+LIBRARY = "nvc-train"
+TAGS = ["video-compression", "learned-video-compression", "scale-space-flow", "compressai", "nvc-train",
+        "integer-hyperprior", "deterministic-decoding"]
+TASK = "video-compression"
+METRICS = ("bpp", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb")
+"""Results copied into ``model-index``, as ``nvc-train eval`` names them (CompressAI's keys)."""
+ZOO_LICENSE = "bsd-3-clause-clear"
+"""CompressAI's licence, under which its pretrained weights are published."""
+
+
+class EvalPoint(NamedTuple):
+    """One model's aggregated RD results from an ``nvc-train eval`` folder."""
+
+    family: str  # "qat", "ptq" or "float"
+    results: dict[str, float]  # METRICS present in the eval JSON
+    sequences: list[str]  # the sequences it was measured on
+
+
+class EvalSummary(NamedTuple):
+    """What an eval folder says about the published checkpoint (and its float parent)."""
+
+    point: EvalPoint
+    parent: EvalPoint | None
+    bd_rate: float | None  # % of the checkpoint's family against the float family, BD over psnr-rgb
+    folder: Path
+
+
+def read_eval(folder: Path, model: str, parent: str | None) -> EvalSummary:
+    """The checkpoint's point (and the parent's) from ``nvc-train eval --out FOLDER``.
+
+    ``model``/``parent`` are file names without suffix, as eval names its models.
+    """
+    from nvc_train.eval.bdrate import bd_rate
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--eval {folder}: not a folder (give the --out folder of `nvc-train eval`)")
+    curves = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            names, results = data["results"]["q"], data["results"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            continue  # not a results file of eval
+        curves[data.get("name", path.stem)] = (names, results)
+
+    def point(name: str) -> EvalPoint | None:
+        for family, (names, results) in curves.items():
+            if name in names:
+                i = names.index(name)
+                values = {k: float(results[k][i]) for k in METRICS if k in results}
+                sequences = sorted(p.name.removesuffix(f"-{name}.json")
+                                   for p in (folder / "sequences").glob(f"*-{name}.json"))
+                return EvalPoint(family, values, sequences)
+        return None
+
+    ours = point(model)
+    if ours is None:
+        known = sorted(n for names, _ in curves.values() for n in names)
+        raise UserError(f"--eval {folder} has no results for {model} (it has: {', '.join(known) or 'none'}); "
+                        f"run `nvc-train eval --checkpoint {model}.ckpt …` into it")
+    rate = None
+    if "float" in curves and ours.family != "float":
+        (_, anchor), (_, test) = curves["float"], curves[ours.family]
+        try:
+            rate = bd_rate(anchor["bpp"], anchor["psnr-rgb"], test["bpp"], test["psnr-rgb"])
+        except (ValueError, KeyError):
+            rate = None  # too few points or a non-monotone curve: no BD-rate is stated
+    return EvalSummary(ours, point(parent) if parent else None, rate, folder)
+
+
+def model_card(
+    *,
+    repo_id: str,
+    checkpoint: str,
+    digest: str,
+    metadata: dict,
+    conformance: str,
+    float_parent: str | None,
+    evaluation: EvalSummary | None,
+    license: str | None,
+    base_model: str | None,
+    datasets: list[str],
+) -> str:
+    """README.md text: YAML header (Hub conventions) + body."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    zoo_name = (metadata.get("config") or {}).get("model", {}).get("pretrained") or None
+    eval_results = None
+    if evaluation is not None:
+        sequences = evaluation.point.sequences
+        dataset = f"{len(sequences)} sequences: {', '.join(sequences)}" if sequences else "nvc-train eval sequences"
+        eval_results = [EvalResult(task_type=TASK, task_name="Video compression", dataset_type="nvc-train-eval",
+                                   dataset_name=dataset, metric_type=metric, metric_name=metric, metric_value=value)
+                        for metric, value in evaluation.point.results.items()]
+    data = ModelCardData(
+        license=license or (ZOO_LICENSE if zoo_name else "other"), library_name=LIBRARY, tags=TAGS,
+        base_model=base_model, datasets=datasets or None, model_name=repo_id.split("/")[-1],
+        eval_results=eval_results, metrics=list(evaluation.point.results) if evaluation else None,
+    )
+    quant = metadata.get("quant") or {}
+    lines = [
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        "Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose hyperprior decoding",
+        "is exact integer arithmetic: a bitstream decodes to bit-identical latents on every machine,",
+        "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
+        "repository).",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "pip install nvc-train",
+        f"nvc-train conformance hf://{repo_id}            # check this machine decodes it exactly",
+        f"nvc-train encode clip.mp4 -o clip.nvc --checkpoint hf://{repo_id}",
+        f"nvc-train decode clip.nvc -o clip.y4m --checkpoint hf://{repo_id}",
+        "```",
+        "",
+        "## Checkpoint",
+        "",
+        f"- file: `{checkpoint}`",
+        f"- SHA-256 of the payload: `{digest}`",
+        f"- integer contract: checkpoint format {metadata.get('format_version')}; "
+        f"{_contract_line(metadata.get('contract') or {})}",
+        f"- bit widths: weights int8 per output channel, activations {quant.get('activation_bits', '?')}-bit, "
+        f"hyper-latent inputs with {quant.get('input_frac_bits', '?')} fractional bits",
+        f"- quality: {metadata.get('quality')}, λ: {metadata.get('lmbda')}",
+        f"- flow reference: {metadata.get('flow_reference') or 'none (CompressAI flow units)'}",
+        f"- conformance records: {conformance}; `nvc-train conformance hf://{repo_id}` decodes them all "
+        "(exit status 0 only if every hash matches)",
+        f"- training data: {metadata.get('training_data')}",
+        f"- started from: {_origin_line(zoo_name, base_model)}",
+        f"- float parent: {f'`{float_parent}` in this repository' if float_parent else 'not published'}",
+        f"- packages: {metadata.get('packages')}",
+        "",
+        "## Rate-distortion",
+        "",
+    ]
+    lines += _results_lines(evaluation)
+    lines += ["", "## Resolved training config", "", "```json",
+              json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str), "```"]
+    # Parsed back by the Hub's own reader: a header it cannot read is an error here, not on the Hub.
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n").content
+
+
+def _contract_line(contract: dict) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in sorted(contract.items())) or "see the checkpoint metadata"
+
+
+def _origin_line(zoo_name: str | None, base_model: str | None) -> str:
+    parts = []
+    if zoo_name:
+        parts.append(f"CompressAI's pretrained `{zoo_name}` (model zoo, torch hub)")
+    if base_model:
+        parts.append(f"[{base_model}](https://huggingface.co/{base_model})")
+    return ", ".join(parts) or "random initialisation or a local float model (see the config)"
+
+
+def _results_lines(evaluation: EvalSummary | None) -> list[str]:
+    if evaluation is None:
+        return ["Not measured at publication (publish with `--eval OUT`, the folder of `nvc-train eval`)."]
+    cols = [k for k in METRICS if k in evaluation.point.results]
+    rows = [("this checkpoint", evaluation.point)]
+    if evaluation.parent is not None:
+        rows.append(("float parent", evaluation.parent))
+    lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for label, p in rows:
+        lines.append(f"| {label} | {p.family} | " + " | ".join(_cell(p.results.get(c)) for c in cols) + " |")
+    seqs = evaluation.point.sequences
+    lines += ["", f"Measured by real encoding and decoding (`nvc-train eval`) on {len(seqs)} sequence(s): "
+                  f"{', '.join(seqs) or 'unnamed'}."]
+    if evaluation.bd_rate is not None:
+        lines.append(f"BD-rate of the {evaluation.point.family} models against their float parents (PSNR-RGB): "
+                     f"{evaluation.bd_rate:+.2f} %.")
+    else:
+        lines.append("BD-rate against the float parent: not known (the eval folder holds no float curve with "
+                     "enough points).")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -1,0 +1,176 @@
+"""``nvc-train publish``: an integer checkpoint (and its float parent) to a Hub model repository.
+
+What is uploaded, in one commit: the integer checkpoint, the float parent if given, a
+README.md model card (:mod:`nvc_train.hf.card`) and ``nvc-train.json``, the manifest that
+``hf://OWNER/NAME`` resolves through (:mod:`nvc_train.hf.refs`). Before anything is sent:
+the checkpoint must load (hash, self-test) and pass every conformance record on this
+machine, and a file already in the repository under the same name must have the same
+content unless ``overwrite`` is set. Unchanged files are not uploaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from nvc_train.digest import sha256_file
+from nvc_train.errors import UserError, require_file
+from nvc_train.hf.card import EvalSummary, model_card, read_eval
+from nvc_train.hf.refs import MANIFEST, MANIFEST_FORMAT
+
+
+class PublishPlan(NamedTuple):
+    """The files of one publication: repository path → local file or bytes."""
+
+    repo_id: str
+    revision: str | None
+    files: dict[str, Path | bytes]
+    checkpoint: str
+    conformance_checks: int
+
+
+def prepare(
+    checkpoint: Path,
+    repo_id: str,
+    revision: str | None = None,
+    float_parent: Path | None = None,
+    eval_dir: Path | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+) -> PublishPlan:
+    """Check the checkpoint on this machine and build every file of the publication."""
+    from nvc_train.quant.conformance import run_checks
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    _check_repo_id(repo_id)
+    checkpoint = require_file(checkpoint, "checkpoint")
+    ck = load_integer_checkpoint(checkpoint, device="cpu")
+    checks = list(run_checks(ck.codec, ck.conformance, "cpu"))
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise UserError(f"refusing to publish {checkpoint.name}: {len(failed)} of {len(checks)} conformance checks "
+                        f"differ on this machine (`nvc-train conformance {checkpoint}` lists them)")
+    files: dict[str, Path | bytes] = {checkpoint.name: checkpoint}
+    parent_name = None
+    if float_parent is not None:
+        from nvc_train.models.ssf import load_ssf
+
+        float_parent = require_file(float_parent, "float parent")
+        load_ssf(float_parent)  # a readable ScaleSpaceFlow, or a one-line error now
+        parent_name = float_parent.name
+        files[parent_name] = float_parent
+    evaluation: EvalSummary | None = None
+    if eval_dir is not None:
+        parent_stem = parent_name.removesuffix(".tar").removesuffix(".pth") if parent_name else None
+        evaluation = read_eval(Path(eval_dir), checkpoint.stem, parent_stem)
+    hub_datasets = list(datasets or []) + _hub_datasets(ck.metadata)
+    card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=ck.sha256, metadata=ck.metadata,
+                      conformance=ck.conformance.describe(), float_parent=parent_name, evaluation=evaluation,
+                      license=license, base_model=base_model, datasets=sorted(set(hub_datasets)))
+    manifest = {"format": MANIFEST_FORMAT, "checkpoint": checkpoint.name, "float_parent": parent_name,
+                "payload_sha256": ck.sha256,
+                "files": {name: sha256_file(p) for name, p in files.items()}}
+    files["README.md"] = card.encode()
+    files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return PublishPlan(repo_id, revision, files, checkpoint.name, len(checks))
+
+
+def write_folder(plan: PublishPlan, folder: Path, overwrite: bool = False) -> list[Path]:
+    """The publication as a local folder (``--dry-run``): exactly the files that would be sent."""
+    from nvc_train.codec.atomic import atomic_write_bytes
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise UserError(f"{folder} is not empty; choose another folder or pass --overwrite")
+    written = []
+    for name, content in plan.files.items():
+        target = folder / name
+        if isinstance(content, Path):
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(content, target)
+        else:
+            atomic_write_bytes(target, content)
+        written.append(target)
+    return written
+
+
+def upload(plan: PublishPlan, private: bool = False, overwrite: bool = False) -> tuple[str, list[str]]:
+    """Create the repository (and branch) if needed and commit the changed files.
+
+    Returns the commit URL (or "" when nothing changed) and the names uploaded.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi()
+    target = f"hf://{plan.repo_id}{'@' + plan.revision if plan.revision else ''}"
+    try:
+        api.create_repo(plan.repo_id, private=private, exist_ok=True)
+        if plan.revision and plan.revision != "main":
+            api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True)
+        remote = {info.path: info for info in api.get_paths_info(plan.repo_id, list(plan.files),
+                                                                 revision=plan.revision)}
+        changed = []
+        for name, content in plan.files.items():
+            info = remote.get(name)
+            if info is None:
+                changed.append(name)
+            elif not _same_content(info, content):
+                if not overwrite:
+                    raise UserError(f"{target} already holds a different {name}; pass --overwrite to replace it")
+                changed.append(name)
+        if not changed:
+            return "", []
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=_fileobj(plan.files[name]))
+                      for name in changed]
+        info = api.create_commit(plan.repo_id, operations=operations, revision=plan.revision,
+                                 commit_message=f"nvc-train publish {plan.checkpoint}")
+        return info.commit_url, changed
+    except OfflineModeIsEnabled:
+        raise UserError(f"publishing to {target} needs the network, and HF_HUB_OFFLINE is set") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status in (401, 403):
+            raise UserError(f"the Hub refused {target} ({status}): log in with `hf auth login` or set HF_TOKEN to a "
+                            f"token with write access") from None
+        raise UserError(f"publishing to {target} failed: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # connection errors, no token
+        raise UserError(f"publishing to {target} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+
+
+def _same_content(info, content: Path | bytes) -> bool:
+    """Compare with what the Hub reports: SHA-256 for LFS files, the git blob id otherwise."""
+    data_sha256 = sha256_file(content) if isinstance(content, Path) else hashlib.sha256(content).hexdigest()
+    lfs = getattr(info, "lfs", None)
+    if lfs is not None:
+        return lfs.sha256 == data_sha256
+    data = content.read_bytes() if isinstance(content, Path) else content
+    return info.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _fileobj(content: Path | bytes):
+    return str(content) if isinstance(content, Path) else content
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as exc:
+        raise UserError(f"--repo {repo_id!r}: {str(exc).splitlines()[0]}") from None
+    if repo_id.count("/") != 1:
+        raise UserError(f"--repo {repo_id!r}: use OWNER/NAME")
+
+
+def _hub_datasets(metadata: dict) -> list[str]:
+    """Hub datasets the checkpoint was trained on (a ``--data.root hf://datasets/…`` run)."""
+    data = (metadata.get("config") or {}).get("data") or {}
+    root = str(data.get("root") or "")
+    if root.startswith("hf://datasets/"):
+        return [root.removeprefix("hf://datasets/").split("@")[0]]
+    return []

@@ -1,0 +1,250 @@
+"""Publishing to the Hub, offline parts: the model card parsed back by the Hub's own reader,
+the manifest, the refusals, and ``hf://`` checkpoints read from a hand-made Hub cache with
+``HF_HUB_OFFLINE=1`` by every command that reads a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nvc_train.cli import main
+from tests.quant.test_export import assert_one_line_error, rewrite_checkpoint
+
+REPO = "me/ssf-q3-int"
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def nvc(*args, env: dict, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nvc_train.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def published(evaluation, int_checkpoint, float_weights, tmp_path_factory) -> Path:
+    """``publish --dry-run``: the folder of exactly what would be uploaded."""
+    code, out = evaluation
+    assert code == 0
+    folder = tmp_path_factory.mktemp("publish") / "repo"
+    assert main(["publish", str(int_checkpoint), "--repo", REPO, "--float", str(float_weights), "--eval", str(out),
+                 "--dry-run", str(folder), "--quiet"]) == 0
+    return folder
+
+
+def test_the_card_header_is_read_back_by_the_hub_and_matches_the_eval_json(published, evaluation, int_checkpoint):
+    from huggingface_hub import ModelCard, metadata_load
+
+    _, out = evaluation
+    card = ModelCard.load(published / "README.md")
+    data = card.data
+    assert data.library_name == "nvc-train" and "video-compression" in data.tags
+    assert data.license == "other"  # not started from CompressAI's zoo, and no --license given
+    qat = json.loads((out / "qat.json").read_text())["results"]
+    assert qat["q"] == [int_checkpoint.stem]
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results == {k: qat[k][0] for k in ("bpp", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb")}
+    assert {r.dataset_name for r in data.eval_results} == {"2 sequences: pan, walk"}
+    raw = metadata_load(published / "README.md")
+    assert raw["model-index"][0]["name"] == "ssf-q3-int"
+    body = card.text
+    digest = hashlib.sha256(int_checkpoint.read_bytes()[56:]).hexdigest()
+    assert f"SHA-256 of the payload: `{digest}`" in body
+    assert f"nvc-train conformance hf://{REPO}" in body
+    assert "realistic (768×512, 3 frames IPP)" in body and "activations 8-bit" in body
+    assert "| float parent | float |" in body  # the parent's point from float.json
+    assert "BD-rate against the float parent: not known" in body  # one point per curve
+
+
+def test_the_manifest_names_the_checkpoint_and_every_files_sha256(published, int_checkpoint, float_weights):
+    manifest = json.loads((published / "nvc-train.json").read_text())
+    assert manifest["checkpoint"] == int_checkpoint.name and manifest["float_parent"] == float_weights.name
+    for name in (int_checkpoint.name, float_weights.name):
+        assert manifest["files"][name] == hashlib.sha256((published / name).read_bytes()).hexdigest()
+    assert sorted(p.name for p in published.iterdir()) == sorted(
+        ["README.md", "nvc-train.json", int_checkpoint.name, float_weights.name])
+
+
+def test_a_known_bd_rate_is_stated_as_bdrate_computes_it(tmp_path, int_checkpoint, capsys):
+    """Four-point curves in an eval folder: the card's BD-rate is `nvc-train bdrate`'s."""
+    from nvc_train.hf.card import read_eval
+
+    names = [int_checkpoint.stem, "b", "c", "d"]
+    float_curve = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [28.0, 30.5, 33.0, 35.2]}
+    qat_curve = {"bpp": [0.11, 0.215, 0.43, 0.85], "psnr-rgb": [28.0, 30.4, 33.0, 35.1]}
+    for family, curve, q in (("float", float_curve, ["f1", "f2", "f3", "f4"]), ("qat", qat_curve, names)):
+        (tmp_path / f"{family}.json").write_text(json.dumps({"name": family, "results": {"q": q, **curve}}))
+    summary = read_eval(tmp_path, int_checkpoint.stem, None)
+    code, out, _ = run_cli(["bdrate", tmp_path / "float.json", tmp_path / "qat.json"], capsys)
+    assert code == 0
+    assert f"BD-rate {summary.bd_rate:+.2f} %" in out
+
+
+def test_publish_refuses_a_checkpoint_whose_conformance_fails_here(int_checkpoint, tmp_path, capsys):
+    def empty_realistic_record(payload):
+        records = json.loads(payload["conformance"]["records"])
+        records[1]["frames"] = []
+        payload["conformance"]["records"] = json.dumps(records)
+
+    bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad-00000000.ckpt", empty_realistic_record)
+    code, _, err = run_cli(["publish", bad, "--repo", REPO, "--dry-run", tmp_path / "out", "--quiet"], capsys)
+    assert code == 2 and "refusing to publish bad-00000000.ckpt: 1 of 30 conformance checks differ" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("repo,fragment", [("no-owner", "use OWNER/NAME"), ("a/b/c", "--repo 'a/b/c'"),
+                                           ("me/bad name", "--repo 'me/bad name'")])
+def test_bad_repository_names_are_one_line(int_checkpoint, tmp_path, capsys, repo, fragment):
+    code, _, err = run_cli(["publish", int_checkpoint, "--repo", repo, "--dry-run", tmp_path, "--quiet"], capsys)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def place_in_hub_cache(hf_home: Path, repo_id: str, files: dict[str, Path], revision: str = "main") -> str:
+    """The layout ``hf_hub_download`` leaves in ``$HF_HOME/hub``, made by hand: content-addressed
+    blobs, a snapshot per commit linking to them, and a ref naming the commit."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode() + revision.encode()).hexdigest()
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return commit
+
+
+@pytest.fixture(scope="module")
+def hub_cache(published, tmp_path_factory) -> Path:
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    place_in_hub_cache(hf_home, REPO, {p.name: p for p in published.iterdir()})
+    return hf_home
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, int_checkpoint, float_weights,
+                                                                   sequences, tmp_path):
+    env = {**OFFLINE, "HF_HOME": str(hub_cache)}
+    result = nvc("conformance", f"hf://{REPO}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"conformance PASS: 34 checks in records small, realistic, stress of {int_checkpoint.name}" in result.stdout
+    clip = sequences / "pan.y4m"
+    result = nvc("encode", clip, "-o", tmp_path / "pan.nvc", "--checkpoint", f"hf://{REPO}", "--frames", "2",
+                 "--quiet", env=env)
+    assert result.returncode == 0, result.stderr
+    for args in (["decode", tmp_path / "pan.nvc", "-o", tmp_path / "pan-out.y4m", "--quiet"],
+                 ["verify", tmp_path / "pan.nvc"]):
+        result = nvc(*args, "--checkpoint", f"hf://{REPO}@main/{int_checkpoint.name}", env=env)
+        assert result.returncode == 0, result.stderr
+    # A bitstream names the checkpoint it needs by hash: the local file and the Hub one agree.
+    local = nvc("verify", tmp_path / "pan.nvc", "--checkpoint", int_checkpoint, env=env)
+    assert local.stdout == result.stdout and len(result.stdout.splitlines()) == 2
+    result = nvc("eval", "--checkpoint", f"hf://{REPO}", f"hf://{REPO}/{float_weights.name}", "--data", clip,
+                 "--out", tmp_path / "eval", "--frames", "2", "--quiet", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval" / "qat.json").read_text())["results"]["q"] == [int_checkpoint.stem]
+    assert json.loads((tmp_path / "eval" / "float.json").read_text())["results"]["q"] == ["ssf-float"]
+
+
+def test_hf_checkpoints_that_are_absent_or_altered_are_one_line_errors(hub_cache, published, int_checkpoint, tmp_path):
+    env = {**OFFLINE, "HF_HOME": str(hub_cache)}
+    for ref, fragment in [
+        ("hf://me/elsewhere", "is not in the Hugging Face cache and the Hub cannot be reached"),
+        (f"hf://{REPO}@v9", "is not in the Hugging Face cache"),
+        (f"hf://{REPO}/missing.ckpt", "is not in the Hugging Face cache"),
+        ("hf://datasets/me/footage", "is a dataset repository"),
+        ("hf://me", "is not a checkpoint on the Hub"),
+    ]:
+        assert_one_line_error(nvc("conformance", ref, env=env), fragment)
+    # A cache whose checkpoint blob was altered: the manifest's SHA-256 refuses it.
+    altered = tmp_path / "hf-home"
+    shutil.copytree(hub_cache, altered, symlinks=True)
+    (blob,) = [p for p in (altered / "hub").rglob("blobs/*") if p.stat().st_size == int_checkpoint.stat().st_size]
+    data = bytearray(blob.read_bytes())
+    data[-10] ^= 1
+    blob.write_bytes(bytes(data))
+    assert_one_line_error(nvc("conformance", f"hf://{REPO}", env={**OFFLINE, "HF_HOME": str(altered)}),
+                          "the repository's nvc-train.json says")
+
+
+# --- the upload: `nvc-train publish` against a local stand-in of the Hub (tests/hub_server.py) ---
+def hub_env(server, hf_home: Path, **extra: str) -> dict:
+    """The real huggingface_hub client pointed at the stand-in. Xet is off: the client sends
+    large files through Xet when hf_xet is installed, and the stand-in speaks plain LFS only."""
+    return {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(hf_home), "HF_TOKEN": "dummy-write-token",
+            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", **extra}
+
+
+def test_publish_then_someone_else_decodes_from_hf_and_later_offline(int_checkpoint, float_weights, evaluation,
+                                                                     sequences, tmp_path):
+    from tests.hub_server import HubStandIn
+
+    _, eval_out = evaluation
+    clip = tmp_path / "clip.nvc"
+    assert nvc("encode", sequences / "pan.y4m", "-o", clip, "--checkpoint", int_checkpoint, "--frames", "2",
+               "--quiet", env={}).returncode == 0
+    local = tmp_path / "local.y4m"
+    assert nvc("decode", clip, "-o", local, "--checkpoint", int_checkpoint, "--quiet", env={}).returncode == 0
+    publish = ["publish", int_checkpoint, "--repo", REPO, "--float", float_weights, "--eval", eval_out]
+    someone = tmp_path / "someone-else-hf-home"
+    with HubStandIn(tmp_path / "hub") as server:
+        result = nvc(*publish, env=hub_env(server, tmp_path / "publisher"))
+        assert result.returncode == 0, result.stderr
+        assert f"published {int_checkpoint.name}, {float_weights.name}, README.md, nvc-train.json to hf://{REPO}" \
+            in result.stdout
+        assert server.file_bytes(REPO, int_checkpoint.name) == int_checkpoint.read_bytes()
+        assert b"library_name: nvc-train" in server.file_bytes(REPO, "README.md")
+        # Publishing the same files again uploads nothing; a different card needs --overwrite.
+        again = nvc(*publish, env=hub_env(server, tmp_path / "publisher"))
+        assert again.returncode == 0 and "nothing uploaded" in again.stdout, again.stderr
+        relicensed = [*publish, "--license", "mit"]
+        assert_one_line_error(nvc(*relicensed, env=hub_env(server, tmp_path / "publisher")),
+                              f"hf://{REPO} already holds a different README.md; pass --overwrite")
+        result = nvc(*relicensed, "--overwrite", env=hub_env(server, tmp_path / "publisher"))
+        assert result.returncode == 0 and f"published README.md to hf://{REPO}" in result.stdout, result.stderr
+        assert b"license: mit" in server.file_bytes(REPO, "README.md")
+        # A branch (made from main): a card without results goes there, main keeps its own.
+        result = nvc("publish", int_checkpoint, "--repo", REPO, "--revision", "v2", "--license", "mit", "--overwrite",
+                     env=hub_env(server, tmp_path / "publisher"))
+        assert result.returncode == 0 and f"to hf://{REPO}@v2" in result.stdout, result.stderr
+        assert b"Not measured at publication" in server.file_bytes(REPO, "README.md", revision="v2")
+        assert b"Not measured at publication" not in server.file_bytes(REPO, "README.md")
+        # Someone else, online with an empty cache, decodes with the Hub reference.
+        out = tmp_path / "from-hub.y4m"
+        result = nvc("decode", clip, "-o", out, "--checkpoint", f"hf://{REPO}", "--quiet",
+                     env=hub_env(server, someone, HF_TOKEN=""))
+        assert result.returncode == 0, result.stderr
+        assert out.read_bytes() == local.read_bytes()
+    # The stand-in is gone: offline, from the cache, the same reference still decodes.
+    out2 = tmp_path / "offline.y4m"
+    result = nvc("decode", clip, "-o", out2, "--checkpoint", f"hf://{REPO}", "--quiet",
+                 env={**hub_env(server, someone, HF_TOKEN=""), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert out2.read_bytes() == local.read_bytes()
+
+
+def test_publish_without_a_token_or_offline_is_one_line(int_checkpoint, tmp_path):
+    from tests.hub_server import HubStandIn
+
+    with HubStandIn(tmp_path / "hub") as server:
+        assert_one_line_error(nvc("publish", int_checkpoint, "--repo", REPO, "--quiet",
+                                  env=hub_env(server, tmp_path / "home", HF_TOKEN="")),
+                              "the Hub refused hf://me/ssf-q3-int (401): log in with `hf auth login`")
+        assert_one_line_error(nvc("publish", int_checkpoint, "--repo", REPO, "--quiet",
+                                  env=hub_env(server, tmp_path / "home", HF_HUB_OFFLINE="1")),
+                              "needs the network, and HF_HUB_OFFLINE is set")
