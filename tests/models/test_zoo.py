@@ -194,3 +194,36 @@ def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_p
     # Same content, same name: a second export leaves the file as it is.
     assert cli("export-float", str(float_checkpoint), str(tmp_path / "zoo"), "--zoo").returncode == 0
     assert len(list((tmp_path / "zoo").glob("*.pth.tar"))) == 1
+
+
+def test_the_qat_preset_from_the_zoo_to_an_exported_and_published_card(zoo_file, tmp_path):
+    """The issue's path with the CLI: `fit --config configs/qat.yaml` from the zoo's q3 (named
+    explicitly), `export`, `publish --dry-run`: the card names the zoo weights it started from."""
+    from compressai.zoo import video
+
+    url = video.model_urls["ssf2020"]["mse"][3]
+    script = ("import sys; from compressai.zoo import video; "
+              f"video.model_urls['ssf2020']['mse'][3] = {url!r}; "
+              "from nvc_train.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "WANDB_MODE": "offline"}
+
+    def nvc(*args):
+        result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                                cwd=tmp_path, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    nvc("fit", "--config", ROOT / "configs" / "qat.yaml", "--model.pretrained", "ssf2020-mse-3",
+        "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+        "--data.init_args.num_workers", "0", "--data.init_args.crop", "128", "--data.init_args.train_size", "160",
+        "--data.init_args.val_size", "128", "--data.init_args.batch_size", "1", "--data.init_args.num_val_clips", "1")
+    assert (zoo.zoo_cache_dir() / zoo_file.name).is_file()
+    ckpt = torch.load(tmp_path / "runs/qat/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["pretrained"] == "ssf2020-mse-3"
+    nvc("export", tmp_path / "runs/qat/checkpoints/last.ckpt", "--out", tmp_path / "int", "--name", "ssf-q3-int")
+    (exported,) = (tmp_path / "int").glob("ssf-q3-int-*.ckpt")
+    nvc("publish", exported, "--repo", "me/ssf-q3-int", "--dry-run", tmp_path / "publish", "--quiet")
+    card = (tmp_path / "publish" / "README.md").read_text()
+    assert "license: bsd-3-clause-clear" in card  # CompressAI's licence, as its weights carry it
+    assert "started from: CompressAI's pretrained `ssf2020-mse-3`" in card

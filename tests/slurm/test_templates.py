@@ -51,7 +51,7 @@ def test_template_specifics():
     assert sbatch_options(sweep)["array"] == "1-9"
     assert '--model.quality "$SLURM_ARRAY_TASK_ID"' in sweep.read_text()
     finetune = (ROOT / "slurm" / "finetune.sbatch").read_text()
-    assert "NVC_INIT_WEIGHTS:?" in finetune and "--model.init_weights" in finetune
+    assert '-n "${NVC_INIT_WEIGHTS:-}"' in finetune and "--model.init_weights" in finetune
 
 
 def test_common_launches_every_rank_with_srun():
