@@ -72,12 +72,28 @@ def run_lightning(args: list[str] | None) -> None:
                 self.trainer.callbacks.append(SlurmRequeue(env.requeue_signal))
 
     NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
-                save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False},
+                save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                 seed_everything_default=0)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``nvc-train: error: encode: argument --gop: …``,
+    exit 2 by ``main``) instead of a usage block under another prefix, and no abbreviated
+    options (``--overw`` is a typo, not ``--overwrite``). Sub-parsers inherit both."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+    def error(self, message: str):
+        from nvc_train.errors import UserError
+
+        command = self.prog.removeprefix("nvc-train").strip()
+        hint = f" (see `{self.prog} --help`)"
+        raise UserError(f"{command + ': ' if command else ''}{message}{hint}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nvc-train", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="nvc-train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"Lightning {name} (see `nvc-train {name} --help`)", add_help=False)
@@ -92,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zoo", action="store_true", help="CompressAI zoo format and name (flow_reference is not stored)")
     s.add_argument("--quality", type=int, default=None, choices=range(1, 10), metavar="{1..9}",
                    help="--zoo: the quality in the file name (default: the run's)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     s = sub.add_parser("export", help="QAT Lightning checkpoint → integer checkpoint <name>-<sha8>.ckpt + model card")
     s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")
@@ -100,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ptq", help="post-training quantization of a float model (the published baseline), "
                                    "one configuration or the full observer x scheme search")
-    s.add_argument("model", help="float model: ScaleSpaceFlow .pth.tar or Lightning .ckpt")
+    s.add_argument("model", help="float model: ScaleSpaceFlow .pth.tar or Lightning .ckpt (or hf://OWNER/NAME/FILE)")
     s.add_argument("--out", required=True, help="output folder: report (md, json, W&B) and the integer checkpoint")
     s.add_argument("--name", default="ssf-ptq", help="checkpoint file name stem (default: %(default)s)")
     s.add_argument("--search", action="store_true", help="score all 60 observer x scheme candidates, export the best")
@@ -108,12 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-scheme", default="symmetric", choices=("affine", "symmetric"))
     s.add_argument("--act-observer", default="MinMax")
     s.add_argument("--act-scheme", default="affine", choices=("affine", "symmetric"))
-    s.add_argument("--quality", type=int, default=None, help="λ preset for the RD cost (default: the model's, else 3)")
+    s.add_argument("--quality", type=int, default=None, choices=range(1, 10), metavar="{1..9}",
+                   help="λ preset for the RD cost: required for a .pth.tar (a Lightning .ckpt records its own)")
     s.add_argument("--lmbda", type=float, default=None, help="explicit λ for the RD cost")
     s.add_argument("--calib-clips", type=int, default=4, help="synthetic calibration clips (default: %(default)s)")
     s.add_argument("--val-clips", type=int, default=2, help="synthetic validation clips (default: %(default)s)")
     s.add_argument("--frames", type=int, default=3)
     s.add_argument("--size", type=int, default=256, help="clip side in pixels, multiple of 128 (default: %(default)s)")
+    s.add_argument("--overwrite", action="store_true", help="replace the reports and checkpoint of an earlier run in OUT")
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("conformance", help="decode a checkpoint's embedded conformance bitstream; exit 0 only if exact")
@@ -174,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(s, "inputs")
     s.add_argument("--wandb-project", default="nvc-train", help="W&B project (offline unless WANDB_MODE=online)")
     s.add_argument("--wandb-name", default=None, help="W&B run name")
+    s.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in OUT")
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("bdrate", help="Bjøntegaard delta rate / PSNR between RD curves (CompressAI results JSON)")
@@ -261,14 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
-            # LightningCLI reads sys.argv itself when called from the console script.
-            _run_lightning_guarded(argv, from_sys_argv=argv == sys.argv[1:])
+            from nvc_train.presets import resolve_config_args
+
+            from_sys_argv = argv == sys.argv[1:]
+            argv = resolve_config_args(argv)  # presets by name from any folder
+            if from_sys_argv:  # LightningCLI reads sys.argv itself when called from the console script
+                sys.argv[1:] = argv
+            _run_lightning_guarded(argv, from_sys_argv=from_sys_argv)
             return 0
         args = build_parser().parse_args(argv)
         from nvc_train import commands
 
         name = {"eval": "evaluate"}.get(args.command, args.command.replace("-", "_"))
-        return getattr(commands, name)(args) or 0
+        try:
+            return getattr(commands, name)(args) or 0
+        except OSError as exc:  # an unwritable or vanished output, a full disk: the system's word, one line
+            raise UserError(_os_error(exc)) from None
     except UserError as exc:
         # First line only: an error re-raised from a DataLoader worker carries its traceback.
         print(f"nvc-train: error: {_first_line(str(exc))}", file=sys.stderr)
@@ -317,6 +345,12 @@ def _summarise_argument_error(message: str) -> str:
                 text = re.sub(r'Parser key "([\w.]+)":', lambda m: f"--{key.group(1)}.{m.group(1)}:", text)
             return text or lines[0]
     return lines[0]
+
+
+def _os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {where}" if where else reason
 
 
 def _root_cause(exc: BaseException) -> str:

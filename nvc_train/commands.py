@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nvc_train.errors import UserError, require_file
+from nvc_train.errors import UserError, check_output_file, prepare_output_dir, require_file
 
 PACKAGES = ("nvc-train", "torch", "compressai", "lightning", "numpy")
 
@@ -63,6 +63,8 @@ def lit_module_from_checkpoint(path: str | Path):
 
 def export_float(args) -> int:
     """Plain ScaleSpaceFlow state dict with entropy tables, loadable by CompressAI's tools."""
+    if not args.zoo:
+        check_output_file(args.out, args.overwrite)
     module, _ = lit_module_from_checkpoint(args.checkpoint)
     if args.zoo:
         path = export_zoo_file(module, Path(args.out), args.quality)
@@ -115,7 +117,8 @@ def save_float_state_dict(model, path: Path) -> None:
 
 def export(args) -> int:
     """Integer checkpoint from a QAT Lightning checkpoint."""
-    path = export_integer_from_lightning(args.checkpoint, Path(args.out), args.name)
+    out = prepare_output_dir(args.out, True, ())  # names carry the content hash: nothing is lost
+    path = export_integer_from_lightning(args.checkpoint, out, args.name)
     print(f"wrote {path}")
     print(f"wrote {path.with_suffix('.md')}")
     return 0
@@ -196,20 +199,29 @@ def ptq(args) -> int:
     from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.integer import ExportError
 
-    source = Path(args.model)
-    if source.suffix == ".ckpt":
-        module, _ = lit_module_from_checkpoint(source)
-        model, lmbda = module.model, module.lmbda
-    else:
-        model, lmbda = load_ssf(source), None
-    if args.lmbda is not None or args.quality is not None or lmbda is None:
-        lmbda = args.lmbda if args.lmbda is not None else quality_to_lambda(args.quality or 3)
-    model.eval().update(force=True)
+    if args.size <= 0 or args.size % 128:
+        raise UserError(f"--size {args.size}: must be a positive multiple of 128 (the model's stride)")
+    for name in ("frames", "calib_clips", "val_clips"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be ≥ 1")
     try:
         choices = P.all_choices() if args.search else [P.PTQChoice(args.weight_observer, args.weight_scheme,
                                                                    args.act_observer, args.act_scheme)]
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    out = prepare_output_dir(args.out, args.overwrite, ("ptq_report.md", "ptq_report.json", f"{args.name}-*.ckpt"))
+    source = checkpoint_path(args.model)
+    if source.suffix == ".ckpt":
+        module, _ = lit_module_from_checkpoint(source)
+        model, lmbda = module.model, module.lmbda
+    else:
+        model, lmbda = load_ssf(source), None
+    if args.lmbda is None and args.quality is None and lmbda is None:
+        raise UserError(f"{source.name} does not record its λ: pass --quality Q (the model's quality, 1..9) "
+                        f"or --lmbda, so candidates are ranked by the model's own rate-distortion cost")
+    if args.lmbda is not None or args.quality is not None:
+        lmbda = args.lmbda if args.lmbda is not None else quality_to_lambda(args.quality)
+    model.eval().update(force=True)
 
     def clips(first_seed: int, n: int):
         return [[f.unsqueeze(0) for f in synthetic_clip(first_seed + i, args.frames, args.size, args.size)] for i in range(n)]
@@ -225,7 +237,6 @@ def ptq(args) -> int:
         except (ExportError, ValueError) as exc:
             rows.append(P.SearchRow(choice, None, str(exc)))
     rows = P.search_rows_sorted(rows)
-    out = Path(args.out)
     report = P.report_markdown(float_point, rows, lmbda)
     atomic_write_bytes(out / "ptq_report.md", report.encode())
     table = [{**dataclasses.asdict(r.choice), **(r.point._asdict() if r.point else {}), "error": r.error} for r in rows]
@@ -290,7 +301,10 @@ def prepare_footage(args) -> int:
             files = [f for f in report.files if f.split == split]
             frames = sum(f.frames for f in files)
             print(f"{split:>10}: {len(files)} files, {frames} frames, {report.clips[split]} clips")
-        print(f"wrote {args.out} (train with: nvc-train fit --config configs/finetune/footage.yaml --data.root {args.out})")
+        from nvc_train.presets import preset
+
+        print(f"wrote {args.out} (train with: nvc-train fit --config {preset('finetune/footage.yaml')} "
+              f"--data.root {Path(args.out).resolve()})")
     return 0
 
 
@@ -325,6 +339,13 @@ def demo(args) -> int:
     return run_demo(Path("runs/demo"), Path(args.checkpoints), args.float_steps, args.qat_steps)
 
 
+def _check_gop_frames(args) -> None:
+    if args.gop < 0:
+        raise UserError(f"--gop {args.gop}: must be ≥ 0 (0: only the first frame is a keyframe)")
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames {args.frames}: must be ≥ 1")
+
+
 def _input_options(args):
     from fractions import Fraction
 
@@ -355,8 +376,7 @@ def encode(args) -> int:
     from nvc_train.codec.video_io import check_output_path, open_video
     from nvc_train.quant.export import load_integer_checkpoint
 
-    if args.gop < 0 or (args.frames is not None and args.frames <= 0):
-        raise UserError("--gop must be ≥ 0 and --frames ≥ 1")
+    _check_gop_frames(args)
     out = check_output_path(args.output, args.overwrite)
     if out.suffix != ".nvc":
         raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
@@ -448,17 +468,15 @@ def evaluate(args) -> int:
     from nvc_train.eval import evaluate as E
     from nvc_train.codec.atomic import atomic_write_bytes
 
-    if args.gop < 0 or (args.frames is not None and args.frames <= 0):
-        raise UserError("--gop must be ≥ 0 and --frames ≥ 1")
+    _check_gop_frames(args)
     device = _device(args.device)
-    out = Path(args.out)
+    out = prepare_output_dir(args.out, args.overwrite, ("summary.md", "float.json", "qat.json", "ptq.json", "rd.png"))
     sequences = E.collect_sequences(args.data)
     models = [E.load_eval_model(checkpoint_path(p), device) for p in args.checkpoint]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError("two checkpoints share a file name; rename one so results stay apart")
     options = _input_options(args)
-    out.mkdir(parents=True, exist_ok=True)
     per_sequence: dict[str, list[dict]] = {m.name: [] for m in models}
     pairs = [(m, s) for m in models for s in sequences]
     for model, seq in tqdm(pairs, desc="eval", unit="sequence", disable=args.quiet):

@@ -16,3 +16,34 @@ def require_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool, results: tuple[str, ...], flag: str = "--out") -> Path:
+    """Create an output folder before any work is done; refuse one that already holds any of
+    ``results`` (file names or glob patterns of what this command writes) unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    if not overwrite and path.is_dir():
+        found = sorted({p.name for pattern in results for p in path.glob(pattern)})
+        if found:
+            raise UserError(f"{flag} {path} already holds {', '.join(found[:3])}{' …' if len(found) > 3 else ''}: "
+                            f"pass --overwrite to replace, or choose another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {flag} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def check_output_file(path: str | Path, overwrite: bool, folder_ok: bool = False) -> Path:
+    """An output path that may be written: its parent folder exists, and it does not (or
+    ``overwrite``). ``folder_ok``: the output may be a folder (e.g. of PNG frames)."""
+    path = Path(path)
+    if path.is_dir() and not folder_ok:
+        raise UserError(f"output {path} is a directory, not a file")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists: pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise UserError(f"output folder {path.parent} does not exist")
+    return path

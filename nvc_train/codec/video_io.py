@@ -25,7 +25,7 @@ from torch import Tensor
 
 from nvc_train.codec.atomic import AtomicOutput
 from nvc_train.codec.colour import ColourSpec, Window, crop, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, check_output_file
 
 CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 OUTPUT_SUFFIXES = (".y4m", ".yuv", ".mp4", ".mkv", ".mov")
@@ -536,11 +536,10 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     suffix = path.suffix.lower()
     if suffix and suffix not in OUTPUT_SUFFIXES + (".nvc",):
         raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")
-    if path.exists() and not overwrite:
-        raise VideoError(f"{path} exists: pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise VideoError(f"output folder {path.parent} does not exist")
-    return path
+    try:
+        return check_output_file(path, overwrite, folder_ok=True)
+    except UserError as exc:
+        raise VideoError(str(exc)) from None
 
 
 def open_writer(path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec = ColourSpec(),

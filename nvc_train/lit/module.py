@@ -51,7 +51,8 @@ class SSFLitModule(L.LightningModule):
             ``lr_gamma``.
         lr_gamma: learning-rate decay factor.
         init_weights: ScaleSpaceFlow state dict to start from (fine-tuning; distinct from
-            resuming with ``--ckpt_path``); loaded strictly. Wins over ``pretrained``.
+            resuming with ``--ckpt_path``), a file or ``hf://OWNER/NAME[@REV]/FILE``; loaded
+            strictly. Wins over ``pretrained``.
         pretrained: start from CompressAI's pretrained ``ssf2020`` weights: ``true`` for the
             MSE model of ``quality``, or a zoo name such as ``"ssf2020-mse-3"``. Fetched by
             ``torch.hub`` into ``$TORCH_HOME/hub/checkpoints`` and hash-checked
@@ -106,7 +107,12 @@ class SSFLitModule(L.LightningModule):
         # What the run started from, recorded by name (an exported card names it as base model).
         self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
         self._zoo_pending = self.zoo is not None
-        self.model = load_ssf(init_weights, flow_reference) if init_weights else build_ssf(flow_reference)
+        if init_weights:
+            from nvc_train.hf.refs import resolve_checkpoint  # a file, or hf://OWNER/NAME/FILE
+
+            self.model = load_ssf(resolve_checkpoint(init_weights), flow_reference)
+        else:
+            self.model = build_ssf(flow_reference)
         # The value in effect (possibly read from init_weights) is what checkpoints record.
         self.hparams.flow_reference = self.model.flow_reference
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters

@@ -248,3 +248,19 @@ def test_publish_without_a_token_or_offline_is_one_line(int_checkpoint, tmp_path
         assert_one_line_error(nvc("publish", int_checkpoint, "--repo", REPO, "--quiet",
                                   env=hub_env(server, tmp_path / "home", HF_HUB_OFFLINE="1")),
                               "needs the network, and HF_HUB_OFFLINE is set")
+
+
+def test_a_float_parent_on_the_hub_is_a_starting_point_for_training(hub_cache, float_weights):
+    """``--model.init_weights hf://OWNER/NAME/FILE`` reads the published float parent from the cache."""
+    code = ("import sys, torch; from nvc_train.lit.module import SSFLitModule; "
+            "m = SSFLitModule(init_weights=sys.argv[1], real_coding_clips=0); "
+            "torch.save(m.model.state_dict(), sys.argv[2])")
+    out = hub_cache.parent / "loaded.pt"
+    result = subprocess.run([sys.executable, "-c", code, f"hf://{REPO}/{float_weights.name}", str(out)],
+                            capture_output=True, text=True, env={**os.environ, **OFFLINE, "HF_HOME": str(hub_cache)},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import torch
+
+    loaded, want = torch.load(out, weights_only=True), torch.load(float_weights, weights_only=True)
+    assert all(torch.equal(loaded[k], want[k]) for k in want)

@@ -22,6 +22,13 @@ def test_wrong_type(tmp_path):
     assert_one_line_error(cli("fit", "--config", DEMO, "--model.learning_rate", "fast", cwd=tmp_path), "learning_rate")
 
 
+def test_abbreviated_options_are_typos_not_abbreviations(tmp_path):
+    """`--trainer.max_step 2` must not silently mean `--trainer.max_steps 2`."""
+    assert_one_line_error(cli("fit", "--config", DEMO, "--trainer.max_step", "2", cwd=tmp_path),
+                          "unrecognized arguments: --trainer.max_step")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_checkpoint_file(tmp_path):
     assert_one_line_error(cli("export-float", str(tmp_path / "none.ckpt"), str(tmp_path / "out.pth.tar")), "not found")
 

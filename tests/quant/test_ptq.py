@@ -72,7 +72,7 @@ def test_ptq_cli_single_candidate(float_module, tmp_path):
     torch.save(m.state_dict(), src)
     out = tmp_path / "ptq"
     result = cli("ptq", str(src), "--out", str(out), "--size", "128", "--frames", "2", "--calib-clips", "1",
-                 "--val-clips", "1", "--quiet", cwd=tmp_path)
+                 "--val-clips", "1", "--quality", "5", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "ptq_report.json").read_text())
     assert len(report["candidates"]) == 1 and report["candidates"][0]["bpp"] > 0
@@ -81,6 +81,8 @@ def test_ptq_cli_single_candidate(float_module, tmp_path):
     conf = cli("conformance", str(next(out.glob("ssf-ptq-*.ckpt"))))
     assert conf.returncode == 0 and "PASS" in conf.stdout
     assert_one_line_error(cli("ptq", str(src), "--out", str(out), "--weight-observer", "Nope"), "weight observer")
+    assert_one_line_error(cli("ptq", str(src), "--out", str(out), "--quality", "5"), "already holds ptq_report.json")
+    assert_one_line_error(cli("ptq", str(src), "--out", str(tmp_path / "new")), "pass --quality Q")
 
 
 @pytest.mark.slow
@@ -90,7 +92,7 @@ def test_ptq_full_search_cli(float_module, tmp_path):
     m.update(force=True)
     torch.save(m.state_dict(), src)
     result = cli("ptq", str(src), "--out", str(tmp_path / "s"), "--search", "--size", "128", "--frames", "2",
-                 "--calib-clips", "1", "--val-clips", "1", "--quiet", cwd=tmp_path)
+                 "--calib-clips", "1", "--val-clips", "1", "--quality", "5", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "s" / "ptq_report.json").read_text())["candidates"]
     assert len(rows) == 60

@@ -1,0 +1,45 @@
+"""The shipped LightningCLI presets (``configs/``), addressable from any working folder.
+
+``--config configs/qat.yaml`` (as the README writes it) or ``--config qat.yaml`` names a
+preset of this installation when no such file exists relative to the working folder; runs
+still land where the preset's relative ``default_root_dir`` says, under the working folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+CONFIGS = CHECKOUT / "configs"
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def resolve_config(text: str) -> str:
+    """``text`` if it names a file from here (or is absolute), else the preset it names."""
+    path = Path(text)
+    if path.is_absolute() or path.exists():
+        return text
+    for candidate in (CHECKOUT / path, CONFIGS / path):
+        if candidate.is_file():
+            return str(candidate)
+    return text
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config X`` / ``--config=X`` / ``-c X`` resolved."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in CONFIG_FLAGS and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.removeprefix("--config="))
+    return out
+
+
+def preset(name: str) -> str:
+    """How to name preset ``name`` (e.g. "finetune/footage.yaml") in a hint: the path from the
+    working folder if it is there, else the absolute path of this installation's preset."""
+    relative = Path("configs") / name
+    if relative.is_file() or not (CONFIGS / name).is_file():
+        return str(relative)
+    return str(CONFIGS / name)
