@@ -54,6 +54,13 @@ def run_lightning(args: list[str] | None) -> None:
                 super().instantiate_classes()
             except (ValueError, TypeError) as exc:
                 raise UserError(f"invalid configuration: {_root_cause(exc)}") from None
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in self.trainer.loggers:
+                # Lightning passes anonymous=None to wandb.init, which warns on every run that
+                # the (unused) setting is deprecated; leave it out unless it was asked for.
+                if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous") is None:
+                    logger._wandb_init.pop("anonymous", None)
 
         def before_fit(self):
             # Every run folder records where the run came from, once per (re)start (issue #7).
@@ -169,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lossless: H.264 RGB at QP 0 (exact 8-bit RGB, fewer players); high: H.264 4:2:0 CRF 12 "
                         "(plays everywhere) (default: %(default)s)")
     s.add_argument("--reference", default=None, help="source video to report PSNR-RGB, MS-SSIM and bpp against")
-    _add_input_options(s, "reference (raw .yuv) and output Y'CbCr", output=True)
+    _add_input_options(s, "output", output=True)
+    s.add_argument("--reference-matrix", default=None, choices=("bt709", "bt601", "bt2020"),
+                   help="Y'CbCr matrix of the --reference (default: its colour tags, else bt709); "
+                        "independent of --matrix, which only sets the output's")
+    s.add_argument("--reference-range", default=None, choices=("limited", "full"),
+                   help="Y'CbCr range of the --reference (default: its colour tags, else limited)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
@@ -263,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_input_options(s: argparse.ArgumentParser, what: str, output: bool = False) -> None:
-    s.add_argument("--size", default=None, help="raw .yuv only: WIDTHxHEIGHT (else parsed from the file name)")
+    raw = "raw .yuv --reference only" if output else "raw .yuv only"
+    s.add_argument("--size", default=None, help=f"{raw}: WIDTHxHEIGHT (else parsed from the file name)")
     s.add_argument("--fps", default=None, help="frame rate, e.g. 25 or 30000/1001 (raw .yuv and PNG folders: default 25)")
-    s.add_argument("--bits", type=int, default=None, choices=(8, 10, 12, 16), help="raw .yuv only: bit depth (default 8)")
+    s.add_argument("--bits", type=int, default=None, choices=(8, 10, 12, 16), help=f"{raw}: bit depth (default 8)")
     source = "the bitstream's (its source's)" if output else "the file's colour tags"
     s.add_argument("--matrix", default=None, choices=("bt709", "bt601", "bt2020"),
                    help=f"Y'CbCr matrix of the {what} (default: {source}, else bt709)")
@@ -277,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from nvc_train.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    # CompressAI scripts its entropy coder at import; torch 2.14 warns about that on every run.
-    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+    _silence_library_noise()
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             from nvc_train.presets import resolve_config_args
@@ -304,6 +316,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nvc-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_library_noise() -> None:
+    """Drop messages a user can do nothing about, so the steps, progress and results show."""
+    import logging
+
+    # CompressAI scripts its entropy coder at import; torch 2.14 warns about that on every run.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+    # Lightning's own pytree helper uses an API torch 2.14 deprecates, once per fit.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+    class NoAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in str(record.msg)  # Lightning's "💡 Tip: … try installing litlogger"
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+        logging.getLogger(name).addFilter(NoAdverts())
 
 
 def _run_lightning_guarded(argv: list[str], from_sys_argv: bool = False) -> None:

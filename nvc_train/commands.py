@@ -396,6 +396,8 @@ def encode(args) -> int:
 
 def decode(args) -> int:
     """.nvc bitstream → video file (y4m, yuv, mp4/mkv/mov, PNG folder); optional quality report."""
+    from dataclasses import replace
+
     from nvc_train.codec.colour import ColourSpec
     from nvc_train.codec.files import decode_video
     from nvc_train.codec.video_io import check_output_path, open_video, open_writer
@@ -417,7 +419,10 @@ def decode(args) -> int:
             raise UserError(str(exc)) from None
         return open_writer(out, header.width, header.height, Fraction(header.fps_num, header.fps_den), spec, args.mp4_mode)
 
-    reference = open_video(args.reference, _input_options(args)) if args.reference else None
+    # The reference is read with its own tags (or --reference-matrix/-range), never with the
+    # output's --matrix/--range: those say how to write the decoded video, not how to read the source.
+    reference_options = replace(_input_options(args), matrix=args.reference_matrix, range=args.reference_range)
+    reference = open_video(args.reference, reference_options) if args.reference else None
     try:
         report = decode_video(Path(args.bitstream), ck, make_writer if out else None, device, reference,
                               progress=not args.quiet)

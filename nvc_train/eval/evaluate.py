@@ -8,7 +8,7 @@ and PSNR-YUV (CompressAI's (4·Y + U + V)/6), MS-SSIM-RGB, and for integer model
 the decoder's latents equal the encoder's (SHA-256 per frame).
 
 Metrics follow CompressAI's ``compressai.utils.video.eval_model``: RGB and Y'CbCr samples are
-rounded to the source's integer levels before the MSE; ``bitrate`` is kbit/s at the source
+rounded to the source's integer levels (peak 2^bits − 1, also for RGB) before the MSE; ``bitrate`` is kbit/s at the source
 frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 """
 
@@ -109,14 +109,14 @@ def frame_metrics(x_hat: Tensor, src: SourceFrame, spec: ColourSpec) -> dict[str
     both sides are converted with ``spec``.
     """
     bits = src.bits
-    peak = 2**bits - 1
+    peak = 2**bits - 1  # CompressAI's max_val: RGB too is measured at the source's bit depth
     rec = x_hat.detach().float().cpu().clamp(0, 1)
-    org_rgb = torch.round(src.rgb * 255)
-    rec_rgb = torch.round(rec * 255)
+    org_rgb = torch.round(src.rgb * peak)
+    rec_rgb = torch.round(rec * peak)
     mse_rgb = torch.mean((org_rgb - rec_rgb) ** 2).item()
-    out = {"mse-rgb": mse_rgb, "psnr-rgb": _psnr(mse_rgb, 255)}
+    out = {"mse-rgb": mse_rgb, "psnr-rgb": _psnr(mse_rgb, peak)}
     if min(rec.shape[-2:]) >= MS_SSIM_MIN_SIDE:
-        out["ms-ssim-rgb"] = float(ms_ssim(org_rgb[None], rec_rgb[None], data_range=255).item())
+        out["ms-ssim-rgb"] = float(ms_ssim(org_rgb[None], rec_rgb[None], data_range=peak).item())
     org_planes = src.planes if src.planes is not None else rgb_to_ycbcr420(src.rgb, bits, spec)
     rec_planes = rgb_to_ycbcr420(rec, bits, spec)
     for name, o, r in zip("yuv", org_planes, rec_planes):

@@ -99,6 +99,20 @@ def test_decode_reference_report_matches_an_independent_psnr(nvc, source, int_ch
     assert bpp == pytest.approx(8 * nvc.stat().st_size / (WIDTH * HEIGHT * FRAMES), abs=1e-4)
 
 
+def test_the_output_matrix_does_not_change_how_the_reference_is_read(nvc, source, int_checkpoint, tmp_path, capsys):
+    """`--matrix bt601` writes BT.601 output; the BT.709-tagged reference is still read as
+    BT.709, so the reported PSNR is that of the default decode. Reading it as BT.601 on
+    purpose (`--reference-matrix bt601`) is what changes the figure."""
+    def reported(*extra):
+        code, out, err = run_cli(["decode", nvc, "--checkpoint", int_checkpoint, "--reference", source, *extra], capsys)
+        assert code == 0, err
+        return out.split("PSNR-RGB ")[1].split(" dB")[0]
+
+    default = reported()
+    assert reported("-o", tmp_path / "601.y4m", "--matrix", "bt601") == default
+    assert reported("--reference-matrix", "bt601") != default
+
+
 def test_info_reports_header_and_frames(nvc, capsys):
     code, out, _ = run_cli(["info", nvc, "--json", "--per-frame"], capsys)
     assert code == 0

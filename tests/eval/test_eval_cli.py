@@ -77,6 +77,18 @@ def test_frame_metrics_on_known_errors():
     assert off["psnr-yuv"] == pytest.approx((4 * off["psnr-y"] + off["psnr-u"] + off["psnr-v"]) / 6)
 
 
+def test_a_10_bit_source_is_measured_at_its_own_peak_as_compressai_does():
+    """PSNR-RGB and MS-SSIM of a 10-bit source use peak 1023 (CompressAI's 2**bitdepth - 1):
+    an error of 2 levels in 1023 is 10·log10(1023²/4) dB; rounded to 8 bits it would vanish
+    (0.5 of an 8-bit level) and the frame would read as perfect."""
+    rgb = torch.full((3, 176, 176), 400 / 1023)
+    off = frame_metrics(rgb + 2 / 1023, SourceFrame(rgb, bits=10), ColourSpec())
+    assert off["psnr-rgb"] == pytest.approx(10 * math.log10(1023**2 / 4))
+    as_8_bit = frame_metrics(rgb + 2 / 1023, SourceFrame(rgb, bits=8), ColourSpec())
+    assert as_8_bit["psnr-rgb"] == 100.0  # the control: the same error is below one 8-bit level
+    assert 0.99 < off["ms-ssim-rgb"] < 1.0
+
+
 def test_eval_refuses_bad_inputs(int_checkpoint, sequences, tmp_path, capsys):
     lightning = tmp_path / "last.ckpt"
     lightning.write_bytes(b"PK not an integer checkpoint")

@@ -109,6 +109,9 @@ def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
     offline = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert offline, list(run.rglob("*"))[:20]
     assert not (tmp_path / "wandb").exists()  # nothing outside the run folder
+    noise = result.stdout + result.stderr
+    for library_noise in ("litlogger", "LeafSpec", "anonymous setting"):  # nothing a user can act on
+        assert library_noise not in noise, noise[-3000:]
     images = sorted(run.glob("wandb/offline-run-*/files/media/images/val/reconstruction_*.png"))
     assert images, "validation must log reconstruction images"
     import numpy as np
