@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--name", default="ssf-int", help="file name stem (default: %(default)s)")
+    s.add_argument("--quiet", action="store_true", help="print only the files written")
 
     s = sub.add_parser("ptq", help="post-training quantization of a float model (the published baseline), "
                                    "one configuration or the full observer x scheme search")
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
 
     s = sub.add_parser("conformance", help="decode a checkpoint's embedded conformance bitstream; exit 0 only if exact")
+    s.add_argument("--quiet", action="store_true", help="print only the verdict line (and any difference)")
     s.add_argument("checkpoint", help="integer checkpoint (a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub)")
     s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 

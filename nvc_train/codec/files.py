@@ -91,8 +91,9 @@ def _fps_pair(fps: Fraction) -> tuple[int, int]:
 
 def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, gop: int = 32,
                  device: str = "cpu", max_frames: int | None = None, progress: bool = True,
-                 with_ms_ssim: bool = False) -> CodingReport:
-    """Encode ``reader``'s frames into ``out`` (.nvc), atomically.
+                 with_ms_ssim: bool = False, on_frame=None) -> CodingReport:
+    """Encode ``reader``'s frames into ``out`` (.nvc), atomically; ``on_frame("encode")`` is
+    called after each frame (for callers with a progress display of their own).
 
     The reported PSNR (and MS-SSIM if asked) compare the encoder's own reconstruction with the input: the
     decoder reproduces the same latents (bit-exact) and the same pixels up to float
@@ -122,6 +123,8 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
             src = sources.pop()
             report.frames.append(_frame_stats(t, cf.frame_type, writer.write(cf), rec, src, with_ms_ssim))
             bar.update()
+            if on_frame is not None:
+                on_frame("encode")
         if not report.frames:
             raise UserError(f"{getattr(reader, 'path', 'input')} has no frames")
     report.seconds = time.perf_counter() - start

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -142,11 +142,15 @@ class CodedSequence:
     bitstream: Path | None = None
 
 
+FrameTick = Callable[[str], None] | None
+"""Progress callback: called with "encode" or "decode" after each frame."""
+
+
 def encode_integer(model: EvalModel, source: Path, options: InputOptions, bitstream: Path, gop: int,
-                   device: str, max_frames: int | None) -> CodedSequence:
+                   device: str, max_frames: int | None, on_frame: FrameTick = None) -> CodedSequence:
     with open_video(source, options) as reader:
         report = encode_video(reader, bitstream, model.integer, gop=gop, device=device, max_frames=max_frames,
-                              progress=False)
+                              progress=False, on_frame=on_frame)
     with open(bitstream, "rb") as f:
         frames = list(iter_frames(f, read_header(f)))
     return CodedSequence(frames, [fs.latent_sha256 for fs in report.frames], report.file_bytes, report.seconds, bitstream)
@@ -154,7 +158,7 @@ def encode_integer(model: EvalModel, source: Path, options: InputOptions, bitstr
 
 @torch.no_grad()
 def encode_float(model: EvalModel, source: Path, options: InputOptions, gop: int, device: str,
-                 max_frames: int | None) -> CodedSequence:
+                 max_frames: int | None, on_frame: FrameTick = None) -> CodedSequence:
     """CompressAI's float SSF; the same container (header, per-frame records) is counted."""
     net = model.float_model
     frames: list[CodedFrame] = []
@@ -171,6 +175,8 @@ def encode_float(model: EvalModel, source: Path, options: InputOptions, gop: int
             else:
                 x_ref, out = net.encode_inter(x, x_ref)
                 frames.append(CodedFrame("P", {k: _latent(out["strings"][k], out["shape"][k]) for k in FRAME_PARTS["P"]}))
+            if on_frame is not None:
+                on_frame("encode")
     seconds = time.perf_counter() - start
     size = HEADER_BYTES + sum(frame_record_size(cf) for cf in frames)
     return CodedSequence(frames, [None] * len(frames), size, seconds)
@@ -207,13 +213,17 @@ def decode_frames(model: EvalModel, coded: CodedSequence, device: str) -> Iterat
 # --------------------------------------------------------------------------- one sequence
 
 def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop: int, device: str,
-                      max_frames: int | None, bitstream_dir: Path) -> dict:
-    """Encode, decode and measure one sequence: ``{"results": {...}, "frames": [...], "first_frame": x_hat}``."""
+                      max_frames: int | None, bitstream_dir: Path, on_frame: FrameTick = None) -> dict:
+    """Encode, decode and measure one sequence: ``{"results": {...}, "frames": [...], "first_frame": x_hat}``.
+
+    ``on_frame("encode")`` / ``on_frame("decode")`` is called after each frame (progress).
+    """
     if model.integer is not None:
         bitstream_dir.mkdir(parents=True, exist_ok=True)
-        coded = encode_integer(model, source, options, bitstream_dir / f"{source.stem}.nvc", gop, device, max_frames)
+        coded = encode_integer(model, source, options, bitstream_dir / f"{source.stem}.nvc", gop, device, max_frames,
+                               on_frame)
     else:
-        coded = encode_float(model, source, options, gop, device, max_frames)
+        coded = encode_float(model, source, options, gop, device, max_frames, on_frame)
     per_frame, decode_seconds, first = [], 0.0, None
     with open_video(source, options) as reader:
         info = reader.info
@@ -236,6 +246,8 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
                 row["encoder_latent_sha256"], row["decoder_latent_sha256"] = enc_hash, dec_hash
                 row["latents_match"] = float(enc_hash == dec_hash)
             per_frame.append(row)
+            if on_frame is not None:
+                on_frame("decode")
     n = len(per_frame)
     results = {k: float(np.mean([r.get(k, 0.0) for r in per_frame]))
                for k in per_frame[0] if k not in ("index", "type", "bytes") and not k.endswith("sha256")}

@@ -164,3 +164,13 @@ def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint,
     (tmp_path / "junk.txt").write_text("hello\n")
     code, _, err = run_cli(["compare", tmp_path / "a.txt", tmp_path / "junk.txt"], capsys)
     assert code == 2 and "not a `nvc-train verify` line" in err
+
+
+def test_eval_shows_progress_per_frame_and_quiet_silences_it(int_checkpoint, sequences, tmp_path, capsys):
+    args = ["eval", "--checkpoint", int_checkpoint, "--data", sequences / "pan.y4m", "--frames", "2"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "loud"], capsys)
+    assert code == 0
+    stem = Path(int_checkpoint).stem
+    assert f"encode {stem} on pan" in err and f"decode {stem} on pan" in err and "2frame" in err.replace(" ", "")
+    code, out, err = run_cli([*args, "--out", tmp_path / "quiet", "--quiet"], capsys)
+    assert code == 0 and "frame" not in err

@@ -58,6 +58,8 @@ def test_conformance_cli_passes(int_checkpoint):
     assert [line.split()[0] for line in lines[:-1]] == ["small"] * 5 + ["realistic"] * 5 + ["stress"] * 24
     assert all(line.endswith(" OK") for line in lines[:-1])
     assert lines[-1].startswith("conformance PASS: 34 checks in records small, realistic, stress")
+    quiet = cli("conformance", str(int_checkpoint), "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout.splitlines() == lines[-1:]
     card = int_checkpoint.with_suffix(".md").read_text()
     assert "realistic (768×512, 3 frames IPP)" in card and "docs/integer-contract.md" in card
     assert "DESIGN.md" not in card
