@@ -29,6 +29,12 @@ def configure_wandb_env(run_dir: str | Path) -> None:
 
 def run_lightning(args: list[str] | None) -> None:
     """``nvc-train fit|validate|test --config FILE ...`` (LightningCLI)."""
+    make_cli(args)
+
+
+def make_cli(args: list[str] | None, run: bool = True):
+    """nvc-train's LightningCLI; ``run=False`` (no subcommand in ``args``) only instantiates
+    the model, data and trainer, as tests of the shipped presets do."""
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
@@ -78,9 +84,9 @@ def run_lightning(args: list[str] | None) -> None:
                 env.auto_requeue = False
                 self.trainer.callbacks.append(SlurmRequeue(env.requeue_signal))
 
-    NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args,
-                save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-                seed_everything_default=0)
+    return NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+                       save_config_kwargs={"overwrite": True},
+                       parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, seed_everything_default=0)
 
 
 class OneLineParser(argparse.ArgumentParser):
