@@ -316,6 +316,8 @@ def publish(args) -> int:
     """Integer checkpoint (+ float parent, card, manifest) → a Hugging Face Hub model repository."""
     from nvc_train.hf import publish as P
 
+    if not args.dry_run:
+        P.preflight(args.repo, args.revision)
     if not args.quiet:
         print(f"checking {args.checkpoint}: loading and decoding its conformance records on this machine …")
     plan = P.prepare(Path(args.checkpoint), args.repo, args.revision,

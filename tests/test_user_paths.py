@@ -58,18 +58,24 @@ def test_a_qat_run_checkpoint_as_init_weights_says_what_to_do(tmp_path):
         load_ssf(ckpt)
 
 
-def test_presets_are_named_from_any_folder_and_runs_land_in_it(tmp_path):
+def test_presets_are_named_from_any_folder_and_runs_land_in_it(tmp_path, monkeypatch):
     """The README's `--config configs/…` works outside the checkout (and so does the bare
     name); the preset's relative run folder is under the working folder."""
     import subprocess
     import sys
 
-    for name in ("configs/demo/float.yaml", "demo/float.yaml"):
-        result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "fit", "--config", name, "--print_config"],
-                                capture_output=True, text=True, cwd=tmp_path, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "default_root_dir: runs/demo/float" in result.stdout
+    from nvc_train.presets import CONFIGS, resolve_config_args
+
+    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "fit", "--config", "configs/demo/float.yaml",
+                             "--print_config"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "default_root_dir: runs/demo/float" in result.stdout
     assert list(tmp_path.iterdir()) == []  # --print_config writes nothing
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_args(["fit", "-c", "qat.yaml", "--config=demo/qat.yaml", "--config", "mine.yaml"]) == [
+        "fit", "-c", str(CONFIGS / "qat.yaml"), f"--config={CONFIGS / 'demo/qat.yaml'}", "--config", "mine.yaml"]
+    (tmp_path / "qat.yaml").write_text("{}")  # a file of that name here wins over the preset
+    assert resolve_config_args(["--config", "qat.yaml"]) == ["--config", "qat.yaml"]
 
 
 def test_the_prepare_footage_hint_names_a_preset_that_exists_from_here(tmp_path, monkeypatch):

@@ -98,6 +98,20 @@ def write_folder(plan: PublishPlan, folder: Path, overwrite: bool = False) -> li
     return written
 
 
+def preflight(repo_id: str, revision: str | None) -> None:
+    """What can be known without the network, checked before the (slow) conformance run:
+    downloads are not switched off, and there is a token to write with."""
+    from huggingface_hub import constants, get_token
+
+    target = f"hf://{repo_id}{'@' + revision if revision else ''}"
+    _check_repo_id(repo_id)
+    if constants.is_offline_mode():
+        raise UserError(f"publishing to {target} needs the network, and HF_HUB_OFFLINE is set")
+    if not get_token():
+        raise UserError(f"publishing to {target} needs a Hugging Face token with write access: "
+                        f"log in with `hf auth login` or set HF_TOKEN")
+
+
 def upload(plan: PublishPlan, private: bool = False, overwrite: bool = False) -> tuple[str, list[str]]:
     """Create the repository (and branch) if needed and commit the changed files.
 

@@ -27,8 +27,32 @@ def run_cli(args, capsys):
 
 
 def nvc(*args, env: dict, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nvc_train.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=cwd, timeout=600)
+    (result,) = nvc_session([args], env, cwd)
+    return result
+
+
+_SESSION = """
+import contextlib, io, json, sys
+from nvc_train.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def nvc_session(calls: list, env: dict, cwd=None) -> list[subprocess.CompletedProcess]:
+    """Several `nvc-train` calls, in order, in one fresh interpreter with ``env`` (huggingface_hub
+    reads HF_HOME/HF_HUB_OFFLINE/HF_ENDPOINT at import): one torch import instead of many."""
+    argvs = [[str(a) for a in call] for call in calls]
+    proc = subprocess.run([sys.executable, "-c", _SESSION, json.dumps(argvs)], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=cwd, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [subprocess.CompletedProcess(argv, code, out, err)
+            for argv, (code, out, err) in zip(argvs, json.loads(proc.stdout.splitlines()[-1]))]
 
 
 @pytest.fixture(scope="module")
@@ -140,37 +164,37 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, int_checkpoint, float_weights,
                                                                    sequences, tmp_path):
     env = {**OFFLINE, "HF_HOME": str(hub_cache)}
-    result = nvc("conformance", f"hf://{REPO}", env=env)
-    assert result.returncode == 0, result.stderr
-    assert f"conformance PASS: 34 checks in records small, realistic, stress of {int_checkpoint.name}" in result.stdout
-    clip = sequences / "pan.y4m"
-    result = nvc("encode", clip, "-o", tmp_path / "pan.nvc", "--checkpoint", f"hf://{REPO}", "--frames", "2",
-                 "--quiet", env=env)
-    assert result.returncode == 0, result.stderr
-    for args in (["decode", tmp_path / "pan.nvc", "-o", tmp_path / "pan-out.y4m", "--quiet"],
-                 ["verify", tmp_path / "pan.nvc"]):
-        result = nvc(*args, "--checkpoint", f"hf://{REPO}@main/{int_checkpoint.name}", env=env)
-        assert result.returncode == 0, result.stderr
+    clip, pinned = sequences / "pan.y4m", f"hf://{REPO}@main/{int_checkpoint.name}"
+    conformance, encode, decode, verify, local, evaluation = nvc_session([
+        ["conformance", f"hf://{REPO}"],
+        ["encode", clip, "-o", tmp_path / "pan.nvc", "--checkpoint", f"hf://{REPO}", "--frames", "2", "--quiet"],
+        ["decode", tmp_path / "pan.nvc", "-o", tmp_path / "pan-out.y4m", "--quiet", "--checkpoint", pinned],
+        ["verify", tmp_path / "pan.nvc", "--checkpoint", pinned],
+        ["verify", tmp_path / "pan.nvc", "--checkpoint", int_checkpoint],
+        ["eval", "--checkpoint", f"hf://{REPO}", f"hf://{REPO}/{float_weights.name}", "--data", clip,
+         "--out", tmp_path / "eval", "--frames", "2", "--quiet"],
+    ], env)
+    for result in (conformance, encode, decode, verify, local, evaluation):
+        assert result.returncode == 0, (result.args, result.stderr)
+    assert f"conformance PASS: 34 checks in records small, realistic, stress of {int_checkpoint.name}" \
+        in conformance.stdout
     # A bitstream names the checkpoint it needs by hash: the local file and the Hub one agree.
-    local = nvc("verify", tmp_path / "pan.nvc", "--checkpoint", int_checkpoint, env=env)
-    assert local.stdout == result.stdout and len(result.stdout.splitlines()) == 2
-    result = nvc("eval", "--checkpoint", f"hf://{REPO}", f"hf://{REPO}/{float_weights.name}", "--data", clip,
-                 "--out", tmp_path / "eval", "--frames", "2", "--quiet", env=env)
-    assert result.returncode == 0, result.stderr
+    assert local.stdout == verify.stdout and len(verify.stdout.splitlines()) == 2
     assert json.loads((tmp_path / "eval" / "qat.json").read_text())["results"]["q"] == [int_checkpoint.stem]
     assert json.loads((tmp_path / "eval" / "float.json").read_text())["results"]["q"] == ["ssf-float"]
 
 
 def test_hf_checkpoints_that_are_absent_or_altered_are_one_line_errors(hub_cache, published, int_checkpoint, tmp_path):
     env = {**OFFLINE, "HF_HOME": str(hub_cache)}
-    for ref, fragment in [
+    cases = [
         ("hf://me/elsewhere", "is not in the Hugging Face cache and the Hub cannot be reached"),
         (f"hf://{REPO}@v9", "is not in the Hugging Face cache"),
         (f"hf://{REPO}/missing.ckpt", "is not in the Hugging Face cache"),
         ("hf://datasets/me/footage", "is a dataset repository"),
         ("hf://me", "is not a checkpoint on the Hub"),
-    ]:
-        assert_one_line_error(nvc("conformance", ref, env=env), fragment)
+    ]
+    for result, (_, fragment) in zip(nvc_session([["conformance", ref] for ref, _ in cases], env), cases):
+        assert_one_line_error(result, fragment)
     # A cache whose checkpoint blob was altered: the manifest's SHA-256 refuses it.
     altered = tmp_path / "hf-home"
     shutil.copytree(hub_cache, altered, symlinks=True)
@@ -195,35 +219,32 @@ def test_publish_then_someone_else_decodes_from_hf_and_later_offline(int_checkpo
     from tests.hub_server import HubStandIn
 
     _, eval_out = evaluation
-    clip = tmp_path / "clip.nvc"
-    assert nvc("encode", sequences / "pan.y4m", "-o", clip, "--checkpoint", int_checkpoint, "--frames", "2",
-               "--quiet", env={}).returncode == 0
-    local = tmp_path / "local.y4m"
-    assert nvc("decode", clip, "-o", local, "--checkpoint", int_checkpoint, "--quiet", env={}).returncode == 0
+    clip, local = tmp_path / "clip.nvc", tmp_path / "local.y4m"
+    assert main(["encode", str(sequences / "pan.y4m"), "-o", str(clip), "--checkpoint", str(int_checkpoint),
+                 "--frames", "2", "--quiet"]) == 0
+    assert main(["decode", str(clip), "-o", str(local), "--checkpoint", str(int_checkpoint), "--quiet"]) == 0
     publish = ["publish", int_checkpoint, "--repo", REPO, "--float", float_weights, "--eval", eval_out]
+    relicensed = [*publish, "--license", "mit"]
     someone = tmp_path / "someone-else-hf-home"
     with HubStandIn(tmp_path / "hub") as server:
-        result = nvc(*publish, env=hub_env(server, tmp_path / "publisher"))
-        assert result.returncode == 0, result.stderr
+        first, refused, replaced, branch = nvc_session([
+            publish,
+            relicensed,  # a different card: refused without --overwrite
+            [*relicensed, "--overwrite"],  # only the card changes, so only the card is sent
+            # a branch (made from main): a card without results goes there, main keeps its own
+            ["publish", int_checkpoint, "--repo", REPO, "--revision", "v2", "--license", "mit", "--overwrite"],
+        ], hub_env(server, tmp_path / "publisher"))
+        assert first.returncode == 0, first.stderr
         assert f"published {int_checkpoint.name}, {float_weights.name}, README.md, nvc-train.json to hf://{REPO}" \
-            in result.stdout
+            in first.stdout
+        assert_one_line_error(refused, f"hf://{REPO} already holds a different README.md; pass --overwrite")
+        assert replaced.returncode == 0 and f"published README.md to hf://{REPO}" in replaced.stdout, replaced.stderr
+        assert branch.returncode == 0 and f"to hf://{REPO}@v2" in branch.stdout, branch.stderr
         assert server.file_bytes(REPO, int_checkpoint.name) == int_checkpoint.read_bytes()
-        assert b"library_name: nvc-train" in server.file_bytes(REPO, "README.md")
-        # Publishing the same files again uploads nothing; a different card needs --overwrite.
-        again = nvc(*publish, env=hub_env(server, tmp_path / "publisher"))
-        assert again.returncode == 0 and "nothing uploaded" in again.stdout, again.stderr
-        relicensed = [*publish, "--license", "mit"]
-        assert_one_line_error(nvc(*relicensed, env=hub_env(server, tmp_path / "publisher")),
-                              f"hf://{REPO} already holds a different README.md; pass --overwrite")
-        result = nvc(*relicensed, "--overwrite", env=hub_env(server, tmp_path / "publisher"))
-        assert result.returncode == 0 and f"published README.md to hf://{REPO}" in result.stdout, result.stderr
-        assert b"license: mit" in server.file_bytes(REPO, "README.md")
-        # A branch (made from main): a card without results goes there, main keeps its own.
-        result = nvc("publish", int_checkpoint, "--repo", REPO, "--revision", "v2", "--license", "mit", "--overwrite",
-                     env=hub_env(server, tmp_path / "publisher"))
-        assert result.returncode == 0 and f"to hf://{REPO}@v2" in result.stdout, result.stderr
+        main_card = server.file_bytes(REPO, "README.md")
+        assert b"library_name: nvc-train" in main_card and b"license: mit" in main_card
         assert b"Not measured at publication" in server.file_bytes(REPO, "README.md", revision="v2")
-        assert b"Not measured at publication" not in server.file_bytes(REPO, "README.md")
+        assert b"Not measured at publication" not in main_card
         # Someone else, online with an empty cache, decodes with the Hub reference.
         out = tmp_path / "from-hub.y4m"
         result = nvc("decode", clip, "-o", out, "--checkpoint", f"hf://{REPO}", "--quiet",
@@ -242,12 +263,16 @@ def test_publish_without_a_token_or_offline_is_one_line(int_checkpoint, tmp_path
     from tests.hub_server import HubStandIn
 
     with HubStandIn(tmp_path / "hub") as server:
+        # Both are known before the checkpoint's conformance run: they fail at once.
         assert_one_line_error(nvc("publish", int_checkpoint, "--repo", REPO, "--quiet",
                                   env=hub_env(server, tmp_path / "home", HF_TOKEN="")),
-                              "the Hub refused hf://me/ssf-q3-int (401): log in with `hf auth login`")
+                              "needs a Hugging Face token with write access: log in with `hf auth login`")
         assert_one_line_error(nvc("publish", int_checkpoint, "--repo", REPO, "--quiet",
                                   env=hub_env(server, tmp_path / "home", HF_HUB_OFFLINE="1")),
                               "needs the network, and HF_HUB_OFFLINE is set")
+        # A token the Hub refuses (the stand-in refuses none, so a read-only repository is not
+        # modelled): the 401/403 path is exercised by no test here.
+        assert not any(method == "POST" for method, _ in server.requests)
 
 
 def test_a_float_parent_on_the_hub_is_a_starting_point_for_training(hub_cache, float_weights):
