@@ -12,6 +12,7 @@ against its own header hash and the 8 hex digits in its name.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import NamedTuple
@@ -109,10 +110,10 @@ def check_integer_name(path: Path, shown: str) -> None:
         head = f.read(56)
     if len(head) == 56 and head.startswith(b"NVCTRAIN-INT"):
         digest = struct.unpack(">12sIQ32s", head)[3].hex()
-        stem = Path(shown).name.removesuffix(".ckpt")
-        if "-" in stem and stem.rsplit("-", 1)[1] != digest[:8]:
-            raise UserError(f"{shown}: its name says {stem.rsplit('-', 1)[1]} but its payload hash starts "
-                            f"{digest[:8]}: renamed or replaced; refusing it")
+        named = Path(shown).name.removesuffix(".ckpt").rsplit("-", 1)[-1]
+        if re.fullmatch(r"[0-9a-f]{8}", named) and named != digest[:8]:  # a name without a hash: no claim
+            raise UserError(f"{shown}: its name says {named} but its payload hash starts {digest[:8]}: "
+                            f"renamed or replaced; refusing it")
 
 
 def resolve_checkpoint(text: str | Path) -> Path:

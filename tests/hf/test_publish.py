@@ -289,3 +289,13 @@ def test_a_float_parent_on_the_hub_is_a_starting_point_for_training(hub_cache, f
 
     loaded, want = torch.load(out, weights_only=True), torch.load(float_weights, weights_only=True)
     assert all(torch.equal(loaded[k], want[k]) for k in want)
+
+
+def test_an_integer_checkpoint_from_the_hub_must_carry_its_own_hash_in_its_name(int_checkpoint, tmp_path):
+    from nvc_train.errors import UserError
+    from nvc_train.hf.refs import check_integer_name
+
+    check_integer_name(int_checkpoint, f"hf://{REPO}/{int_checkpoint.name}")
+    check_integer_name(int_checkpoint, f"hf://{REPO}/ssf-int.ckpt")  # a name without a hash claims nothing
+    with pytest.raises(UserError, match="its name says 00000000 but its payload hash starts"):
+        check_integer_name(int_checkpoint, f"hf://{REPO}/ssf-int-00000000.ckpt")
