@@ -30,6 +30,7 @@ class PublishPlan(NamedTuple):
     files: dict[str, Path | bytes]
     checkpoint: str
     conformance_checks: int
+    file_sha256: dict[str, str]  # of the local files, hashed once for the manifest
 
 
 def prepare(
@@ -71,12 +72,12 @@ def prepare(
     card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=ck.sha256, metadata=ck.metadata,
                       conformance=ck.conformance.describe(), float_parent=parent_name, evaluation=evaluation,
                       license=license, base_model=base_model, datasets=sorted(set(hub_datasets)))
+    file_sha256 = {name: sha256_file(p) for name, p in files.items()}
     manifest = {"format": MANIFEST_FORMAT, "checkpoint": checkpoint.name, "float_parent": parent_name,
-                "payload_sha256": ck.sha256,
-                "files": {name: sha256_file(p) for name, p in files.items()}}
+                "payload_sha256": ck.sha256, "files": file_sha256}
     files["README.md"] = card.encode()
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    return PublishPlan(repo_id, revision, files, checkpoint.name, len(checks))
+    return PublishPlan(repo_id, revision, files, checkpoint.name, len(checks), file_sha256)
 
 
 def write_folder(plan: PublishPlan, folder: Path, overwrite: bool = False) -> list[Path]:
@@ -133,7 +134,7 @@ def upload(plan: PublishPlan, private: bool = False, overwrite: bool = False) ->
             info = remote.get(name)
             if info is None:
                 changed.append(name)
-            elif not _same_content(info, content):
+            elif not _same_content(info, content, plan.file_sha256.get(name)):
                 if not overwrite:
                     raise UserError(f"{target} already holds a different {name}; pass --overwrite to replace it")
                 changed.append(name)
@@ -156,13 +157,15 @@ def upload(plan: PublishPlan, private: bool = False, overwrite: bool = False) ->
         raise UserError(f"publishing to {target} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
 
-def _same_content(info, content: Path | bytes) -> bool:
-    """Compare with what the Hub reports: SHA-256 for LFS files, the git blob id otherwise."""
-    data_sha256 = sha256_file(content) if isinstance(content, Path) else hashlib.sha256(content).hexdigest()
+def _same_content(info, content: Path | bytes, known_sha256: str | None) -> bool:
+    """Compare with what the Hub reports: SHA-256 for LFS files, the git blob id otherwise.
+    ``known_sha256``: the local file's hash when already computed (large files are LFS)."""
     lfs = getattr(info, "lfs", None)
-    if lfs is not None:
-        return lfs.sha256 == data_sha256
+    if lfs is not None and known_sha256 is not None:
+        return lfs.sha256 == known_sha256
     data = content.read_bytes() if isinstance(content, Path) else content
+    if lfs is not None:
+        return lfs.sha256 == hashlib.sha256(data).hexdigest()
     return info.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
