@@ -47,3 +47,16 @@ def check_output_file(path: str | Path, overwrite: bool, folder_ok: bool = False
     if not path.parent.is_dir():
         raise UserError(f"output folder {path.parent} does not exist")
     return path
+
+
+def root_cause(exc: BaseException) -> str:
+    """First line of the innermost exception in a chain (``raise ... from`` or implicit)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return first_line(str(exc))
+
+
+def first_line(message: str, default: str = "invalid configuration") -> str:
+    """The first non-blank line (an error re-raised from a DataLoader worker carries its traceback)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else default

@@ -27,10 +27,10 @@ import struct
 import zlib
 from typing import BinaryIO, Iterator, NamedTuple
 
-from nvc_train.codec.atomic import AtomicOutput
-from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
+from nvc_train.codec.frames import FRAME_PARTS, CodedFrame, CodedLatent
 from nvc_train.errors import UserError
-from nvc_train.models.ssf import MODEL_MULTIPLE
+from nvc_train.io.atomic import AtomicOutput
+from nvc_train.models.geometry import MODEL_MULTIPLE
 
 MAGIC = b"NVCB"
 VERSION = 1
@@ -51,7 +51,7 @@ COLOUR_MATRICES = (None, "bt709", "bt601", "bt2020")
 
 
 def colour_code(spec) -> int:
-    """A :class:`~nvc_train.codec.colour.ColourSpec` (or None) → the header's colour field."""
+    """A :class:`~nvc_train.io.colour.ColourSpec` (or None) → the header's colour field."""
     if spec is None:
         return 0
     return COLOUR_MATRICES.index(spec.matrix) | (4 if spec.range == "full" else 0)
@@ -68,9 +68,13 @@ class Header(NamedTuple):
     gop: int
     colour: int = 0
 
+    def colour_name(self) -> str:
+        """``matrix/range`` as :class:`~nvc_train.io.colour.ColourSpec` prints it, without importing torch."""
+        return f"{COLOUR_MATRICES[self.colour & 3] or 'bt709'}/{'full' if self.colour & 4 else 'limited'}"
+
     def colour_spec(self):
         """The source's colour conversion, BT.709 limited range when unspecified."""
-        from nvc_train.codec.colour import ColourSpec
+        from nvc_train.io.colour import ColourSpec
 
         return ColourSpec(COLOUR_MATRICES[self.colour & 3] or "bt709", "full" if self.colour & 4 else "limited")
 
@@ -109,7 +113,7 @@ def write_bitstream_bytes(coded: list[CodedFrame], width: int, height: int, chec
 class BitstreamWriter(AtomicOutput):
     """Stream frames to a .nvc file; the header's frame count is filled in on ``commit``.
 
-    Atomic (:class:`~nvc_train.codec.atomic.AtomicOutput`): an interrupted encode never
+    Atomic (:class:`~nvc_train.io.atomic.AtomicOutput`): an interrupted encode never
     leaves a partial bitstream under the user's name.
     """
 

@@ -19,12 +19,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from nvc_train.codec.bitstream import (EMBEDDED, colour_code, BitstreamWriter, Header, frame_record_size, iter_frames, read_header,
-                                       validate_file)
+from nvc_train.codec.bitstream import (
+    EMBEDDED,
+    BitstreamWriter,
+    Header,
+    colour_code,
+    frame_record_size,
+    iter_frames,
+    read_header,
+    validate_file,
+)
 from nvc_train.codec.integer_codec import DecodedFrame
-from nvc_train.codec.video_io import FrameReader, FrameWriter
 from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import ms_ssim, psnr
+from nvc_train.io.video import FrameReader, FrameWriter
 from nvc_train.models.ssf import MODEL_MULTIPLE
 from nvc_train.quant.export import IntegerCheckpoint
 
@@ -108,7 +116,7 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
     start = time.perf_counter()
     with BitstreamWriter(out, info.width, info.height, checkpoint.sha256, _fps_pair(info.fps), gop,
                          colour_code(info.colour)) as writer, \
-            tqdm(total=total, unit="frame", desc=f"encode {out.name}", disable=not progress, leave=False) as bar:
+            tqdm(total=total, unit=" frames", desc=f"encode {out.name}", disable=not progress, leave=False) as bar:
         sources: list[Tensor] = []
 
         def padded() -> Iterator[Tensor]:
@@ -172,7 +180,7 @@ def decode_video(bitstream: Path, checkpoint: IntegerCheckpoint,
     refs = iter(reference) if reference is not None else None
     start = time.perf_counter()
     writer = make_writer(header) if make_writer is not None else contextlib.nullcontext()
-    with writer, open(bitstream, "rb") as f, tqdm(total=header.frames, unit="frame", desc=f"decode {bitstream.name}",
+    with writer, open(bitstream, "rb") as f, tqdm(total=header.frames, unit=" frames", desc=f"decode {bitstream.name}",
                                                   disable=not progress, leave=False) as bar:
         read_header(f)
         # Both consumers advance in lockstep, so tee buffers at most one coded frame.

@@ -22,27 +22,14 @@ from compressai.entropy_models.entropy_models import EntropyModel
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
+from nvc_train.codec.frames import FRAME_PARTS, CodedFrame, CodedLatent  # noqa: F401 (re-exported)
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant.config import MEAN_FRAC_BITS, SYMBOL_LIMIT
 from nvc_train.quant.fake_quant import integer_hyper_input
 from nvc_train.quant.integer import IntegerHyperDecoder
 
-FRAME_PARTS = {"I": ("keyframe",), "P": ("motion", "residual")}
 """Which hyperpriors a frame of each type codes, in bitstream order."""
-
-
-class CodedLatent(NamedTuple):
-    """One hyperprior's bitstream for one frame: ``z_shape`` is (h, w) of the hyper-latent."""
-
-    y_string: bytes
-    z_string: bytes
-    z_shape: tuple[int, int]
-
-
-class CodedFrame(NamedTuple):
-    frame_type: str  # "I" or "P"
-    latents: dict[str, CodedLatent]
 
 
 class DecodedFrame(NamedTuple):

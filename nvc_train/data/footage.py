@@ -14,7 +14,7 @@ can be wrong) and writes::
 Files are split whole between train and validation (no file contributes to both), by a
 seeded hash of their path, so the split does not depend on scan order. Sources are only
 read. Clips are identical whether they come from the cache or from the video file: both
-convert colour with :mod:`nvc_train.codec.colour`, downscale with the same antialiased
+convert colour with :mod:`nvc_train.io.colour`, downscale with the same antialiased
 bilinear filter and round to 8 bits.
 """
 
@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nvc_train.codec.atomic import AtomicOutput, remove_path, replace_path
-from nvc_train.codec.colour import Window, crop, rgb_to_uint8
-from nvc_train.codec.video_io import PyAVReader, VideoError, Y4MReader, open_video
+from nvc_train.io.atomic import AtomicOutput, remove_path, replace_path
+from nvc_train.io.colour import Window, crop, rgb_to_uint8
+from nvc_train.io.video import PyAVReader, VideoError, Y4MReader, open_video
 from nvc_train.data.clips import centre_window, maybe_flip, random_window, validation_size
 from nvc_train.errors import UserError
 
@@ -98,6 +98,15 @@ class SourceFile:
     cache: str | None = None
     """Cache file name under OUT/cache, if cached."""
     description: str = ""
+    val_start: int | None = None
+    """A file split by time (the only file of its folder): clips from this frame on are
+    validation clips, clips ending before it training clips (``split`` is then "train")."""
+
+    def splits(self) -> dict[str, int]:
+        """Frames of this file in each split it serves."""
+        if self.val_start is None:
+            return {self.split: self.frames}
+        return {"train": self.val_start, "validation": self.frames - self.val_start}
 
 
 @dataclass
@@ -136,6 +145,14 @@ def validation_files(sources: list[str], fraction: float, seed: int) -> set[str]
     return set(ranked[:k])
 
 
+def time_split(frames: int, clip_len: int, fraction: float) -> int | None:
+    """First validation frame when one file is split by time: the last ``fraction`` of its
+    frames (at least one clip's worth), if at least one training clip remains before it."""
+    val_frames = max(clip_len, round(fraction * frames))
+    start = frames - val_frames
+    return start if start >= clip_len else None
+
+
 def clip_starts(frames: int, clip_len: int, stride: int) -> range:
     """Start frames of the clips a file of ``frames`` frames gives."""
     return range(0, frames - clip_len + 1, stride)
@@ -159,7 +176,7 @@ class _CacheFile(AtomicOutput):
             self.file.write(np.ascontiguousarray(frame).tobytes())
         except OSError as exc:
             raise UserError(f"cannot write the frame cache {self.tmp.parent}: {exc.strerror} "
-                            "(free space, or use --downscale, or drop --cache)") from None
+                            "(free space, or use --downscale, or drop --use-cache)") from None
 
     def _finish(self) -> None:
         self.file.close()
@@ -205,7 +222,8 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
     Args:
         clip_len: frames per clip (the DataModule's ``num_frames`` may be smaller).
         stride: frames between clip starts (default ``clip_len``: clips do not overlap).
-        val_fraction: share of *files* held out for validation.
+        val_fraction: share of *files* held out for validation; a folder of one file holds
+            out the last ``val_fraction`` of its frames instead (split by time).
         cache: also store every frame, downscaled, as raw RGB uint8 (fast loading).
         downscale: factor in (0, 1] applied to every frame (e.g. 0.5: 1080p → 540p).
         jobs: files decoded in parallel (worker processes).
@@ -220,7 +238,7 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if clip_len < 1 or stride < 1:
-        raise UserError(f"--clip-len and --stride must be at least 1, got {clip_len} and {stride}")
+        raise UserError(f"--num-frames and --stride must be at least 1, got {clip_len} and {stride}")
     if not 0 < downscale <= 1:
         raise UserError(f"--downscale must be in (0, 1], got {downscale}")
     if not 0 <= val_fraction < 1:
@@ -230,7 +248,7 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
     if (out / MANIFEST).exists() and not overwrite:
         raise UserError(f"{out} already holds prepared footage; pass --overwrite to replace it (its frame cache is reused)")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents and not src.is_file():
-        raise UserError(f"--out {out} is inside the footage folder {src}; choose a folder outside it")
+        raise UserError(f"--out-dir {out} is inside the footage folder {src}; choose a folder outside it")
     paths = scan_sources(src)
     if not paths:
         raise UserError(f"no video files ({', '.join(SOURCE_SUFFIXES)}) under {src}")
@@ -250,14 +268,14 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
 
         with ProcessPoolExecutor(min(jobs, len(paths)), mp_context=get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            results = tqdm(pool.map(_file_facts, tasks), total=len(paths), unit="file", disable=not progress,
+            results = tqdm(pool.map(_file_facts, tasks), total=len(paths), unit=" files", disable=not progress,
                            desc=f"decoding ({jobs} jobs)")
             outcomes = list(zip(paths, results))
     else:
-        bar = tqdm(total=None, unit="frame", disable=not progress, desc="decoding")
+        bar = tqdm(total=None, unit=" frames", disable=not progress, desc="decoding")
         outcomes = []
         for i, task in enumerate(tasks):
-            bar.set_description(f"file {i + 1}/{len(paths)} {task[0].name}")
+            bar.set_description(f"decoding file {i + 1} of {len(paths)} ({task[0].name})")
             outcomes.append((task[0], _file_facts(task, bar)))
         bar.close()
     for path, (facts, reason) in outcomes:
@@ -278,6 +296,12 @@ def prepare_footage(src: str | Path, out: str | Path, clip_len: int = 3, stride:
     val = validation_files(sorted(decoded), val_fraction, seed)
     files = [SourceFile(source=rel, split="validation" if rel in val else "train", **facts)
              for rel, facts in decoded.items()]
+    if len(files) == 1 and val_fraction > 0:
+        files[0].val_start = time_split(files[0].frames, clip_len, val_fraction)
+        if files[0].val_start is None:
+            warnings.warn(f"{files[0].source} alone has {files[0].frames} frames, too few to hold out "
+                          f"{val_fraction:.0%} for validation in clips of {clip_len}: no validation clips",
+                          stacklevel=2)
     clips = _write_dataset(out, files, clip_len, stride)
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "source_root": str(root.resolve()),
@@ -342,11 +366,16 @@ def _write_dataset(out: Path, files: list[SourceFile], clip_len: int, stride: in
     columns = {split: {name: [] for name in features} for split in SPLITS}
     for f in files:
         for start in clip_starts(f.frames, clip_len, stride):
+            split = f.split
+            if f.val_start is not None:  # split by time: no clip straddles the boundary
+                split = "validation" if start >= f.val_start else "train" if start + clip_len <= f.val_start else None
+                if split is None:
+                    continue
             row = {"source": f.source, "start": start, "num_frames": clip_len,
                    "start_pts": f.pts[start] if f.pts else -1, "width": f.width, "height": f.height,
                    "fps": float(Fraction(f.fps)), "file_frames": f.frames}
             for name, value in row.items():
-                columns[f.split][name].append(value)
+                columns[split][name].append(value)
     # An empty split is left out: datasets 4.x cannot load an empty split back from disk.
     dd = datasets.DatasetDict({split: datasets.Dataset.from_dict(columns[split], features=features)
                                for split in SPLITS if columns[split]["source"]})
@@ -381,7 +410,7 @@ def not_prepared_message(root: str | Path) -> str:
     root = Path(root)
     out = root.with_name(f"{root.name}-prepared")
     return (f"{root} is not prepared footage (no {MANIFEST}): if it holds your videos, run "
-            f"`nvc-train prepare-footage {root} --out {out}` and train with `--data.root {out}`")
+            f"`nvc-train prepare-footage {root} --out-dir {out}` and train with `--data.root {out}`")
 
 
 def read_manifest(root: Path) -> dict:

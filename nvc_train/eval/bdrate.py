@@ -3,6 +3,11 @@
 Common practice since JVET's CTC spreadsheets: interpolate each curve with a monotone
 piecewise cubic (PCHIP) instead of the original cubic polynomial fit, integrate over the
 overlapping interval, and average the difference.
+
+Both curves must be monotone (quality rises with rate at every point). A curve that dips
+(e.g. toy models whose q4 lands below q2) has no single rate at a given quality, so the
+integrals would compare arbitrary branches; such curves are refused with the offending
+pair named, not silently averaged.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ def _validate(rate, quality, label: str) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(q)
     if np.any(np.diff(q[order]) <= 0):
         raise ValueError(f"{label}: quality values must be distinct")
-    return r[order], q[order]
+    r, q = r[order], q[order]
+    dips = np.flatnonzero(np.diff(r) <= 0)
+    if dips.size:
+        i = int(dips[0])
+        raise ValueError(f"{label}: not a monotone RD curve: rate {r[i + 1]:.6g} gives {q[i + 1]:.4g} but rate "
+                         f"{r[i]:.6g} gives less ({q[i]:.4g}); BD-rate needs quality that rises with rate "
+                         f"(train the models further, or leave that point out)")
+    return r, q
 
 
 def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:

@@ -15,6 +15,7 @@ frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,10 @@ from pytorch_msssim import ms_ssim
 from torch import Tensor
 
 from nvc_train.codec.bitstream import HEADER_BYTES, frame_record_size, iter_frames, read_header
-from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420
+from nvc_train.io.colour import ColourSpec, rgb_to_ycbcr420
 from nvc_train.codec.files import encode_video, pad_frame
 from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
-from nvc_train.codec.video_io import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
+from nvc_train.io.video import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
 from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
 
@@ -46,6 +47,9 @@ class EvalModel:
     path: Path
     integer: object | None = None  # IntegerCheckpoint
     float_model: torch.nn.Module | None = None
+    quality: int | None = None
+    """CompressAI quality 1..9 (λ preset): the integer checkpoint's record, or a zoo-style
+    file name (``ssf2020-mse-3-<sha8>``); None if neither says."""
 
 
 def load_eval_model(path: str | Path, device: str) -> EvalModel:
@@ -59,14 +63,16 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
     if magic == MAGIC:
         ck = load_integer_checkpoint(path, device=device)
         family = "ptq" if "ptq" in (ck.metadata.get("config") or {}) else "qat"
-        return EvalModel(path.stem, family, path, integer=ck)
+        quality = ck.metadata.get("quality")
+        return EvalModel(path.stem, family, path, integer=ck, quality=int(quality) if quality else None)
     if path.suffix == ".ckpt":
-        raise UserError(f"{path} is a Lightning checkpoint: evaluate `nvc-train export` (integer) or "
+        raise UserError(f"{path} is a Lightning checkpoint: evaluate `nvc-train export-integer` or "
                         "`nvc-train export-float` (float) output")
     model = load_ssf(path).to(device).eval()
     model.update(force=True)
     name = path.name.removesuffix(".tar").removesuffix(".pth")
-    return EvalModel(name, "float", path, float_model=model)
+    zoo_name = re.fullmatch(r"ssf2020-mse-([1-9])(-[0-9a-f]{8})?", name)
+    return EvalModel(name, "float", path, float_model=model, quality=int(zoo_name.group(1)) if zoo_name else None)
 
 
 def collect_sequences(paths: list[str | Path]) -> list[Path]:
@@ -284,7 +290,8 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
         if not members:
             continue
         keys = [k for k in members[0][1]["results"] if all(k in m["results"] for _, m in members)]
-        results = {"q": [name for name, _ in members]}
+        # "q" is the quality, as CompressAI's results files hold it; the file names go under "model".
+        results = {"q": [m.get("quality") for _, m in members], "model": [name for name, _ in members]}
         results.update({k: [m["results"][k] for _, m in members] for k in keys})
         curves[family] = {"name": family, "description": f"nvc-train eval ({family} models, real coding)",
                           "results": results}
@@ -293,12 +300,25 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
 
 def plot_rd(curves: dict[str, dict], path: Path) -> None:
     """PSNR-RGB and MS-SSIM (dB) against bpp, one curve per family; written atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from nvc_train.io.atomic import atomic_write_bytes
+
+    fig = rd_figure(curves)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def rd_figure(curves: dict[str, dict]):
+    """The figure :func:`plot_rd` writes: a panel per metric, the legend below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from nvc_train.codec.atomic import atomic_write_bytes
 
     metrics = [("psnr-rgb", "PSNR-RGB [dB]")]
     if all("ms-ssim-rgb" in c["results"] for c in curves.values()):
@@ -310,16 +330,14 @@ def plot_rd(curves: dict[str, dict], path: Path) -> None:
             ys = np.array(curve["results"][metric])
             if metric.startswith("ms-ssim"):
                 ys = -10 * np.log10(np.maximum(1 - ys, 1e-12))
-            ax.plot(curve["results"]["bpp"], ys, styles.get(family, "o-"), label=family, linewidth=1.2)
+            ax.plot(curve["results"]["bpp"], ys, styles.get(family, "o-"), label=family, linewidth=1.2, markersize=6)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
         ax.grid(alpha=0.4)
-        ax.legend(loc="lower right")
+        ax.margins(x=0.12, y=0.15)  # a lone point or a short curve does not sit on the frame
+    # One legend for all panels, below them: it never covers a point.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
     fig.suptitle("Rate-distortion (real coding)")
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

@@ -45,7 +45,7 @@ class EvalSummary(NamedTuple):
 
 
 def read_eval(folder: Path, model: str, parent: str | None) -> EvalSummary:
-    """The checkpoint's point (and the parent's) from ``nvc-train eval --out FOLDER``.
+    """The checkpoint's point (and the parent's) from ``nvc-train eval --out-dir FOLDER``.
 
     ``model``/``parent`` are file names without suffix, as eval names its models.
     """
@@ -53,12 +53,13 @@ def read_eval(folder: Path, model: str, parent: str | None) -> EvalSummary:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"--eval {folder}: not a folder (give the --out folder of `nvc-train eval`)")
+        raise UserError(f"--eval {folder}: not a folder (give the --out-dir folder of `nvc-train eval`)")
     curves = {}
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
-            names, results = data["results"]["q"], data["results"]
+            results = data["results"]
+            names = results["model"] if "model" in results else results["q"]  # "q" held names before 0.2
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             continue  # not a results file of eval
         curves[data.get("name", path.stem)] = (names, results)
@@ -148,7 +149,7 @@ def model_card(
         f"- conformance records: {conformance}; `nvc-train conformance hf://{repo_id}` decodes them all "
         "(exit status 0 only if every hash matches)",
         f"- training data: {metadata.get('training_data')}",
-        f"- started from: {_origin_line(zoo_name, base_model)}",
+        f"- started from: {_origin_line(zoo_name, base_model, metadata.get('init_weights'))}",
         f"- float parent: {f'`{float_parent}` in this repository' if float_parent else 'not published'}",
         f"- packages: {metadata.get('packages')}",
         "",
@@ -166,13 +167,13 @@ def _contract_line(contract: dict) -> str:
     return "; ".join(f"{k}: {v}" for k, v in sorted(contract.items())) or "see the checkpoint metadata"
 
 
-def _origin_line(zoo_name: str | None, base_model: str | None) -> str:
-    parts = []
+def _origin_line(zoo_name: str | None, base_model: str | None, init_weights: str | None = None) -> str:
+    parts = [f"the float weights {init_weights}"] if init_weights else []
     if zoo_name:
         parts.append(f"CompressAI's pretrained `{zoo_name}` (model zoo, torch hub)")
     if base_model:
         parts.append(f"[{base_model}](https://huggingface.co/{base_model})")
-    return ", ".join(parts) or "random initialisation or a local float model (see the config)"
+    return ", ".join(parts) or "random initialisation (see the config)"
 
 
 def _results_lines(evaluation: EvalSummary | None) -> list[str]:

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from nvc_train.digest import sha256_file
+from nvc_train.io.digest import sha256_file
 from nvc_train.errors import UserError, require_file
 from nvc_train.hf.card import EvalSummary, model_card, read_eval
 from nvc_train.hf.refs import MANIFEST, MANIFEST_FORMAT
@@ -82,7 +82,7 @@ def prepare(
 
 def write_folder(plan: PublishPlan, folder: Path, overwrite: bool = False) -> list[Path]:
     """The publication as a local folder (``--dry-run``): exactly the files that would be sent."""
-    from nvc_train.codec.atomic import atomic_write_bytes
+    from nvc_train.io.atomic import atomic_write_bytes
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:

@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from nvc_train.digest import sha256_file
+from nvc_train.io.digest import sha256_file
 from nvc_train.errors import UserError
 
 PREFIX = "hf://"

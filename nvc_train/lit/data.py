@@ -118,6 +118,7 @@ class VimeoDataModule(ClipDataModule):
         if crop % MODEL_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
         self.save_hyperparameters()
+        self.hparams["_root_resolved"] = str(Path(root).resolve())  # identifies the data in model cards
         from nvc_train.data.vimeo import read_septuplet_list
 
         for split in ("train", "test"):  # fail before the logger starts
@@ -166,6 +167,11 @@ class FootageDataModule(ClipDataModule):
         # Fail before the logger starts; a Hub name is checked here and fetched in prepare_data.
         if not (self.prepared_root() / MANIFEST).exists() and not root.startswith("hf://"):
             raise FootageError(not_prepared_message(root))
+        if not root.startswith("hf://"):  # what identifies the data beyond a relative path (model cards)
+            from nvc_train.io.digest import sha256_file
+
+            self.hparams["_root_resolved"] = str(Path(root).resolve())
+            self.hparams["_manifest_sha256"] = sha256_file(Path(root) / MANIFEST)
 
     def prepared_root(self) -> Path:
         """The local prepared folder (for a Hub name: where ``prepare_data`` puts it)."""

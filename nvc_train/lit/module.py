@@ -11,6 +11,7 @@ optimisation (global step, accumulation, precision plugins, checkpoints) intact.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -110,7 +111,13 @@ class SSFLitModule(L.LightningModule):
         if init_weights:
             from nvc_train.hf.refs import resolve_checkpoint  # a file, or hf://OWNER/NAME/FILE
 
-            self.model = load_ssf(resolve_checkpoint(init_weights), flow_reference)
+            weights = resolve_checkpoint(init_weights)
+            self.model = load_ssf(weights, flow_reference)
+            if not str(init_weights).startswith("hf://"):  # a relative path means nothing in a model card
+                from nvc_train.io.digest import sha256_file
+
+                self.hparams["_init_weights_resolved"] = str(Path(weights).resolve())
+                self.hparams["_init_weights_sha256"] = sha256_file(weights)
         else:
             self.model = build_ssf(flow_reference)
         # The value in effect (possibly read from init_weights) is what checkpoints record.
@@ -146,6 +153,18 @@ class SSFLitModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._start_from_zoo()
+
+    # --- checkpoints carry the random state (nvc_train/lit/rng.py) ----------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from nvc_train.lit.rng import KEY, collect_rng_states
+
+        checkpoint[KEY] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from nvc_train.lit.rng import KEY, restore_rng_states
+
+        if KEY in checkpoint and self._trainer is not None:  # a resume, not a plain load of the weights
+            restore_rng_states(checkpoint[KEY], self.trainer.global_rank)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         resize_entropy_buffers(self.model, state_dict, prefix="model.")

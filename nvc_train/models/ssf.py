@@ -20,14 +20,13 @@ from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
 from nvc_train.errors import UserError, require_file
+from nvc_train.models.geometry import MODEL_MULTIPLE  # noqa: F401 (re-exported)
 
 PARTS = ("keyframe", "motion", "residual")
 """Names of the three hyperpriors, as CompressAI's likelihood dicts call them."""
 
 HYPERPRIOR_ATTR = {"keyframe": "img_hyperprior", "motion": "motion_hyperprior", "residual": "res_hyperprior"}
 
-MODEL_MULTIPLE = 128
-"""Frame sides must be multiples of this: 4 stride-2 analysis layers, then 3 hyper layers."""
 
 
 def rescale_flow(motion_info: Tensor, flow_reference: int) -> Tensor:

@@ -31,7 +31,7 @@ from urllib.error import URLError
 import torch
 from torch import Tensor
 
-from nvc_train.digest import sha256_file
+from nvc_train.io.digest import sha256_file
 from nvc_train.errors import UserError
 
 ARCHITECTURE = "ssf2020"
@@ -165,7 +165,7 @@ def write_zoo_file(model, out_dir: Path, metric: str, quality: int) -> Path:
     The name depends on the content, so an existing file of that name holds the same bytes
     and is left as it is.
     """
-    from nvc_train.codec.atomic import atomic_write_bytes
+    from nvc_train.io.atomic import atomic_write_bytes
 
     payload = zoo_file_bytes(model)
     path = Path(out_dir) / zoo_filename(f"{ARCHITECTURE}-{metric}-{quality}", payload)

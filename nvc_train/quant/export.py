@@ -33,7 +33,7 @@ import torch
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor
 
-from nvc_train.codec.atomic import atomic_write_bytes
+from nvc_train.io.atomic import atomic_write_bytes
 from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
 from nvc_train.errors import UserError, require_file
 from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_dict
@@ -126,7 +126,7 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
     data = path.read_bytes()
     if len(data) < _HEADER.size or not data.startswith(MAGIC):
         if data[:2] == b"PK" or data[:1] == b"\x80":
-            raise UserError(f"{path} is a float PyTorch checkpoint, not an integer one: run `nvc-train export` on it first")
+            raise UserError(f"{path} is a float PyTorch checkpoint, not an integer one: run `nvc-train export-integer` on it first")
         raise UserError(f"{path} is not an nvc-train integer checkpoint (bad magic)")
     _, version, length, digest = _HEADER.unpack_from(data)
     if version > FORMAT_VERSION:
@@ -171,6 +171,7 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         f"- quantization: {metadata.get('quant')}",
         f"- largest accumulator bound: {worst} (< 2**53 = {2**53}: exact in float64)",
         f"- training data: {metadata.get('training_data')}",
+        *([f"- started from the float weights: {metadata['init_weights']}"] if metadata.get("init_weights") else []),
         f"- packages: {metadata.get('packages')}",
         "",
         f"- conformance records: {conformance.describe()}",

@@ -3,7 +3,7 @@
 Inputs: .mp4/.mov/.mkv/.avi/.webm (PyAV), .y4m, raw .yuv (4:2:0, 8 or 10 bit; size and fps from
 options or from a ``name_WxH_FPS…`` file name), and folders of PNG files. Outputs: .y4m, raw
 .yuv (yuv420p 8-bit), .mp4/.mkv/.mov (H.264: lossless RGB or high-quality 4:2:0), PNG
-folders. Colour conversion is defined in :mod:`nvc_train.codec.colour`.
+folders. Colour conversion is defined in :mod:`nvc_train.io.colour`.
 
 Readers and writers stream: memory does not grow with the length of the video. Writers are
 atomic: they write to a hidden temporary beside the target and rename it into place only
@@ -23,17 +23,19 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from torch import Tensor
 
-from nvc_train.codec.atomic import AtomicOutput
-from nvc_train.codec.colour import ColourSpec, Window, crop, rgb_to_uint8, rgb_to_ycbcr420, uint_to_rgb, ycbcr_to_rgb
-from nvc_train.errors import UserError, check_output_file
+from nvc_train.io.paths import CONTAINER_SUFFIXES, OUTPUT_SUFFIXES, VideoError, check_output_path  # noqa: F401 (re-exported)
+from nvc_train.io.atomic import AtomicOutput
+from nvc_train.io.colour import (
+    ColourSpec,
+    Window,
+    crop,
+    rgb_to_uint8,
+    rgb_to_ycbcr420,
+    uint_to_rgb,
+    ycbcr_to_rgb,
+)
 
-CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
-OUTPUT_SUFFIXES = (".y4m", ".yuv", ".mp4", ".mkv", ".mov")
 MP4_MODES = ("lossless", "high")
-
-
-class VideoError(UserError):
-    """A video input or output that cannot be used as asked."""
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,7 @@ class H264Writer(FrameWriter):
 
         super().__init__(path, width, height, fps)
         if mode == "high" and (width % 2 or height % 2):
-            raise VideoError(f"--mp4-mode high needs even sides for 4:2:0, not {width}x{height}: use --mp4-mode lossless")
+            raise VideoError(f"--h264-mode high needs even sides for 4:2:0, not {width}x{height}: use --h264-mode lossless")
         self.mode, self.spec = mode, spec
         self.container = av.open(str(self.tmp), "w", format={".mkv": "matroska", ".mov": "mov"}.get(path.suffix, "mp4"))
         if mode == "lossless":
@@ -530,18 +532,6 @@ class H264Writer(FrameWriter):
         self.container.close()
 
 
-def check_output_path(path: str | Path, overwrite: bool) -> Path:
-    """Validate an output path before any work is done (suffix, folder, no silent overwrite)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix and suffix not in OUTPUT_SUFFIXES + (".nvc",):
-        raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")
-    try:
-        return check_output_file(path, overwrite, folder_ok=True)
-    except UserError as exc:
-        raise VideoError(str(exc)) from None
-
-
 def open_writer(path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec = ColourSpec(),
                 mp4_mode: str = "lossless") -> FrameWriter:
     """A writer chosen by suffix: .y4m, .yuv, .mp4/.mkv/.mov, or no suffix for a PNG folder."""
@@ -552,7 +542,7 @@ def open_writer(path: Path, width: int, height: int, fps: Fraction, spec: Colour
         return _YUVFileWriter(path, width, height, fps, spec)
     if suffix in (".mp4", ".mkv", ".mov"):
         if mp4_mode not in MP4_MODES:
-            raise VideoError(f"unknown --mp4-mode {mp4_mode!r}: use lossless or high")
+            raise VideoError(f"unknown --h264-mode {mp4_mode!r}: use lossless or high")
         return H264Writer(path, width, height, fps, spec, mp4_mode)
     if suffix:
         raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")

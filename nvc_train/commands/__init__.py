@@ -1,0 +1,23 @@
+"""The plain ``nvc-train`` subcommands (everything but fit/validate/test), one module per family.
+
+Each module defines ``add_parsers(sub)``, which adds its subcommands and sets ``run`` to the
+function that carries one out. Imports go one way: ``nvc_train.cli`` → these modules → the
+library; modules here import torch and the models only inside the functions that need them,
+so an argument error or ``info`` answers without loading them.
+
+============== ===========================================================
+module          subcommands
+============== ===========================================================
+export          export-float, export-integer (export), ptq
+codec           encode, decode, info, hashes (verify), compare
+data            prepare-footage
+evaluation      eval, bdrate
+conformance     conformance
+hub             publish
+demo            demo
+============== ===========================================================
+"""
+
+from nvc_train.commands import codec, conformance, data, demo, evaluation, export, hub
+
+FAMILIES = (export, conformance, codec, data, evaluation, hub, demo)

@@ -1,0 +1,269 @@
+"""The codec on files: ``encode``, ``decode``, ``info``, ``hashes`` (alias ``verify``) and ``compare``.
+
+``info`` reads a header without importing torch, so it answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from nvc_train.commands.common import (
+    CHECKPOINT_HELP,
+    Deprecated,
+    add_device,
+    add_input_options,
+    add_overwrite,
+    add_quiet,
+    check_gop_frames,
+    checkpoint_path,
+    device,
+    input_options,
+    warn_deprecated,
+)
+from nvc_train.errors import UserError, require_file
+from nvc_train.io.paths import check_input_path, check_output_path
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("encode", help="video file → .nvc bitstream (integer checkpoint)",
+                       description="Encode a video (.mp4/.mov/.mkv/.avi/.webm, .y4m, raw .yuv, PNG folder) "
+                                   "as a keyframe every --gop frames and P-frames between.")
+    s.add_argument("input", help="video file, .y4m, .yuv or a folder of PNG frames")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="output .nvc file")
+    s.add_argument("--checkpoint", required=True,
+                   help=f"integer checkpoint from `nvc-train export-integer` or `ptq` ({CHECKPOINT_HELP})")
+    s.add_argument("--frames", type=int, default=None, help="encode at most N frames")
+    s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
+    add_device(s)
+    add_input_options(s, "input")
+    add_overwrite(s)
+    add_quiet(s)
+    s.set_defaults(run=encode)
+
+    s = sub.add_parser("decode", help=".nvc bitstream → video (y4m, yuv, mp4/mkv/mov, PNG folder)",
+                       description="Decode a .nvc bitstream. The output format follows the suffix of -o; a path "
+                                   "without a suffix becomes a folder of PNG frames. Without -o, decode only "
+                                   "(e.g. to measure against --reference).")
+    s.add_argument("bitstream")
+    s.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="output .y4m, .yuv (yuv420p), .mp4/.mkv/.mov or PNG folder")
+    s.add_argument("--checkpoint", required=True,
+                   help=f"the integer checkpoint the bitstream was encoded with ({CHECKPOINT_HELP})")
+    add_device(s)
+    s.add_argument("--h264-mode", dest="h264_mode", default="lossless", choices=("lossless", "high"),
+                   help="H.264 outputs (.mp4, .mkv, .mov): lossless = RGB at QP 0 (exact 8-bit RGB, fewer players); "
+                        "high = 4:2:0 CRF 12 (plays everywhere) (default: %(default)s)")
+    s.add_argument("--mp4-mode", dest="h264_mode", choices=("lossless", "high"), action=Deprecated, new="--h264-mode")
+    s.add_argument("--reference", default=None, help="source video to report PSNR-RGB, MS-SSIM and bpp against")
+    add_input_options(s, "output", output=True)
+    s.add_argument("--reference-matrix", default=None, choices=("bt709", "bt601", "bt2020"),
+                   help="Y'CbCr matrix of the --reference (default: its colour tags, else bt709); "
+                        "independent of --matrix, which only sets the output's")
+    s.add_argument("--reference-range", default=None, choices=("limited", "full"),
+                   help="Y'CbCr range of the --reference (default: its colour tags, else limited)")
+    add_overwrite(s)
+    add_quiet(s)
+    s.set_defaults(run=decode)
+
+    s = sub.add_parser("info", help="describe a .nvc bitstream: header, frame types and sizes")
+    s.add_argument("bitstream")
+    s.add_argument("--per-frame", action="store_true", help="one line per frame: type, bytes, bpp")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(run=info)
+
+    s = sub.add_parser("hashes", aliases=["verify"],
+                       help="print the SHA-256 of every frame's decoded latents (diff them across machines)",
+                       description="Decode the latents of a bitstream and print one line per frame: index, type "
+                                   "(I/P) and the SHA-256 of its decoded latents. Run it on two machines and give "
+                                   "both outputs to `nvc-train compare`. `verify` is the old name of this command.")
+    s.add_argument("bitstream")
+    s.add_argument("--checkpoint", required=True, help=f"integer checkpoint ({CHECKPOINT_HELP})")
+    add_device(s)
+    s.set_defaults(run=hashes)
+
+    s = sub.add_parser("compare", help="compare two machines' `nvc-train hashes` outputs (and their decodes)",
+                       description="Names every frame whose decoded latents differ between two machines; with "
+                                   "--decodes, prints the PSNR between the two decoded videos per frame and its "
+                                   "position in the GOP (pixel drift of the float synthesis). Exit 1 if latents differ.")
+    s.add_argument("hashes_a", help="`nvc-train hashes` output of machine A")
+    s.add_argument("hashes_b", help="`nvc-train hashes` output of machine B")
+    s.add_argument("--decodes", nargs=2, metavar=("VIDEO_A", "VIDEO_B"), help="the same bitstream decoded on A and B")
+    s.set_defaults(run=compare)
+
+
+def encode(args) -> int:
+    """Video file → .nvc bitstream with an integer checkpoint."""
+    check_gop_frames(args)
+    options = input_options(args)
+    check_input_path(args.input)
+    out = check_output_path(args.output, args.overwrite)
+    if out.suffix != ".nvc":
+        raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
+    dev = device(args.device)
+    checkpoint = checkpoint_path(args.checkpoint)
+    # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
+    from nvc_train.codec.files import encode_video
+    from nvc_train.io.video import open_video
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    ck = load_integer_checkpoint(checkpoint, device=dev)
+    with open_video(args.input, options) as reader:
+        if not args.quiet:
+            info = reader.info
+            print(f"input: {args.input}: {info.width}x{info.height} @ {float(info.fps):.3f} fps, {info.description}")
+        report = encode_video(reader, out, ck, gop=args.gop, device=dev, max_frames=args.frames,
+                              progress=not args.quiet)
+    if not args.quiet:
+        print(report.summary(f"encoded {out}:"))
+    return 0
+
+
+def decode(args) -> int:
+    """.nvc bitstream → video file (y4m, yuv, mp4/mkv/mov, PNG folder); optional quality report."""
+    from dataclasses import replace
+    from fractions import Fraction
+
+    bitstream = require_file(args.bitstream, "bitstream")
+    out = check_output_path(args.output, args.overwrite) if args.output else None
+    if out is not None and out.suffix == ".nvc":
+        raise UserError("decode writes video (.y4m, .yuv, .mp4, .mkv, .mov or a PNG folder), not .nvc")
+    if args.reference:
+        check_input_path(args.reference, "--reference")
+    dev = device(args.device)
+    checkpoint = checkpoint_path(args.checkpoint)
+    # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
+    from nvc_train.codec.files import decode_video
+    from nvc_train.io.colour import ColourSpec
+    from nvc_train.io.video import open_video, open_writer
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    # The reference is read with its own tags (or --reference-matrix/-range), never with the
+    # output's --matrix/--range: those say how to write the decoded video, not how to read the source.
+    reference_options = replace(input_options(args), matrix=args.reference_matrix, range=args.reference_range)
+    ck = load_integer_checkpoint(checkpoint, device=dev)
+
+    def make_writer(header):
+        tagged = header.colour_spec()
+        try:
+            spec = ColourSpec(args.matrix or tagged.matrix, args.range or tagged.range)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return open_writer(out, header.width, header.height, Fraction(header.fps_num, header.fps_den), spec,
+                           args.h264_mode)
+
+    reference = open_video(args.reference, reference_options) if args.reference else None
+    try:
+        report = decode_video(bitstream, ck, make_writer if out else None, dev, reference,
+                              progress=not args.quiet)
+    finally:
+        if reference is not None:
+            reference.close()
+    if not args.quiet:
+        print(report.summary(f"decoded {args.bitstream}{' → ' + str(out) if out else ''}:"))
+    return 0
+
+
+def info(args) -> int:
+    """Describe a .nvc bitstream (no checkpoint needed, no torch imported)."""
+    from nvc_train.codec.bitstream import (
+        EMBEDDED,
+        frame_record_size,
+        iter_frames,
+        read_header,
+    )
+
+    path = require_file(args.bitstream, "bitstream")
+    with open(path, "rb") as f:
+        header = read_header(f)
+        frames = [(cf.frame_type, frame_record_size(cf)) for cf in iter_frames(f, header)]
+    size = path.stat().st_size
+    pixels = header.width * header.height
+    summary = {
+        "file": str(path), "format_version": header.version, "bytes": size,
+        "checkpoint_sha256": None if header.checkpoint_sha256 == EMBEDDED else header.checkpoint_sha256.hex(),
+        "width": header.width, "height": header.height, "fps": f"{header.fps_num}/{header.fps_den}",
+        "frames": header.frames, "gop": header.gop, "colour": header.colour_name(),
+        "keyframes": sum(t == "I" for t, _ in frames), "bpp": round(8 * size / (pixels * header.frames), 6),
+    }
+    if args.json:
+        if args.per_frame:
+            summary["per_frame"] = [{"index": i, "type": t, "bytes": b, "bpp": round(8 * b / pixels, 6)}
+                                    for i, (t, b) in enumerate(frames)]
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        print(f"{key:18} {value if value is not None else 'embedded conformance stream'}")
+    if args.per_frame:
+        print("frame type bytes bpp")
+        for i, (t, b) in enumerate(frames):
+            print(f"{i} {t} {b} {8 * b / pixels:.5f}")
+    return 0
+
+
+def hashes(args) -> int:
+    """Per-frame latent hashes of a bitstream, one line per frame, for ``diff`` across machines."""
+    if args.command == "verify":
+        warn_deprecated("`nvc-train verify`", "`nvc-train hashes`")
+    path = require_file(args.bitstream, "bitstream")
+    dev = device(args.device)
+    checkpoint = checkpoint_path(args.checkpoint)
+    from nvc_train.codec.bitstream import read_bitstream_bytes
+    from nvc_train.codec.files import open_checked
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    ck = load_integer_checkpoint(checkpoint, device=dev)
+    open_checked(path, ck)
+    _, coded = read_bitstream_bytes(path.read_bytes())
+    for t, frame in enumerate(ck.codec.decompress_iter(coded, dev)):
+        print(f"{t} {coded[t].frame_type} {frame.latent_sha256}")
+    return 0
+
+
+def compare(args) -> int:
+    """Compare two machines' `nvc-train hashes` outputs, and optionally their decoded videos."""
+    a, b = (read_hashes(p) for p in (args.hashes_a, args.hashes_b))
+    if len(a) != len(b):
+        print(f"frame counts differ: {len(a)} vs {len(b)}")
+    differing = [t for t, (x, y) in enumerate(zip(a, b)) if x != y]
+    for t in differing:
+        print(f"frame {t} ({a[t][0]}): latents differ: {a[t][1][:16]}… vs {b[t][1][:16]}…")
+    n = min(len(a), len(b))
+    print(f"latents: {n - len(differing)} of {n} frames identical" + ("" if differing else " (bit-exact)"))
+    if args.decodes:
+        import torch
+
+        from nvc_train.io.video import InputOptions, open_video
+
+        readers = [open_video(p, InputOptions()) for p in args.decodes]
+        try:
+            print("frame type gop_pos psnr_between_decodes_db")
+            worst, gop_start = math.inf, 0
+            for t, (fa, fb) in enumerate(zip(*readers)):
+                ftype = a[t][0] if t < len(a) else "?"
+                gop_start = t if ftype == "I" else gop_start
+                mse = torch.mean((torch.round(fa * 255) - torch.round(fb * 255)) ** 2).item()
+                value = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+                worst = min(worst, value)
+                print(f"{t} {ftype} {t - gop_start} {'identical' if mse == 0 else f'{value:.2f}'}")
+            print("pixel drift: none (identical decodes)" if worst == math.inf else f"pixel drift: worst {worst:.2f} dB")
+        finally:
+            for r in readers:
+                r.close()
+    return 1 if differing or len(a) != len(b) else 0
+
+
+def read_hashes(path: str) -> list[tuple[str, str]]:
+    """``nvc-train hashes`` output → [(frame type, latent SHA-256)] in frame order."""
+    p = require_file(path, "hashes file")
+    rows = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in ("I", "P") or len(parts[2]) != 64:
+            raise UserError(f"{p}:{n}: not a `nvc-train hashes` line: {line[:60]!r}")
+        if int(parts[0]) != len(rows):
+            raise UserError(f"{p}:{n}: frame {parts[0]} out of order")
+        rows.append((parts[1], parts[2]))
+    if not rows:
+        raise UserError(f"{p} is empty")
+    return rows
