@@ -108,7 +108,7 @@ def sequences(tmp_path_factory):
     """Two generated sequences: an H.264 .mp4 and a .y4m (MS-SSIM needs sides ≥ 161)."""
     from fractions import Fraction
 
-    from nvc_train.codec.video_io import open_writer
+    from nvc_train.io.video import open_writer
     from tests.codec.video_fixtures import clip, write_h264
 
     folder = tmp_path_factory.mktemp("seqs")
@@ -124,7 +124,7 @@ def float_weights(float_module, tmp_path_factory):
     """``float_module`` as a ScaleSpaceFlow state dict (``export-float``'s format)."""
     import copy
 
-    from nvc_train.commands import save_float_state_dict
+    from nvc_train.lit.checkpoints import save_float_state_dict
 
     path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
     save_float_state_dict(copy.deepcopy(float_module.model), path)
@@ -133,10 +133,10 @@ def float_weights(float_module, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def evaluation(int_checkpoint, float_weights, sequences, tmp_path_factory):
-    """``nvc-train eval`` of the integer checkpoint and its float parent: (exit code, --out folder)."""
+    """``nvc-train eval`` of the integer checkpoint and its float parent: (exit code, --out-dir folder)."""
     from nvc_train.cli import main as cli_main
 
     out = tmp_path_factory.mktemp("eval")
     code = cli_main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
-                     "--out", str(out), "--frames", "3", "--gop", "2", "--quiet"])
+                     "--out-dir", str(out), "--frames", "3", "--gop", "2", "--quiet"])
     return code, out

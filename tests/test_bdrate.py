@@ -35,3 +35,15 @@ def test_bad_curves_are_refused():
         bd_rate([0.1], [30.0], RATES, PSNR)
     with pytest.raises(ValueError, match="positive"):
         bd_rate([0.0, 0.1], [30.0, 31.0], RATES, PSNR)
+
+
+def test_non_monotone_curves_are_refused_with_the_pair_named():
+    """BENCHMARKS.md's toy q2–q8 parents (q4 below q2 in PSNR at higher rate): refused, not averaged.
+    Control: the same points without the dipping one give a number."""
+    rates, psnr = [0.4615, 1.0959, 1.3514, 1.4938], [18.06, 17.44, 18.41, 17.28]
+    with pytest.raises(ValueError, match=r"anchor: not a monotone RD curve: rate 1\.0959 gives 17\.44 but rate "
+                                         r"1\.4938 gives less \(17\.28\)"):
+        bd_rate(rates, psnr, RATES, PSNR)
+    with pytest.raises(ValueError, match="test: not a monotone"):
+        bd_psnr(RATES, PSNR, rates, psnr)
+    assert math.isfinite(bd_rate(RATES, PSNR, [0.1, 0.2, 0.4], [32.0, 34.0, 36.0]))

@@ -25,9 +25,10 @@ PLAIN_COMMANDS = sorted(set(build_parser()._subparsers._group_actions[0].choices
 @pytest.mark.parametrize("command", PLAIN_COMMANDS)
 def test_every_subcommand_reports_bad_arguments_in_one_line(command, capsys):
     line = one_line_error([command, "--no-such-option"], capsys)
+    name = build_parser()._subparsers._group_actions[0].choices[command].prog.split()[-1]  # an alias: its command
     # argparse reports missing required arguments first, where the command has any
-    assert f"{command}: the following arguments are required" in line or "unrecognized arguments" in line
-    assert f"(see `nvc-train {command} --help`)" in line or "(see `nvc-train --help`)" in line
+    assert f"{name}: the following arguments are required" in line or "unrecognized arguments" in line
+    assert f"(see `nvc-train {name} --help`)" in line or "(see `nvc-train --help`)" in line
 
 
 @pytest.fixture
@@ -48,29 +49,43 @@ CASES = [
     (["nosuch"], "argument COMMAND: invalid choice: 'nosuch'"),
     ([], "the following arguments are required: COMMAND"),
     (["decode", "x.nvc"], "decode: the following arguments are required: --checkpoint"),
-    (["decode", "x.nvc", "--checkpoint", "c", "--mp4-mode", "fast"], "argument --mp4-mode: invalid choice: 'fast'"),
-    (["export-float", "a", "b", "--zoo", "--quality", "12"], "argument --quality: invalid choice: 12"),
+    (["decode", "x.nvc", "--checkpoint", "c", "--h264-mode", "fast"], "argument --h264-mode: invalid choice: 'fast'"),
+    (["export-float", "a", "--out-dir", "b", "--zoo", "--quality", "12"], "argument --quality: invalid choice: 12"),
     (["encode", "in.mp4", "-o", "o.nvc", "--checkpoint", "c", "--gop", "-1"], "--gop -1: must be ≥ 0"),
     (["encode", "in.mp4", "-o", "o.nvc", "--checkpoint", "c", "--frames", "0"], "--frames 0: must be ≥ 1"),
-    (["eval", "--checkpoint", "c", "--data", "d", "--frames", "0", "--out", "{tmp}/e"], "--frames 0: must be ≥ 1"),
-    (["eval", "--checkpoint", "c", "--data", "d", "--out", "{tmp}/a-file/sub"], "cannot create --out {tmp}/a-file/sub"),
-    (["eval", "--checkpoint", "c", "--data", "d", "--out", "{tmp}/done"], "--out {tmp}/done already holds summary.md"),
-    (["ptq", "m.pth.tar", "--out", "{tmp}/p", "--size", "200"], "--size 200: must be a positive multiple of 128"),
-    (["ptq", "m.pth.tar", "--out", "{tmp}/p", "--frames", "0"], "--frames must be ≥ 1"),
-    (["ptq", "m.pth.tar", "--out", "{tmp}/p", "--quality", "0"], "argument --quality: invalid choice: 0"),
-    (["ptq", "m.pth.tar", "--out", "{tmp}/done"], "--out {tmp}/done already holds ptq_report.json"),
-    (["ptq", "m.pth.tar", "--out", "{tmp}/a-file"], "--out {tmp}/a-file is a file, not a folder"),
-    (["export-float", "run.ckpt", "{tmp}/existing.pth.tar"], "{tmp}/existing.pth.tar exists: pass --overwrite"),
-    (["export-float", "run.ckpt", "{tmp}/done"], "output {tmp}/done is a directory, not a file"),
-    (["export-float", "run.ckpt", "{tmp}/nowhere/x.pth.tar"], "output folder {tmp}/nowhere does not exist"),
-    (["export", "run.ckpt", "--out", "{tmp}/a-file"], "--out {tmp}/a-file is a file, not a folder"),
+    (["eval", "--checkpoint", "c", "--data", "d", "--frames", "0", "--out-dir", "{tmp}/e"], "--frames 0: must be ≥ 1"),
+    (["eval", "--checkpoint", "c", "--data", "d", "--out-dir", "{tmp}/a-file/sub"], "cannot create --out-dir {tmp}/a-file/sub"),
+    (["eval", "--checkpoint", "c", "--data", "d", "--out-dir", "{tmp}/done"], "--out-dir {tmp}/done already holds summary.md"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/p", "--size", "200"], "--size 200: must be a positive multiple of 128"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/p", "--num-frames", "0"], "--num-frames must be ≥ 1"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/p", "--quality", "0"], "argument --quality: invalid choice: 0"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/done"], "--out-dir {tmp}/done already holds ptq_report.json"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/a-file"], "--out-dir {tmp}/a-file is a file, not a folder"),
+    (["export-float", "run.ckpt", "-o", "{tmp}/existing.pth.tar"], "{tmp}/existing.pth.tar exists: pass --overwrite"),
+    (["export-float", "run.ckpt", "-o", "{tmp}/done"], "output {tmp}/done is a directory, not a file"),
+    (["export-float", "run.ckpt", "-o", "{tmp}/nowhere/x.pth.tar"], "output folder {tmp}/nowhere does not exist"),
+    (["export-integer", "{tmp}/a-file", "--out-dir", "{tmp}/a-file"], "--out-dir {tmp}/a-file is a file, not a folder"),
     (["conformance", "c", "--device", "tpu"], "unknown device 'tpu'"),
-    (["verify", "x.nvc", "--checkpoint", "hf://me"], "hf://me is not a checkpoint on the Hub"),
+    (["hashes", "{tmp}/a-file", "--checkpoint", "hf://me"], "hf://me is not a checkpoint on the Hub"),
     (["publish", "c"], "publish: the following arguments are required: --repo"),
     (["bdrate", "a.json"], "bdrate: the following arguments are required: test"),
     (["compare", "a", "b", "--decodes", "x"], "argument --decodes: expected 2 arguments"),
     (["info", "{tmp}/done"], "bitstream {tmp}/done is a directory, not a file"),
-    (["prepare-footage", "src"], "prepare-footage: the following arguments are required: --out"),
+    (["prepare-footage", "src"], "prepare-footage: the following arguments are required: --out-dir"),
+    (["export-integer", "run.ckpt"], "export-integer: the following arguments are required: --out-dir"),
+    (["export-float", "run.ckpt"], "export-float: the following arguments are required: -o/--output"),
+    (["export-float", "run.ckpt", "--zoo"], "export-float: the following arguments are required: --out-dir"),
+    (["export-float", "run.ckpt", "-o", "x.pth.tar", "--zoo"], "--zoo names the file itself"),
+    (["export-float", "run.ckpt", "--out-dir", "d"], "--out-dir is for --zoo"),
+    (["demo", "--float-steps", "0"], "--float-steps 0: must be ≥ 1"),
+    (["demo", "--out-dir", "{tmp}/a-file/sub", "--float-steps", "1"], "cannot create {tmp}/a-file/sub"),
+    (["encode", "in.mp4", "-o", "o.nvc", "--checkpoint", "c", "--fps", "0"], "--fps '0': must be positive"),
+    (["encode", "{tmp}/missing.mp4", "-o", "{tmp}/o.nvc", "--checkpoint", "c"], "input not found: {tmp}/missing.mp4"),
+    (["encode", "{tmp}/a-file", "-o", "{tmp}/o.nvc", "--checkpoint", "{tmp}/c"], "checkpoint not found: {tmp}/c"),
+    (["decode", "{tmp}/missing.nvc", "--checkpoint", "c"], "bitstream not found: {tmp}/missing.nvc"),
+    (["decode", "{tmp}/a-file", "--checkpoint", "c", "-o", "{tmp}/x.avi"], "unsupported output x.avi"),
+    (["decode", "{tmp}/a-file", "--checkpoint", "c", "--reference", "{tmp}/nope.mp4"], "--reference not found"),
+    (["eval", "--checkpoint", "{tmp}/c", "--data", "d", "--out-dir", "{tmp}/e"], "checkpoint not found: {tmp}/c"),
 ]
 
 
@@ -83,6 +98,67 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, files, capsys):
 def test_an_output_is_replaced_only_with_overwrite(files, capsys):
     """The refusal above is the default; --overwrite lets the same command past the check
     (here to the next one: the placeholder checkpoint is not a Lightning checkpoint)."""
-    line = one_line_error(["export-float", files / "a-file", files / "existing.pth.tar", "--overwrite"], capsys)
+    line = one_line_error(["export-float", files / "a-file", "-o", files / "existing.pth.tar", "--overwrite"], capsys)
     assert "is not a readable PyTorch checkpoint" in line
     assert (files / "existing.pth.tar").read_text() == "x"
+
+
+# The command line's shape: one rule for outputs, --overwrite and --quiet, checked on every
+# subcommand so a new one cannot drift from it.
+SUBPARSERS = build_parser()._subparsers._group_actions[0].choices
+WRITES_FILE = {"encode", "decode", "export-float"}
+WRITES_FOLDER = {"export-float", "export-integer", "export", "ptq", "eval", "prepare-footage", "demo"}
+LONG_RUNNING = {"encode", "decode", "export-float", "export-integer", "export", "ptq", "eval", "prepare-footage",
+                "conformance", "publish", "demo"}
+
+
+def options_of(command: str) -> dict[str, object]:
+    return {flag: action for action in SUBPARSERS[command]._actions for flag in action.option_strings
+            if action.help != "==SUPPRESS=="}
+
+
+@pytest.mark.parametrize("command", PLAIN_COMMANDS)
+def test_every_subcommand_names_its_outputs_one_way(command):
+    options = options_of(command)
+    output_like = {f for f in options if f.startswith("--out") or f in ("-o", "--output", "--checkpoints")}
+    expected = ({"-o", "--output"} if command in WRITES_FILE else set()) | \
+               ({"--out-dir"} if command in WRITES_FOLDER else set())
+    assert output_like == expected, f"{command}: {sorted(output_like)}"
+    if command in WRITES_FILE | WRITES_FOLDER - {"demo"}:
+        assert "--overwrite" in options or command in ("export-integer", "export"), command
+    assert ("--quiet" in options and "-q" in options) == (command in LONG_RUNNING), command
+
+
+DEPRECATED = [
+    (["export", "{tmp}/a-file", "--out", "{tmp}/a-file"], "`nvc-train export` is deprecated, use `nvc-train export-integer`",
+     "--out-dir {tmp}/a-file is a file, not a folder"),
+    (["ptq", "m.pth.tar", "--out", "{tmp}/done"], "--out is deprecated, use --out-dir", "--out-dir {tmp}/done already holds"),
+    (["eval", "--checkpoint", "c", "--data", "d", "--out", "{tmp}/done"], "--out is deprecated, use --out-dir",
+     "--out-dir {tmp}/done already holds summary.md"),
+    (["ptq", "m.pth.tar", "--out-dir", "{tmp}/p", "--frames", "0"], "--frames is deprecated, use --num-frames",
+     "--num-frames must be ≥ 1"),
+    (["export-float", "run.ckpt", "{tmp}/existing.pth.tar"], "the positional OUT is deprecated, use -o/--output FILE",
+     "{tmp}/existing.pth.tar exists: pass --overwrite"),
+    (["export-float", "{tmp}/a-file", "{tmp}/done", "--zoo"], "the positional OUT is deprecated, use --out-dir DIR",
+     "not a readable PyTorch checkpoint"),
+    (["verify", "{tmp}/a-file", "--checkpoint", "hf://me"], "`nvc-train verify` is deprecated, use `nvc-train hashes`",
+     "hf://me is not a checkpoint on the Hub"),
+    (["decode", "{tmp}/a-file", "--checkpoint", "c", "--mp4-mode", "high", "--device", "tpu"],
+     "--mp4-mode is deprecated, use --h264-mode", "unknown device 'tpu'"),
+    (["prepare-footage", "{tmp}/missing", "--out", "{tmp}/p", "--clip-len", "2", "--cache"],
+     "--clip-len is deprecated, use --num-frames", "not found"),
+    (["demo", "--checkpoints", "{tmp}/a-file/sub", "--float-steps", "1"], "--checkpoints is deprecated, use --out-dir",
+     "cannot create {tmp}/a-file/sub"),
+]
+
+
+@pytest.mark.parametrize("argv,warning,error", DEPRECATED, ids=[" ".join(a[:3]) for a, _, _ in DEPRECATED])
+def test_old_spellings_work_for_one_release_and_say_what_replaces_them(argv, warning, error, files, capsys):
+    """The 0.1 spellings reach the same checks as the new ones, after one warning line each."""
+    code = main([a.replace("{tmp}", str(files)) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    warnings = [line for line in lines if line.startswith("nvc-train: warning: ")]
+    assert any(warning in line and "goes in 0.3" in line for line in warnings), lines
+    assert lines[-1].startswith("nvc-train: error: ") and error.replace("{tmp}", str(files)) in lines[-1], lines
+    assert len(lines) == len(warnings) + 1

@@ -16,11 +16,11 @@ from nvc_train.quant.config import QuantConfig
 
 @pytest.mark.parametrize("argv", [
     ["conformance", "{d}"],
-    ["verify", "{f}", "--checkpoint", "{d}"],
+    ["hashes", "{f}", "--checkpoint", "{d}"],
     ["info", "{d}"],
     ["decode", "{d}", "-o", "{o}", "--checkpoint", "{ck}"],
     ["bdrate", "{d}", "{d}"],
-    ["export-float", "{d}", "{o}"],
+    ["export-float", "{d}", "-o", "{o}"],
 ])
 def test_a_directory_where_a_file_is_expected_is_named_as_one(tmp_path, capsys, argv, request):
     d = tmp_path / "adir"
@@ -86,3 +86,26 @@ def test_the_prepare_footage_hint_names_a_preset_that_exists_from_here(tmp_path,
     monkeypatch.chdir(tmp_path)
     hint = preset("finetune/footage.yaml")
     assert Path(hint).is_absolute() and Path(hint).is_file()
+
+
+def test_one_option_moves_a_presets_whole_run_folder(tmp_path, monkeypatch):
+    """`--trainer.default_root_dir DIR` moves the W&B folder and the checkpoints with it;
+    a logger folder set on its own is left where it was put. Control: without the option,
+    the preset's own folder."""
+    from nvc_train.lit.cli import make_cli
+    from nvc_train.presets import CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+
+    def folders(*extra):
+        cli = make_cli(["--config", str(CONFIGS / "demo" / "float.yaml"), *extra], run=False)
+        checkpoint = cli.trainer.checkpoint_callback
+        return cli.trainer.default_root_dir, cli.trainer.logger.save_dir, checkpoint.dirpath
+
+    preset_checkpoints = str(tmp_path / "runs/demo/float/checkpoints")  # ModelCheckpoint makes its folder absolute
+    assert folders() == ("runs/demo/float", "runs/demo/float", preset_checkpoints)
+    moved = str(tmp_path / "mine")
+    root, wandb_dir, checkpoints = folders("--trainer.default_root_dir", moved)
+    assert (root, wandb_dir, checkpoints) == (moved, moved, f"{moved}/checkpoints")
+    _, wandb_dir, checkpoints = folders("--trainer.default_root_dir", moved, "--trainer.logger.init_args.save_dir", "w")
+    assert (wandb_dir, checkpoints) == ("w", preset_checkpoints)

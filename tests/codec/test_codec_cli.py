@@ -18,7 +18,7 @@ import torch
 from nvc_train.cli import main
 from nvc_train.codec.bitstream import BitstreamError, read_bitstream_bytes
 from nvc_train.codec.files import pad_frame
-from nvc_train.codec.video_io import InputOptions, open_video
+from nvc_train.io.video import InputOptions, open_video
 from nvc_train.quant.export import load_integer_checkpoint
 from tests.codec.video_fixtures import clip, uint8_frames, write_h264
 
@@ -59,7 +59,7 @@ def test_decoder_latents_equal_the_encoders(nvc, source, int_checkpoint, capsys)
     ck = load_integer_checkpoint(int_checkpoint)
     with open_video(source, InputOptions()) as reader:
         encoder_side = [rec.latent_sha256 for _, rec in ck.codec.compress_iter((pad_frame(f) for f in reader), 3)]
-    code, out, _ = run_cli(["verify", nvc, "--checkpoint", int_checkpoint], capsys)
+    code, out, _ = run_cli(["hashes", nvc, "--checkpoint", int_checkpoint], capsys)
     assert code == 0
     assert [line.split()[2] for line in out.splitlines()] == encoder_side
 
@@ -121,6 +121,17 @@ def test_info_reports_header_and_frames(nvc, capsys):
     assert sum(f["bytes"] for f in data["per_frame"]) + 68 == data["bytes"]  # 64-byte header + its CRC
     code, out, _ = run_cli(["info", nvc], capsys)
     assert "checkpoint_sha256" in out and "bt709/limited" in out
+
+
+def test_info_and_argument_errors_answer_without_importing_torch(nvc):
+    """`info` reads the header with the standard library alone, and an argument error is
+    reported before any heavy import: neither loads torch (which takes seconds)."""
+    probe = ("import sys; from nvc_train.cli import main; codes = [main(a) for a in sys.argv[1:3]]; "
+             "print(codes, sorted(m for m in ('torch', 'lightning', 'compressai') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe.replace("sys.argv[1:3]", repr([["info", str(nvc)],
+                           ["encode", "x.mp4", "-o", "y.nvc", "--checkpoint", "c", "--gop", "-1"]]))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 2] []", proc.stdout + proc.stderr
 
 
 def test_raw_yuv_10_bit_and_png_inputs_encode(int_checkpoint, tmp_path, capsys):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nvc_train.codec.colour import ColourSpec, rgb_to_ycbcr420, ycbcr_to_rgb
-from nvc_train.codec.video_io import (InputOptions, VideoError, check_output_path, open_video, open_writer,
+from nvc_train.io.colour import ColourSpec, rgb_to_ycbcr420, ycbcr_to_rgb
+from nvc_train.io.video import (InputOptions, VideoError, check_output_path, open_video, open_writer,
                                       parse_yuv_name)
 from tests.codec.video_fixtures import clip, uint8_frames, write_h264
 

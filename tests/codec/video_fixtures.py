@@ -9,7 +9,7 @@ import av
 import numpy as np
 import torch
 
-from nvc_train.codec.colour import rgb_to_uint8
+from nvc_train.io.colour import rgb_to_uint8
 from nvc_train.data.synthetic import synthetic_clip
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from nvc_train.codec.colour import ColourSpec
-from nvc_train.codec.video_io import H264Writer, open_writer
+from nvc_train.io.colour import ColourSpec
+from nvc_train.io.video import H264Writer, open_writer
 from tests.codec.video_fixtures import clip
 
 # (relative path, frames, height, width, fps): every size is at least 128 px, the smallest crop.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from nvc_train.codec.video_io import open_video
+from nvc_train.io.video import open_video
 from nvc_train.data.footage import (FootageClips, FootageError, load_footage, prepare_footage, stored_frame,
                                     validation_files)
 from tests.codec.video_fixtures import clip
@@ -61,7 +61,7 @@ def _sequential_frames(path: Path, width: int, height: int) -> np.ndarray:
 
 def test_cli_prepares_skips_bad_files_and_leaves_sources_untouched(footage, tmp_path):
     before = _tree_digest(footage)
-    result = cli("prepare-footage", str(footage), "--out", str(tmp_path / "data"), "--clip-len", "3",
+    result = cli("prepare-footage", str(footage), "--out-dir", str(tmp_path / "data"), "--num-frames", "3",
                  "--val-fraction", "0.34")
     assert result.returncode == 0, result.stderr
     assert f"skipped {BROKEN}" in result.stderr and f"skipped {SINGLE_FRAME}: 1 frame(s)" in result.stderr
@@ -113,6 +113,35 @@ def test_split_does_not_depend_on_scan_order_and_follows_the_seed():
     assert validation_files(names[:1], 0.5, seed=0) == set()  # one file cannot be split
 
 
+def test_a_single_file_is_split_by_time(tmp_path, capsys):
+    """One file cannot be split by file: its last val_fraction of frames become validation
+    clips, training clips end before them (no frame in both), and the summary says so.
+    Control: val_fraction 0 keeps every clip for training."""
+    from nvc_train.cli import main
+    from nvc_train.data.footage import time_split
+    from tests.data.footage_fixtures import write_h264
+
+    from fractions import Fraction
+
+    src = tmp_path / "one"
+    src.mkdir()
+    write_h264(src / "take.mp4", clip(3, 20, 128, 160), Fraction(25))
+    assert main(["prepare-footage", str(src / "take.mp4"), "--out-dir", str(tmp_path / "p"), "--num-frames", "3",
+                 "--stride", "1", "--val-fraction", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "validation: 1 file (the last frames of the one file), 5 frames, 3 clips" in out, out
+    assert "train: 1 file, 15 frames, 13 clips" in out, out
+    data = load_footage(tmp_path / "p")
+    assert time_split(20, 3, 0.25) == 15
+    train_frames = {s + k for s in data.rows["train"]["start"] for k in range(3)}
+    val_frames = {s + k for s in data.rows["validation"]["start"] for k in range(3)}
+    assert train_frames == set(range(15)) and val_frames == set(range(15, 20))
+    assert main(["prepare-footage", str(src), "--out-dir", str(tmp_path / "all"), "--num-frames", "3",
+                 "--stride", "1", "--val-fraction", "0"]) == 0
+    assert "validation: 0 files, 0 frames, 0 clips" in capsys.readouterr().out
+    assert time_split(5, 3, 0.5) is None  # too short to hold out a clip and keep one
+
+
 def test_stride_overlapping_clips_and_downscale(footage, tmp_path):
     report = _prepare(footage, tmp_path / "data", clip_len=4, stride=2, val_fraction=0.0, cache=True, downscale=0.5)
     assert report.clips["validation"] == 0
@@ -161,7 +190,7 @@ def test_windows_converted_alone_equal_windows_of_the_cache(prepared, split):
 
 
 def test_decoded_footage_matches_the_pixels_that_were_encoded(footage):
-    from nvc_train.codec.video_io import InputOptions
+    from nvc_train.io.video import InputOptions
 
     # day1.mp4 is seed 0 of the fixture, BT.709. 4:2:0 alone limits these saturated synthetic
     # textures to 37.1 dB and H.264 at CRF 16 to about 34 dB; the control, read with the wrong
@@ -289,19 +318,19 @@ def test_interrupted_prepare_resumes_from_the_cache(footage, tmp_path):
 
 
 def test_bad_input_gives_one_line_errors(footage, prepared, tmp_path):
-    assert_one_line_error(cli("prepare-footage", str(tmp_path / "missing"), "--out", str(tmp_path / "o")), "not found")
+    assert_one_line_error(cli("prepare-footage", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "o")), "not found")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(cli("prepare-footage", str(tmp_path / "empty"), "--out", str(tmp_path / "o")),
+    assert_one_line_error(cli("prepare-footage", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o")),
                           "no video files")
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.mp4").write_bytes(b"\0" * 100)
-    assert_one_line_error(cli("prepare-footage", str(junk), "--out", str(tmp_path / "o")), "none of the 1 video files")
-    assert_one_line_error(cli("prepare-footage", str(footage), "--out", str(prepared)), "--overwrite")
-    assert_one_line_error(cli("prepare-footage", str(footage), "--out", str(footage / "data")), "inside")
-    assert_one_line_error(cli("prepare-footage", str(footage), "--out", str(tmp_path / "o"), "--downscale", "2"),
+    assert_one_line_error(cli("prepare-footage", str(junk), "--out-dir", str(tmp_path / "o")), "none of the 1 video files")
+    assert_one_line_error(cli("prepare-footage", str(footage), "--out-dir", str(prepared)), "--overwrite")
+    assert_one_line_error(cli("prepare-footage", str(footage), "--out-dir", str(footage / "data")), "inside")
+    assert_one_line_error(cli("prepare-footage", str(footage), "--out-dir", str(tmp_path / "o"), "--downscale", "2"),
                           "--downscale")
-    assert_one_line_error(cli("prepare-footage", str(footage), "--out", str(tmp_path / "o"), "--val-fraction", "1"),
+    assert_one_line_error(cli("prepare-footage", str(footage), "--out-dir", str(tmp_path / "o"), "--val-fraction", "1"),
                           "--val-fraction")
     assert not (tmp_path / "o").exists()
     with pytest.raises(FootageError, match="not prepared footage"):
@@ -317,8 +346,8 @@ def test_a_cache_that_cannot_be_written_stops_the_run(footage, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "prepare-footage", str(footage), "--out",
-                             str(tmp_path / "data"), "--cache", "--quiet"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "prepare-footage", str(footage), "--out-dir",
+                             str(tmp_path / "data"), "--use-cache", "--quiet"], capture_output=True, text=True,
                             preexec_fn=limit_file_size, timeout=300)
     assert_one_line_error(result, "cannot write the frame cache")
     assert "skipped" not in result.stderr
@@ -344,9 +373,9 @@ def _hub_cache(root: Path, repo_id: str, files: dict[str, Path]) -> Path:
 def test_hub_name_offline_without_cache_is_a_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "prepare-footage", "hf://datasets/acme/footage",
-                             "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+                             "--out-dir", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
     assert_one_line_error(result, "cannot reach the Hugging Face Hub")
-    assert_one_line_error(cli("prepare-footage", "hf://datasets/no-owner", "--out", str(tmp_path / "o")),
+    assert_one_line_error(cli("prepare-footage", "hf://datasets/no-owner", "--out-dir", str(tmp_path / "o")),
                           "not a Hugging Face dataset name")
 
 
@@ -401,7 +430,8 @@ def test_fit_on_footage_with_ddp_decoding_in_workers(prepared, tmp_path):
     # with the first clip when the count is odd.
     padded = list(range(n_val)) + list(range(n_val))[: n_val % 2]
     assert ranks[0]["val"] == padded[0::2] and ranks[1]["val"] == padded[1::2]
-    assert list(tmp_path.glob("runs/footage/wandb/offline-run-*/run-*.wandb"))  # the config's W&B folder
+    # --trainer.default_root_dir moved the preset's whole run folder, W&B files included
+    assert list(tmp_path.glob("run/wandb/offline-run-*/run-*.wandb")) and not (tmp_path / "runs").exists()
 
 
 def test_eval_takes_the_held_out_files_of_prepared_footage(prepared):
@@ -412,3 +442,27 @@ def test_eval_takes_the_held_out_files_of_prepared_footage(prepared):
     found = collect_sequences([prepared])
     assert {p.relative_to(manifest["source_root"]).as_posix() for p in found} == held_out
     assert all(p.is_file() for p in found)
+
+
+def test_a_model_card_names_data_and_parent_by_absolute_path_and_hash(prepared, tmp_path, monkeypatch):
+    """Started from relative paths (as the README's recipes are), the export's training-data
+    and parent lines still identify both: absolute folder, the manifest's and the parent's
+    SHA-256. Control: a run started with an absolute data path records the same."""
+    from nvc_train.lit.checkpoints import _describe_data, describe_parent, save_float_state_dict
+    from nvc_train.lit.data import FootageDataModule
+    from nvc_train.lit.module import SSFLitModule
+
+    save_float_state_dict(SSFLitModule(real_coding_clips=0).model, tmp_path / "parent.pth.tar")
+    monkeypatch.chdir(prepared.parent)
+    data = FootageDataModule("data", crop=128)
+    monkeypatch.chdir(tmp_path)
+    child = SSFLitModule(init_weights="parent.pth.tar", real_coding_clips=0)
+
+    manifest = hashlib.sha256((prepared / "footage.json").read_bytes()).hexdigest()
+    described = _describe_data({"datamodule_hyper_parameters": dict(data.hparams)})
+    assert f"root={prepared.resolve()} (footage.json SHA-256 {manifest})" in described
+    assert not any(item.startswith("_") for item in described.split(", "))
+    parent = hashlib.sha256((tmp_path / "parent.pth.tar").read_bytes()).hexdigest()
+    assert describe_parent(dict(child.hparams)) == f"{(tmp_path / 'parent.pth.tar').resolve()} (SHA-256 {parent})"
+    absolute = FootageDataModule(str(prepared), crop=128)
+    assert _describe_data({"datamodule_hyper_parameters": dict(absolute.hparams)}) == described

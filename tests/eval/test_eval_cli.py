@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from nvc_train.cli import main
-from nvc_train.codec.colour import ColourSpec
+from nvc_train.io.colour import ColourSpec
 from nvc_train.codec.files import decode_video
-from nvc_train.codec.video_io import SourceFrame, open_writer
+from nvc_train.io.video import SourceFrame, open_writer
 from nvc_train.eval.evaluate import frame_metrics
 from nvc_train.quant.export import load_integer_checkpoint
 
@@ -32,10 +32,11 @@ def test_eval_writes_compressai_results_per_family_and_sequence(evaluation, int_
     qat, flt = (json.loads((out / f"{f}.json").read_text()) for f in ("qat", "float"))
     assert qat["name"] == "qat" and flt["name"] == "float"
     for curve in (qat, flt):
-        for key in ("q", "bpp", "bitrate", "psnr-rgb", "psnr-y", "psnr-u", "psnr-v", "psnr-yuv", "ms-ssim-rgb",
+        for key in ("q", "model", "bpp", "bitrate", "psnr-rgb", "psnr-y", "psnr-u", "psnr-v", "psnr-yuv", "ms-ssim-rgb",
                     "encoding_time", "decoding_time", "bpp-keyframe", "bpp-motion", "bpp-residual"):
             assert len(curve["results"][key]) == 1, key
-    assert qat["results"]["q"] == [Path(int_checkpoint).stem]
+    assert qat["results"]["model"] == [Path(int_checkpoint).stem]
+    assert qat["results"]["q"] == [5]  # the quality the checkpoint records
     assert qat["results"]["latents_match"] == [1.0] and "latents_match" not in flt["results"]
     names = sorted(p.name for p in (out / "sequences").iterdir())
     assert names == sorted(f"{s}-{m}.json" for s in ("pan", "walk") for m in (Path(int_checkpoint).stem, "ssf-float"))
@@ -96,7 +97,7 @@ def test_eval_refuses_bad_inputs(int_checkpoint, sequences, tmp_path, capsys):
              (["--checkpoint", int_checkpoint, "--data", tmp_path / "nope"], "data not found"),
              (["--checkpoint", int_checkpoint, int_checkpoint, "--data", sequences], "share a file name")]
     for args, message in cases:
-        code, _, err = run_cli(["eval", *args, "--out", tmp_path / "o", "--quiet"], capsys)
+        code, _, err = run_cli(["eval", *args, "--out-dir", tmp_path / "o", "--quiet"], capsys)
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
@@ -163,14 +164,38 @@ def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint,
     assert code == 1 and "frame 2 (I): latents differ" in out and "3 of 4 frames identical" in out
     (tmp_path / "junk.txt").write_text("hello\n")
     code, _, err = run_cli(["compare", tmp_path / "a.txt", tmp_path / "junk.txt"], capsys)
-    assert code == 2 and "not a `nvc-train verify` line" in err
+    assert code == 2 and "not a `nvc-train hashes` line" in err
 
 
 def test_eval_shows_progress_per_frame_and_quiet_silences_it(int_checkpoint, sequences, tmp_path, capsys):
     args = ["eval", "--checkpoint", int_checkpoint, "--data", sequences / "pan.y4m", "--frames", "2"]
-    code, _, err = run_cli([*args, "--out", tmp_path / "loud"], capsys)
+    code, _, err = run_cli([*args, "--out-dir", tmp_path / "loud"], capsys)
     assert code == 0
     stem = Path(int_checkpoint).stem
     assert f"encode {stem} on pan" in err and f"decode {stem} on pan" in err and "2frame" in err.replace(" ", "")
-    code, out, err = run_cli([*args, "--out", tmp_path / "quiet", "--quiet"], capsys)
+    code, out, err = run_cli([*args, "--out-dir", tmp_path / "quiet", "--quiet"], capsys)
     assert code == 0 and "frame" not in err
+
+
+def test_the_rd_legend_covers_no_point_and_no_point_sits_on_the_frame():
+    """One model per family (the footage recipe's case): every marker is inside its panel,
+    clear of the frame, and outside the legend's box."""
+    import matplotlib.pyplot as plt
+
+    from nvc_train.eval.evaluate import rd_figure
+
+    curves = {family: {"results": {"bpp": [bpp], "psnr-rgb": [psnr], "ms-ssim-rgb": [0.95]}}
+              for family, bpp, psnr in (("float", 0.2, 32.0), ("ptq", 0.3, 31.0), ("qat", 0.4, 30.0))}
+    fig = rd_figure(curves)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [legend.get_window_extent(renderer) for legend in
+               [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]]
+    assert legends
+    for ax in fig.axes:
+        frame = ax.get_window_extent(renderer)
+        for line in ax.get_lines():
+            for x, y in ax.transData.transform(line.get_xydata()):
+                assert not any(box.contains(x, y) for box in legends)
+                assert frame.x0 + 10 < x < frame.x1 - 10 and frame.y0 + 10 < y < frame.y1 - 10
+    plt.close(fig)

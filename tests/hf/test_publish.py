@@ -75,7 +75,7 @@ def test_the_card_header_is_read_back_by_the_hub_and_matches_the_eval_json(publi
     assert data.library_name == "nvc-train" and "video-compression" in data.tags
     assert data.license == "other"  # not started from CompressAI's zoo, and no --license given
     qat = json.loads((out / "qat.json").read_text())["results"]
-    assert qat["q"] == [int_checkpoint.stem]
+    assert qat["model"] == [int_checkpoint.stem]
     results = {r.metric_type: r.metric_value for r in data.eval_results}
     assert results == {k: qat[k][0] for k in ("bpp", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb")}
     assert {r.dataset_name for r in data.eval_results} == {"2 sequences: pan, walk"}
@@ -107,7 +107,7 @@ def test_a_known_bd_rate_is_stated_as_bdrate_computes_it(tmp_path, int_checkpoin
     float_curve = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [28.0, 30.5, 33.0, 35.2]}
     qat_curve = {"bpp": [0.11, 0.215, 0.43, 0.85], "psnr-rgb": [28.0, 30.4, 33.0, 35.1]}
     for family, curve, q in (("float", float_curve, ["f1", "f2", "f3", "f4"]), ("qat", qat_curve, names)):
-        (tmp_path / f"{family}.json").write_text(json.dumps({"name": family, "results": {"q": q, **curve}}))
+        (tmp_path / f"{family}.json").write_text(json.dumps({"name": family, "results": {"model": q, **curve}}))
     summary = read_eval(tmp_path, int_checkpoint.stem, None)
     code, out, _ = run_cli(["bdrate", tmp_path / "float.json", tmp_path / "qat.json"], capsys)
     assert code == 0
@@ -169,10 +169,10 @@ def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, in
         ["conformance", f"hf://{REPO}"],
         ["encode", clip, "-o", tmp_path / "pan.nvc", "--checkpoint", f"hf://{REPO}", "--frames", "2", "--quiet"],
         ["decode", tmp_path / "pan.nvc", "-o", tmp_path / "pan-out.y4m", "--quiet", "--checkpoint", pinned],
-        ["verify", tmp_path / "pan.nvc", "--checkpoint", pinned],
-        ["verify", tmp_path / "pan.nvc", "--checkpoint", int_checkpoint],
+        ["hashes", tmp_path / "pan.nvc", "--checkpoint", pinned],
+        ["hashes", tmp_path / "pan.nvc", "--checkpoint", int_checkpoint],
         ["eval", "--checkpoint", f"hf://{REPO}", f"hf://{REPO}/{float_weights.name}", "--data", clip,
-         "--out", tmp_path / "eval", "--frames", "2", "--quiet"],
+         "--out-dir", tmp_path / "eval", "--frames", "2", "--quiet"],
     ], env)
     for result in (conformance, encode, decode, verify, local, evaluation):
         assert result.returncode == 0, (result.args, result.stderr)
@@ -180,8 +180,8 @@ def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, in
         in conformance.stdout
     # A bitstream names the checkpoint it needs by hash: the local file and the Hub one agree.
     assert local.stdout == verify.stdout and len(verify.stdout.splitlines()) == 2
-    assert json.loads((tmp_path / "eval" / "qat.json").read_text())["results"]["q"] == [int_checkpoint.stem]
-    assert json.loads((tmp_path / "eval" / "float.json").read_text())["results"]["q"] == ["ssf-float"]
+    assert json.loads((tmp_path / "eval" / "qat.json").read_text())["results"]["model"] == [int_checkpoint.stem]
+    assert json.loads((tmp_path / "eval" / "float.json").read_text())["results"]["model"] == ["ssf-float"]
 
 
 def test_hf_checkpoints_that_are_absent_or_altered_are_one_line_errors(hub_cache, published, int_checkpoint, tmp_path):

@@ -30,7 +30,7 @@ def test_abbreviated_options_are_typos_not_abbreviations(tmp_path):
 
 
 def test_missing_checkpoint_file(tmp_path):
-    assert_one_line_error(cli("export-float", str(tmp_path / "none.ckpt"), str(tmp_path / "out.pth.tar")), "not found")
+    assert_one_line_error(cli("export-float", str(tmp_path / "none.ckpt"), "-o", str(tmp_path / "out.pth.tar")), "not found")
 
 
 def test_state_dict_of_another_model(tmp_path):
@@ -57,7 +57,7 @@ def test_data_roots_that_cannot_be_used(tmp_path):
     assert_one_line_error(cli("fit", "--config", footage, cwd=tmp_path), "missing --data.root")
     assert_one_line_error(cli("fit", "--config", DEMO, "--data.crop", "abc", cwd=tmp_path), "--data.crop: Expected")
     assert_one_line_error(cli("fit", "--config", footage, "--data.root", str(tmp_path), cwd=tmp_path),
-                          f"run `nvc-train prepare-footage {tmp_path} --out {tmp_path}-prepared`")
+                          f"run `nvc-train prepare-footage {tmp_path} --out-dir {tmp_path}-prepared`")
     assert_one_line_error(cli("fit", "--config", vimeo, "--data.root", str(tmp_path), cwd=tmp_path),
                           "sep_trainlist.txt not found")
     assert_one_line_error(cli("fit", "--config", footage, "--data.root", "hf://datasets/x", cwd=tmp_path),

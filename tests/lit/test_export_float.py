@@ -37,7 +37,7 @@ def test_compressai_eval_model_loads_and_evaluates_export(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     trainer.save_checkpoint(ckpt)
     exported = tmp_path / "ssf.pth.tar"
-    result = cli("export-float", str(ckpt), str(exported))
+    result = cli("export-float", str(ckpt), "-o", str(exported))
     assert result.returncode == 0, result.stderr[-2000:]
 
     seqs = tmp_path / "seqs"

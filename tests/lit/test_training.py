@@ -1,4 +1,4 @@
-"""Training with Lightning: the loss falls, resume is exact, shipped configs instantiate."""
+"""Training with Lightning: the loss falls, resume is exact (parameters equal to an uninterrupted run), shipped configs instantiate."""
 
 from __future__ import annotations
 
@@ -54,6 +54,55 @@ def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_pat
     assert t2.global_step == 4
 
 
+class OneFixedBatch(L.LightningDataModule):
+    """The same (N, T, 3, H, W) batch at every step: data that cannot differ between runs,
+    whatever Lightning's epoch accounting does on resume."""
+
+    def train_dataloader(self):
+        batch = torch.rand(2, 3, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+        return torch.utils.data.DataLoader([batch], batch_size=None, shuffle=False)
+
+
+def _fit_steps(module, tmp_path, max_steps: int, ckpt_path=None) -> L.Trainer:
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=OneFixedBatch(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_resume_after_2_steps_ends_where_4_uninterrupted_steps_end(tmp_path):
+    """2 steps, a checkpoint, a new process state (`nvc-train fit` seeds every start alike), 2 more
+    steps: every parameter equals that of 4 steps in one go. SSF draws its quantization noise
+    from torch's generator, whose state the checkpoint carries (nvc_train/lit/rng.py).
+    Control: the same resume from a checkpoint without that state ends elsewhere."""
+    from nvc_train.lit.rng import KEY
+
+    L.seed_everything(0)
+    straight = SSFLitModule(quality=3, real_coding_clips=0)
+    _fit_steps(straight, tmp_path, 4)
+
+    L.seed_everything(0)
+    _fit_steps(SSFLitModule(quality=3, real_coding_clips=0), tmp_path, 2).save_checkpoint(tmp_path / "two.ckpt")
+    saved = torch.load(tmp_path / "two.ckpt", weights_only=True)  # as Lightning loads it
+    assert KEY in saved
+    del saved[KEY]
+    torch.save(saved, tmp_path / "two-no-rng.ckpt")
+
+    def resumed_from(ckpt: str) -> SSFLitModule:
+        L.seed_everything(0)  # the restarted job seeds as the first start did
+        module = SSFLitModule(quality=3, real_coding_clips=0)
+        assert _fit_steps(module, tmp_path, 4, ckpt_path=tmp_path / ckpt).global_step == 4
+        return module
+
+    def max_difference(a, b) -> float:
+        return max((p.float() - q.float()).abs().max().item() for p, q in zip(a.state_dict().values(), b.state_dict().values())
+                   if p.numel())
+
+    assert max_difference(resumed_from("two.ckpt"), straight) == 0.0
+    assert max_difference(resumed_from("two-no-rng.ckpt"), straight) > 1e-6
+
+
 @pytest.fixture(scope="module")
 def data_roots(tmp_path_factory) -> dict[str, str]:
     """A --data.root for each DataModule that needs one: prepared footage, a Vimeo-90k tree."""
@@ -73,7 +122,7 @@ def data_roots(tmp_path_factory) -> dict[str, str]:
 
 @pytest.mark.parametrize("config", sorted(glob.glob(str(ROOT / "configs" / "**" / "*.yaml"), recursive=True)))
 def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch, data_roots):
-    from nvc_train.cli import make_cli
+    from nvc_train.lit.cli import make_cli
     from nvc_train.lit.data import ClipDataModule
 
     monkeypatch.chdir(tmp_path)

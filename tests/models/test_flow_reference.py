@@ -12,7 +12,7 @@ from compressai.models.video import ScaleSpaceFlow
 from nvc_train.cli import main
 from nvc_train.codec.bitstream import read_bitstream_bytes
 from nvc_train.codec.files import pad_frame
-from nvc_train.codec.video_io import InputOptions, open_video
+from nvc_train.io.video import InputOptions, open_video
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import build_ssf, load_ssf, read_state_dict
@@ -86,7 +86,7 @@ def test_flow_reference_is_validated():
 
 
 def test_export_float_records_it_warns_and_compressai_still_loads(tmp_path, capsys):
-    from nvc_train.commands import save_float_state_dict
+    from nvc_train.lit.checkpoints import save_float_state_dict
 
     model = build_ssf(256)
     path = tmp_path / "f.pth.tar"
@@ -148,7 +148,7 @@ def test_encoder_and_decoder_agree_through_the_cli(referenced_checkpoint, tmp_pa
 def test_training_module_uses_and_records_the_value(tmp_path, capsys):
     """The LightningModule's forward warps through the same override, and its hyper-parameters
     record the value in effect (here read from the float file it starts from)."""
-    from nvc_train.commands import save_float_state_dict
+    from nvc_train.lit.checkpoints import save_float_state_dict
     from nvc_train.lit.module import SSFLitModule
 
     parent = tmp_path / "parent.pth.tar"

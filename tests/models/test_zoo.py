@@ -173,7 +173,7 @@ def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_p
     from compressai.utils.video.eval_model.__main__ import load_checkpoint
     from compressai.zoo import ssf2020, video
 
-    result = cli("export-float", str(float_checkpoint), str(tmp_path / "zoo"), "--zoo")
+    result = cli("export-float", str(float_checkpoint), "--out-dir", str(tmp_path / "zoo"), "--zoo")
     assert result.returncode == 0, result.stderr
     (path,) = (tmp_path / "zoo").glob("*.pth.tar")
     assert path.name == f"ssf2020-mse-3-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth.tar"
@@ -192,7 +192,7 @@ def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_p
         a, b = from_zoo(frames)["x_hat"], from_eval_model(frames)["x_hat"]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     # Same content, same name: a second export leaves the file as it is.
-    assert cli("export-float", str(float_checkpoint), str(tmp_path / "zoo"), "--zoo").returncode == 0
+    assert cli("export-float", str(float_checkpoint), "--out-dir", str(tmp_path / "zoo"), "--zoo").returncode == 0
     assert len(list((tmp_path / "zoo").glob("*.pth.tar"))) == 1
 
 
@@ -221,7 +221,7 @@ def test_the_qat_preset_from_the_zoo_to_an_exported_and_published_card(zoo_file,
     assert (zoo.zoo_cache_dir() / zoo_file.name).is_file()
     ckpt = torch.load(tmp_path / "runs/qat/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["pretrained"] == "ssf2020-mse-3"
-    nvc("export", tmp_path / "runs/qat/checkpoints/last.ckpt", "--out", tmp_path / "int", "--name", "ssf-q3-int")
+    nvc("export-integer", tmp_path / "runs/qat/checkpoints/last.ckpt", "--out-dir", tmp_path / "int", "--name", "ssf-q3-int")
     (exported,) = (tmp_path / "int").glob("ssf-q3-int-*.ckpt")
     nvc("publish", exported, "--repo", "me/ssf-q3-int", "--dry-run", tmp_path / "publish", "--quiet")
     card = (tmp_path / "publish" / "README.md").read_text()

@@ -103,10 +103,10 @@ def test_conformance_counts_missing_evidence_as_failure(int_checkpoint, tmp_path
 
     from argparse import Namespace
 
-    from nvc_train import commands
+    from nvc_train.commands.conformance import conformance
 
     bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad.ckpt", mutate)
-    assert commands.conformance(Namespace(checkpoint=str(bad), device="cpu")) == 1
+    assert conformance(Namespace(checkpoint=str(bad), device="cpu", quiet=False)) == 1
     out = capsys.readouterr().out
     assert fragment in " ".join(out.split()) and "conformance FAIL" in out
 
@@ -138,13 +138,13 @@ def test_an_inexact_float64_gemm_is_caught_by_the_stress_record(int_checkpoint, 
     record's reach 2**36 and do not. Loading refuses (self-test), naming the layer."""
     from argparse import Namespace
 
-    from nvc_train import commands
+    from nvc_train.commands.conformance import conformance
     from nvc_train.quant import arith
 
     monkeypatch.setattr(arith, "float64_gemm", gemm_accurate_to_32_bits)
     with pytest.raises(UserError, match=r"computes keyframe\.mean layer 0 differently"):
         load_integer_checkpoint(int_checkpoint)
-    assert commands.conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu")) == 1
+    assert conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu", quiet=False)) == 1
     lines = capsys.readouterr().out.splitlines()
     verdicts = {(line.split()[0], line.endswith(" OK")) for line in lines[:-1]}
     assert verdicts == {("small", True), ("realistic", True), ("stress", False)} | (
@@ -156,7 +156,7 @@ def test_conformance_fails_when_expected_hashes_differ(int_checkpoint, tmp_path,
     """The command must be able to fail: corrupt one decoded latent and it reports FAIL."""
     from argparse import Namespace
 
-    from nvc_train import commands
+    from nvc_train.commands.conformance import conformance
     from nvc_train.codec import integer_codec
 
     real = integer_codec.IntegerHyperprior._y_hat
@@ -165,7 +165,7 @@ def test_conformance_fails_when_expected_hashes_differ(int_checkpoint, tmp_path,
         return real(y_symbols, mean_q + 1)
 
     monkeypatch.setattr(integer_codec.IntegerHyperprior, "_y_hat", staticmethod(off_by_one))
-    assert commands.conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu")) == 1
+    assert conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu", quiet=False)) == 1
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "version", "magic", "empty"])
@@ -207,19 +207,19 @@ def test_verify_prints_hashes_and_refuses_other_checkpoints(int_checkpoint, tmp_
     coded, recon = ck.codec.compress(frames)
     good = tmp_path / "clip.nvc"
     good.write_bytes(write_bitstream_bytes(coded, 128, 128, ck.sha256))
-    result = cli("verify", str(good), "--checkpoint", str(int_checkpoint))
+    result = cli("hashes", str(good), "--checkpoint", str(int_checkpoint))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"{t} {c.frame_type} {r.latent_sha256}" for t, (c, r) in enumerate(zip(coded, recon))]
     other = tmp_path / "other.nvc"
     other.write_bytes(write_bitstream_bytes(coded, 128, 128, "ab" * 32))
-    assert_one_line_error(cli("verify", str(other), "--checkpoint", str(int_checkpoint)), "encoded with checkpoint abababab")
+    assert_one_line_error(cli("hashes", str(other), "--checkpoint", str(int_checkpoint)), "encoded with checkpoint abababab")
 
 
 def test_a_wrong_stored_stress_hash_is_reported_and_named(int_checkpoint, tmp_path, capsys):
     """The stress hashes are really compared, at load (naming the decoder) and by the command."""
     from argparse import Namespace
 
-    from nvc_train import commands
+    from nvc_train.commands.conformance import conformance
 
     def mutate(payload):
         records = _records(payload)
@@ -230,6 +230,6 @@ def test_a_wrong_stored_stress_hash_is_reported_and_named(int_checkpoint, tmp_pa
     bad = rewrite_checkpoint(int_checkpoint, tmp_path / "bad.ckpt", mutate)
     with pytest.raises(UserError, match=r"computes residual\.scale layer 0 differently"):
         load_integer_checkpoint(bad)
-    assert commands.conformance(Namespace(checkpoint=str(bad), device="cpu")) == 1
+    assert conformance(Namespace(checkpoint=str(bad), device="cpu", quiet=False)) == 1
     mismatches = [line for line in capsys.readouterr().out.splitlines() if "MISMATCH" in line]
     assert len(mismatches) == 1 and mismatches[0].split()[:3] == ["stress", "residual.scale", "layer"]

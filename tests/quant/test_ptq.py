@@ -71,7 +71,7 @@ def test_ptq_cli_single_candidate(float_module, tmp_path):
     m.update(force=True)
     torch.save(m.state_dict(), src)
     out = tmp_path / "ptq"
-    result = cli("ptq", str(src), "--out", str(out), "--size", "128", "--frames", "2", "--calib-clips", "1",
+    result = cli("ptq", str(src), "--out-dir", str(out), "--size", "128", "--num-frames", "2", "--calib-clips", "1",
                  "--val-clips", "1", "--quality", "5", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "ptq_report.json").read_text())
@@ -80,9 +80,9 @@ def test_ptq_cli_single_candidate(float_module, tmp_path):
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     conf = cli("conformance", str(next(out.glob("ssf-ptq-*.ckpt"))))
     assert conf.returncode == 0 and "PASS" in conf.stdout
-    assert_one_line_error(cli("ptq", str(src), "--out", str(out), "--weight-observer", "Nope"), "weight observer")
-    assert_one_line_error(cli("ptq", str(src), "--out", str(out), "--quality", "5"), "already holds ptq_report.json")
-    assert_one_line_error(cli("ptq", str(src), "--out", str(tmp_path / "new")), "pass --quality Q")
+    assert_one_line_error(cli("ptq", str(src), "--out-dir", str(out), "--weight-observer", "Nope"), "weight observer")
+    assert_one_line_error(cli("ptq", str(src), "--out-dir", str(out), "--quality", "5"), "already holds ptq_report.json")
+    assert_one_line_error(cli("ptq", str(src), "--out-dir", str(tmp_path / "new")), "pass --quality Q")
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_ptq_full_search_cli(float_module, tmp_path):
     m = copy.deepcopy(float_module.model)
     m.update(force=True)
     torch.save(m.state_dict(), src)
-    result = cli("ptq", str(src), "--out", str(tmp_path / "s"), "--search", "--size", "128", "--frames", "2",
+    result = cli("ptq", str(src), "--out-dir", str(tmp_path / "s"), "--search", "--size", "128", "--num-frames", "2",
                  "--calib-clips", "1", "--val-clips", "1", "--quality", "5", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((tmp_path / "s" / "ptq_report.json").read_text())["candidates"]
