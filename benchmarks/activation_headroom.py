@@ -8,7 +8,7 @@ real bytes beside the float parent's (CompressAI ``encode_keyframe``) and the fr
 saturated activations in the scale hyper-decoder.
 
     .venv/bin/python benchmarks/activation_headroom.py runs/demo/qat/checkpoints/last.ckpt \\
-        checkpoints/demo/ssf-float.pth.tar --headroom 1 2 4
+        runs/demo/ssf-float.pth.tar --headroom 1 2 4
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from nvc_train.commands import lit_module_from_checkpoint
+from nvc_train.lit.checkpoints import lit_module_from_checkpoint
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.models.ssf import load_ssf
 from nvc_train.quant.diagnostics import keyframe_saturation

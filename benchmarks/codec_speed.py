@@ -1,7 +1,11 @@
 """Encode/decode speed of the integer codec vs CompressAI's float SSF, and streaming memory.
 
-Speed (per resolution, same synthetic clip, same machine, rounds alternate between the
-contenders and medians are reported):
+Speed (per resolution, same synthetic clip, same process): every job runs once untimed
+(warm-up: first-call allocations, oneDNN primitive creation), then ``--rounds`` timed rounds
+(at least 3) whose order alternates (forward, then reversed, …), so a drift of the machine
+does not favour the jobs that come first. Each job's median is reported with its spread
+(min–max over the rounds) and, per pair, the ratio's range over the rounds; a difference
+smaller than that range is not resolved.
 
 - ``float``: stock ``ScaleSpaceFlow.compress`` / ``decompress`` on frames padded to 128;
 - ``integer``: ``IntegerSSF.compress`` / ``decompress`` (integer hyper-decoders) on the same
@@ -12,7 +16,7 @@ contenders and medians are reported):
 Memory (``--memory``): peak RSS of ``encode`` and ``decode`` child processes for a 30- and a
 300-frame y4m clip; streaming means the two are equal.
 
-    .venv/bin/python benchmarks/codec_speed.py --checkpoint checkpoints/demo/ssf-int.ckpt [--device cuda]
+    .venv/bin/python benchmarks/codec_speed.py --checkpoint runs/demo/ssf-int.ckpt [--device cuda]
     .venv/bin/python benchmarks/codec_speed.py --memory
 """
 
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nvc_train.codec.files import decode_video, encode_video, pad_frame
-from nvc_train.codec.video_io import InputOptions, open_video, open_writer
+from nvc_train.io.video import InputOptions, open_video, open_writer
 from nvc_train.data.synthetic import synthetic_clip
 from nvc_train.quant.export import load_integer_checkpoint
 
@@ -88,16 +92,28 @@ def speed(args) -> list[dict]:
 
             jobs = {"float encode": float_enc, "float decode": float_dec, "integer encode": int_enc,
                     "integer decode": int_dec, "integer, files encode": file_enc, "integer, files decode": file_dec}
+            for fn in jobs.values():  # warm-up, untimed; also produces the streams the decoders read
+                fn()
             times = {k: [] for k in jobs}
-            for _ in range(args.repeats):
-                for k, fn in jobs.items():
-                    times[k].append(timed(fn, dev))
+            order = list(jobs)
+            for r in range(args.rounds):
+                for k in (order if r % 2 == 0 else order[::-1]):
+                    times[k].append(timed(jobs[k], dev))
             for k, ts in times.items():
                 med = statistics.median(ts)
                 rows.append({"size": name, "job": k, "seconds": round(med, 3), "fps": round(args.frames / med, 3),
-                             "runs": [round(t, 3) for t in ts]})
-                print(f"{name:6} {k:24} {args.frames / med:7.3f} frames/s  (median of {[round(t, 2) for t in ts]} s)",
-                      flush=True)
+                             "min_s": round(min(ts), 3), "max_s": round(max(ts), 3), "runs": [round(t, 3) for t in ts]})
+                print(f"{name:6} {k:24} {args.frames / med:7.3f} frames/s  median {med:.2f} s "
+                      f"(min {min(ts):.2f}, max {max(ts):.2f}; {len(ts)} rounds)", flush=True)
+            for op in ("encode", "decode"):
+                base = times[f"float {op}"]
+                for other in (f"integer {op}", f"integer, files {op}"):
+                    ratios = [t / b for t, b in zip(times[other], base)]  # same round: same machine state
+                    row = {"size": name, "job": f"{other} / float {op}", "time_ratio_median": round(statistics.median(ratios), 4),
+                           "time_ratio_min": round(min(ratios), 4), "time_ratio_max": round(max(ratios), 4)}
+                    rows.append(row)
+                    print(f"{name:6} {other + ' / float':30} time ×{row['time_ratio_median']:.3f} "
+                          f"(per-round {row['time_ratio_min']:.3f}–{row['time_ratio_max']:.3f})", flush=True)
     return rows
 
 
@@ -146,10 +162,10 @@ def memory(args) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="checkpoints/demo/ssf-int.ckpt")
+    ap.add_argument("--checkpoint", default="runs/demo/ssf-int.ckpt")
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--frames", type=int, default=3, help="frames per clip: I then P (default: %(default)s)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up, ≥ 3 (default: %(default)s)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--memory", action="store_true", help="measure peak RSS for --memory-frames clips instead")
     ap.add_argument("--memory-frames", type=int, nargs="+", default=[30, 300])
@@ -159,6 +175,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.rounds < 3:
+        ap.error("--rounds must be at least 3: a spread needs them")
     rows = memory(args) if args.memory else speed(args)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "threads": torch.get_num_threads(),

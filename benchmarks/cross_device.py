@@ -8,7 +8,7 @@
 2. Control: stock CompressAI SSF (same float weights): CDF indexes that differ between the
    CPU and ``--device`` for the same z, and whether its decoded latents match.
 
-    python benchmarks/cross_device.py --checkpoint checkpoints/demo/ssf-int.ckpt [--height 1024 --width 1920]
+    python benchmarks/cross_device.py --checkpoint runs/demo/ssf-int.ckpt [--height 1024 --width 1920]
 
 ``--device cpu`` compares the CPU with itself (a smoke test of this script, used by CI).
 Imports only torch, compressai and nvc-train's codec; exit status 0 only if every integer
@@ -109,7 +109,7 @@ def run(checkpoint: str, device: str, height: int, width: int, num_frames: int) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="checkpoints/demo/ssf-int.ckpt")
+    ap.add_argument("--checkpoint", default="runs/demo/ssf-int.ckpt")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--width", type=int, default=1920)

@@ -4,7 +4,7 @@ Decodes one synthetic clip with the stock float ``ScaleSpaceFlow.decompress`` an
 integer codec (same float synthesis weights, integer hyperprior path), alternating the two
 for ``--repeats`` rounds and reporting medians; also times the hyper-decoders alone.
 
-    .venv/bin/python benchmarks/decode_speed.py --checkpoint checkpoints/demo/ssf-int.ckpt \\
+    .venv/bin/python benchmarks/decode_speed.py --checkpoint runs/demo/ssf-int.ckpt \\
         --height 768 --width 1280 --frames 3 [--device cuda]
 """
 
@@ -34,7 +34,7 @@ def timed(fn, device: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="checkpoints/demo/ssf-int.ckpt")
+    ap.add_argument("--checkpoint", default="runs/demo/ssf-int.ckpt")
     ap.add_argument("--height", type=int, default=768)
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--frames", type=int, default=3)

@@ -33,7 +33,7 @@ from nvc_train.models.ssf import load_ssf
 
 def load_model(path: str):
     if path.endswith(".ckpt"):
-        from nvc_train.commands import lit_module_from_checkpoint
+        from nvc_train.lit.checkpoints import lit_module_from_checkpoint
 
         return lit_module_from_checkpoint(path)[0].model
     return load_ssf(path)

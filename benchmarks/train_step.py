@@ -9,28 +9,35 @@ Run (from the repository root)::
 
 What it measures, for the same model architecture (a freshly initialised
 ``compressai.models.video.ScaleSpaceFlow``, same seed), the same batch size, crop and
-number of frames (3), and the same random clips pre-generated in memory (data loading is
-excluded from both):
+number of frames (3), and the same random clips pre-generated in host memory, each side in
+the layout its own collation produces (decoding video is excluded from both; fetching the
+batch from a DataLoader and moving it to the device are included in both):
 
-(a) ``bare``: the body of CompressAI's ``examples/train_video.py::train_one_epoch``, written
-    inline: two Adam optimizers (parameters whose name ends with "quantiles" go to the aux
+(a) ``bare``: CompressAI's ``examples/train_video.py::train_one_epoch``, written inline: a
+    DataLoader yielding what CompressAI's collation of ``VideoFolder`` samples yields (a
+    list of T contiguous (N, 3, H, W) frames), each frame moved to the device, two Adam
+    optimizers (parameters whose name ends with "quantiles" go to the aux
     optimizer), ``model(frames)``, the RD loss λ·255²·MSE + bpp computed like CompressAI's
     ``RateDistortionLoss``, backward, ``clip_grad_norm_(1.0)``, step, then ``aux_loss``
-    backward and the aux step.
+    backward and the aux step, and every 10 iterations its progress print (which reads the
+    losses with ``.item()``).
 (b) ``lightning``: ``lightning.Trainer(accelerator=..., max_steps=..., logger=False, ...)``
     fitting ``SSFLitModule(quality=3, real_coding_clips=0)`` on a DataLoader that yields the
-    same pre-generated (N, T, 3, H, W) batches (no collation, no workers).
+    same clips as our DataModules collate them, one (N, T, 3, H, W) tensor (no workers on
+    either side; Lightning moves it to the device).
 (c) ``lightning-bf16`` (only with ``--bf16``): as (b) with ``SSFLitModule(autocast="bf16")``.
 
-Step time is the wall time from the start to the end of one training step (bare: around the
-loop body; Lightning: a Callback's ``on_train_batch_start`` → ``on_train_batch_end``, which
-covers training_step, backward, clipping, optimizer and LR-scheduler steps), after
-``--warmup`` steps, with ``torch.cuda.synchronize()`` on both ends on CUDA. On CPU the table
-also gives the process CPU time (all threads, ``time.process_time``) of the same window,
-which is less sensitive than wall time to other processes competing for the cores. The
-"iter" column is the start-to-start time of consecutive steps, i.e. it also includes what
-the loop does between steps (Lightning: fetching the batch, metric bookkeeping after
-on_train_batch_end).
+The headline is the **iteration** time: the time between the starts of two consecutive
+steps, so everything a loop does once per step is inside (fetching the next batch, moving it
+to the device, forward, loss, backward, clipping, both optimizer steps, logging and
+Lightning's bookkeeping between hooks). Both sides stamp the same point of the cycle, when a
+step begins with its batch on the device: the bare loop after ``next(loader)`` and
+``.to(device)``, Lightning in ``on_train_batch_start``, which it calls after the same two.
+"step" is the narrower window from there to the end of the optimizer steps (bare: the loop
+body; Lightning: ``on_train_batch_start`` → ``on_train_batch_end``). Times are taken after ``--warmup`` iterations, with
+``torch.cuda.synchronize()`` on both ends on CUDA. On CPU the table also gives the process CPU
+time (all threads, ``time.process_time``) per iteration, which is less sensitive than wall
+time to other processes competing for the cores.
 
 Every run is a fresh subprocess of this script (``--worker``), so each one's peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; and ``torch.cuda.max_memory_allocated`` on
@@ -85,14 +92,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_batches(args, device):
-    """``args.warmup + args.steps`` batches (N, T, 3, H, W) in [0, 1], cycling over a few distinct ones."""
+def _make_batches(args, frames_list: bool = False):
+    """``args.warmup + args.steps + 1`` batches in host memory, values in [0, 1], cycling over a few
+    distinct ones: (N, T, 3, H, W) as our DataModules collate clips, or with ``frames_list`` a
+    list of T contiguous (N, 3, H, W) frames as CompressAI's collation of VideoFolder samples
+    (the same numbers either way). One batch more than the measured iterations, so the last
+    iteration's end (the next step's start) is stamped too."""
     import torch
 
     gen = torch.Generator().manual_seed(SEED)
-    distinct = [torch.rand(args.batch_size, NUM_FRAMES, 3, args.crop, args.crop, generator=gen).to(device)
+    distinct = [torch.rand(args.batch_size, NUM_FRAMES, 3, args.crop, args.crop, generator=gen)
                 for _ in range(DISTINCT_BATCHES)]
-    total = args.warmup + args.steps
+    if frames_list:
+        distinct = [[frame.contiguous() for frame in clip.unbind(1)] for clip in distinct]
+    total = args.warmup + args.steps + 1
     return [distinct[i % DISTINCT_BATCHES] for i in range(total)]
 
 
@@ -145,8 +158,10 @@ def run_bare(args, device, profiler=None) -> dict:
     import torch
     from compressai.models.video import ScaleSpaceFlow
 
+    from torch.utils.data import DataLoader
+
     import_rss_mb = _rss_mb()
-    batches = _make_batches(args, device)
+    loader = DataLoader(_make_batches(args, frames_list=True), batch_size=None, shuffle=False, num_workers=0)
     torch.manual_seed(SEED)
     model = ScaleSpaceFlow().to(device)
     model.train()
@@ -158,14 +173,16 @@ def run_bare(args, device, profiler=None) -> dict:
     aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
     clip_max_norm = 1.0
 
-    starts, ends, cpu_starts, cpu_ends, first_loss = [], [], [], [], None
-    for i, batch in enumerate(batches):
+    starts, ends, cpu_starts, first_loss = [], [], [], None
+    for i, batch in enumerate(loader):
+        d = [frame.to(device) for frame in batch]  # train_video.py: d = [frames.to(device) for frames in batch]
         if profiler is not None and i == args.warmup:
             profiler.enable()
         _sync(device)
         starts.append(time.perf_counter())
         cpu_starts.append(time.process_time())
-        d = list(batch.unbind(1))  # train_video.py receives a list of T (N, 3, H, W) frames
+        if i == args.warmup + args.steps:
+            break  # this start closes the last measured iteration
 
         optimizer.zero_grad()
         aux_optimizer.zero_grad()
@@ -183,12 +200,15 @@ def run_bare(args, device, profiler=None) -> dict:
 
         _sync(device)
         ends.append(time.perf_counter())
-        cpu_ends.append(time.process_time())
+        if i % 10 == 0:  # train_one_epoch's progress line
+            print(f"Train epoch 0: [{i}] Loss: {out_criterion['loss'].item():.3f} | "
+                  f"MSE loss: {out_criterion['mse_loss'].item():.5f} | Bpp loss: {out_criterion['bpp_loss'].item():.4f} "
+                  f"| Aux loss: {aux_loss.item():.2f}")
         if i == 0:
             first_loss = float(out_criterion["loss"].detach() + aux_loss.detach())
     if profiler is not None:
         profiler.disable()
-    return {"starts": starts, "ends": ends, "cpu_starts": cpu_starts, "cpu_ends": cpu_ends, "first_loss": first_loss,
+    return {"starts": starts, "ends": ends, "cpu_starts": cpu_starts, "first_loss": first_loss,
             "import_rss_mb": import_rss_mb}
 
 
@@ -203,11 +223,10 @@ def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
     from nvc_train.lit.module import SSFLitModule
 
     import_rss_mb = _rss_mb()
-    batches = _make_batches(args, device)
 
     class StepTimer(L.Callback):
         def __init__(self):
-            self.starts, self.ends, self.cpu_starts, self.cpu_ends, self.first_loss = [], [], [], [], None
+            self.starts, self.ends, self.cpu_starts, self.first_loss = [], [], [], None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if profiler is not None and batch_idx == args.warmup:
@@ -219,7 +238,6 @@ def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             _sync(device)
             self.ends.append(time.perf_counter())
-            self.cpu_ends.append(time.process_time())
             if batch_idx == 0:
                 self.first_loss = float(outputs["loss"].detach())
 
@@ -234,7 +252,7 @@ def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
     trainer = L.Trainer(
         accelerator="cuda" if device.type == "cuda" else "cpu",
         devices=1,
-        max_steps=args.warmup + args.steps,
+        max_steps=args.warmup + args.steps + 1,  # the last step's start closes the last measured iteration
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -243,10 +261,10 @@ def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
         limit_val_batches=0,
         callbacks=[timer],
     )
-    # the batches are already on the device; batch_size=None: no collation, the loader yields them as they are
-    loader = DataLoader(batches, batch_size=None, shuffle=False, num_workers=0)
+    # batch_size=None: the loader yields the pre-collated batches as they are; Lightning moves them to the device
+    loader = DataLoader(_make_batches(args), batch_size=None, shuffle=False, num_workers=0)
     trainer.fit(module, train_dataloaders=loader)
-    return {"starts": timer.starts, "ends": timer.ends, "cpu_starts": timer.cpu_starts, "cpu_ends": timer.cpu_ends,
+    return {"starts": timer.starts, "ends": timer.ends, "cpu_starts": timer.cpu_starts,
             "first_loss": timer.first_loss, "import_rss_mb": import_rss_mb}
 
 
@@ -267,9 +285,11 @@ def worker(args) -> None:
     device = torch.device(args.device)
     result = LOOPS[args.worker][1](args, device)
     w = args.warmup
-    result["step_s"] = [e - s for s, e in zip(result["starts"][w:], result["ends"][w:])]
-    result["iter_s"] = [b - a for a, b in zip(result["starts"][w:], result["starts"][w + 1:])]
-    result["cpu_step_s"] = [e - s for s, e in zip(result["cpu_starts"][w:], result["cpu_ends"][w:])]
+    n = args.steps
+    result["step_s"] = [e - s for s, e in zip(result["starts"][w:w + n], result["ends"][w:w + n])]
+    result["iter_s"] = [b - a for a, b in zip(result["starts"][w:w + n], result["starts"][w + 1:w + n + 1])]
+    result["cpu_iter_s"] = [b - a for a, b in zip(result["cpu_starts"][w:w + n], result["cpu_starts"][w + 1:w + n + 1])]
+    assert len(result["iter_s"]) == n == len(result["step_s"]), (args.worker, len(result["starts"]), n)
     result.update(_peak_memory(device))
     result["torch_threads"] = torch.get_num_threads()
     Path(args.result_file).write_text(json.dumps(result))
@@ -296,7 +316,7 @@ def _run_worker(args, loop: str) -> dict:
         if proc.returncode != 0:
             sys.exit(f"worker {loop!r} failed (exit {proc.returncode}):\n{proc.stdout}")
         result = json.loads(Path(result_file).read_text())
-    print(f"  {loop:<15} median step {1e3 * statistics.median(result['step_s']):8.1f} ms, "
+    print(f"  {loop:<15} median iteration {1e3 * statistics.median(result['iter_s']):8.1f} ms, "
           f"peak RSS {result['peak_rss_mb']:7.0f} MB, run {time.perf_counter() - t0:5.1f} s", flush=True)
     return result
 
@@ -411,16 +431,16 @@ def main() -> None:
 
     summary = {}
     for loop, runs in results.items():
-        pooled = {key: [x for run in runs for x in run[key]] for key in ("step_s", "iter_s", "cpu_step_s")}
+        pooled = {key: [x for run in runs for x in run[key]] for key in ("step_s", "iter_s", "cpu_iter_s")}
         summary[loop] = {
-            "step_ms": 1e3 * statistics.median(pooled["step_s"]),
             "iter_ms": 1e3 * statistics.median(pooled["iter_s"]),
-            "cpu_ms": 1e3 * statistics.median(pooled["cpu_step_s"]),
-            "n": len(pooled["step_s"]),
+            "cpu_ms": 1e3 * statistics.median(pooled["cpu_iter_s"]),
+            "step_ms": 1e3 * statistics.median(pooled["step_s"]),
+            "n": len(pooled["iter_s"]),
             "rss": max(run["peak_rss_mb"] for run in runs),
             "import_rss": max(run["import_rss_mb"] for run in runs),
             "cuda": max(run.get("peak_cuda_mb", 0.0) for run in runs),
-            "run_medians": [1e3 * statistics.median(run["step_s"]) for run in runs],
+            "run_medians": [1e3 * statistics.median(run["iter_s"]) for run in runs],
             "first_loss": runs[0]["first_loss"],
             "threads": runs[0]["torch_threads"],
         }
@@ -429,37 +449,38 @@ def main() -> None:
     def pct(loop: str, key: str) -> str:
         return f"{100 * (summary[loop][key] / base[key] - 1):+.1f} %"
 
-    cols = ["loop", "median ms/step", "steps/s"]
-    cols += ["median CPU ms/step"] if not cuda else []
-    cols += ["median ms/iter", "peak RSS MB"]
+    cols = ["loop", "median ms/iteration", "iterations/s"]
+    cols += ["median CPU ms/iteration"] if not cuda else []
+    cols += ["median ms/step", "peak RSS MB"]
     cols += ["peak CUDA MB"] if cuda else []
-    cols += ["overhead vs bare: step" + ("" if cuda else " / CPU") + " / iter"]
+    cols += ["overhead vs bare: iteration" + ("" if cuda else " / CPU") + " / step"]
     print(f"\ntorch {__import__('torch').__version__}, {summary['bare']['threads']} torch threads (bare), "
           f"{os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
           f"total {time.perf_counter() - t0:.0f} s\n")
     print("| " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * (len(cols) - 1))
     for loop, s in summary.items():
-        row = [LOOPS[loop][0], f"{s['step_ms']:.1f}", f"{1e3 / s['step_ms']:.3f}"]
+        row = [LOOPS[loop][0], f"{s['iter_ms']:.1f}", f"{1e3 / s['iter_ms']:.3f}"]
         row += [f"{s['cpu_ms']:.1f}"] if not cuda else []
-        row += [f"{s['iter_ms']:.1f}", f"{s['rss']:.0f}"]
+        row += [f"{s['step_ms']:.1f}", f"{s['rss']:.0f}"]
         row += [f"{s['cuda']:.0f}"] if cuda else []
         if loop == "bare":
             row += ["—"]
         else:
-            row += [" / ".join([pct(loop, "step_ms")] + ([pct(loop, "cpu_ms")] if not cuda else [])
-                               + [pct(loop, "iter_ms")])]
+            row += [" / ".join([pct(loop, "iter_ms")] + ([pct(loop, "cpu_ms")] if not cuda else [])
+                               + [pct(loop, "step_ms")])]
         print("| " + " | ".join(row) + " |")
     print()
     for loop, s in summary.items():
-        print(f"{loop}: {s['n']} measured steps, {s['threads']} torch threads; per-run median ms/step {', '.join(f'{m:.1f}' for m in s['run_medians'])}; "
-              f"first-step loss {s['first_loss']:.4f}; peak RSS after imports, before data and model "
-              f"{s['import_rss']:.0f} MB")
-    if len(base["run_medians"]) > 1:
-        spread = 100 * (max(base["run_medians"]) / min(base["run_medians"]) - 1)
-        print(f"run-to-run spread of the bare loop's median (noise floor): {spread:.1f} %")
+        print(f"{loop}: {s['n']} measured iterations, {s['threads']} torch threads; per-run median ms/iteration "
+              f"{', '.join(f'{m:.1f}' for m in s['run_medians'])}; first-step loss {s['first_loss']:.4f}; "
+              f"peak RSS after imports, before data and model {s['import_rss']:.0f} MB")
+    for loop, s in summary.items():
+        if len(s["run_medians"]) > 1:
+            spread = 100 * (max(s["run_medians"]) / min(s["run_medians"]) - 1)
+            print(f"run-to-run spread of the {loop} loop's median iteration (noise floor): {spread:.1f} %")
     if args.bf16:
-        ratio = summary["lightning"]["step_ms"] / summary["lightning-bf16"]["step_ms"]
+        ratio = summary["lightning"]["iter_ms"] / summary["lightning-bf16"]["iter_ms"]
         print(f"bf16 vs fp32 (SSFLitModule): bf16 runs at {ratio:.2f}x the fp32 steps/s")
 
 
