@@ -17,8 +17,13 @@ def run_lightning(args: list[str] | None) -> None:
 def make_cli(args: list[str] | None, run: bool = True):
     """nvc-train's LightningCLI; ``run=False`` (no subcommand in ``args``) only instantiates
     the model, data and trainer, as tests of the shipped presets do."""
+    import warnings
+
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
+
+    if args is not None:  # passed on purpose (the demo, tests): not the mistake Lightning warns about
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
 
     from nvc_train.errors import UserError, root_cause
     from nvc_train.lit.data import SyntheticClipDataModule
