@@ -25,7 +25,8 @@ from nvc_train.quant.config import QuantConfig
 def test_a_directory_where_a_file_is_expected_is_named_as_one(tmp_path, capsys, argv, request):
     d = tmp_path / "adir"
     d.mkdir()
-    f = tmp_path / "missing"
+    f = tmp_path / "a-file"  # an existing file where one is due: the directory is the argument at fault
+    f.write_text("x")
     ck = request.getfixturevalue("int_checkpoint") if "{ck}" in argv else None
     code = main([a.format(d=d, f=f, o=tmp_path / "out.y4m", ck=ck) for a in argv])
     err = capsys.readouterr().err.splitlines()

@@ -8,7 +8,6 @@ with ``nvc-train fit`` arguments, as a user would.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,35 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.slurm.jobs import DEMO_CONFIG, ROOT, provenance_record, tail, tiny_fit_args, wait_for
+
 MAX_STEPS = 30
 # Training starts ~10 s after submission; the signal comes this long after the first step
 # starts, so the HPC checkpoint falls mid-run (≈ 1 step/s with 2 tasks on 2 cores).
 SIGNAL_AFTER_S = 8
 TIMEOUT_S = 480
-TINY = ["--trainer.accelerator", "cpu", "--trainer.max_steps", str(MAX_STEPS),
-        "--trainer.val_check_interval", str(MAX_STEPS), "--trainer.limit_val_batches", "1",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
-        "--data.init_args.num_frames", "2", "--data.init_args.crop", "128", "--data.init_args.train_size", "128",
-        "--data.init_args.val_size", "128", "--data.init_args.num_val_clips", "1",
-        "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0", "--model.real_coding_clips", "0"]
+TINY = tiny_fit_args(MAX_STEPS)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-
-
-def _wait(cluster, job_id: str, ready, what: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        state = cluster.job(job_id).get("JobState")
-        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            break
-        time.sleep(1)
-    pytest.fail(f"job {job_id} never reached '{what}' (state {cluster.job(job_id).get('JobState')})")
-
-
-def _record(run: Path, k: int) -> dict:
-    return json.loads((run / "provenance" / f"start-{k}" / "provenance.json").read_text())
 
 
 def test_sigusr1_saves_hpc_checkpoint_requeues_and_resumes_at_its_step(slurm_cluster, tmp_path):
@@ -53,7 +33,7 @@ def test_sigusr1_saves_hpc_checkpoint_requeues_and_resumes_at_its_step(slurm_clu
         pytest.skip(f"the template activates a virtualenv; {venv} is not one")
     runs = tmp_path / "runs"
     slurm_cluster.env.update(PYTHONPATH=str(ROOT), NVC_VENV=str(venv), NVC_RUN_ROOT=str(runs),
-                             NVC_CONFIG="configs/demo/float.yaml", WANDB_MODE="offline")
+                             NVC_CONFIG=DEMO_CONFIG, WANDB_MODE="offline")
     t0 = time.monotonic()
     deadline = t0 + TIMEOUT_S
     submitted = slurm_cluster.run(
@@ -64,25 +44,21 @@ def test_sigusr1_saves_hpc_checkpoint_requeues_and_resumes_at_its_step(slurm_clu
     job_dir = runs / f"nvc-train-{job_id}"
     run = job_dir / "runs" / "demo" / "float"  # the preset's default_root_dir, inside the job's folder
 
-    def log() -> str:
-        path = job_dir / "slurm.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else "(no slurm.log)"
-
     try:
         # Lightning registers its SIGUSR1 handler before training starts; the provenance
         # record is written when it does.
-        _wait(slurm_cluster, job_id, lambda: (run / "provenance" / "start-0" / "provenance.json").exists(),
-              "training started", deadline)
+        wait_for(slurm_cluster, job_id, lambda: (run / "provenance" / "start-0" / "provenance.json").exists(),
+                 "training started", deadline)
         time.sleep(SIGNAL_AFTER_S)
         # Without --batch/--full the signal goes to the job steps only: the srun-launched ranks.
         signalled = slurm_cluster.run("scancel", "--signal=USR1", job_id)
         assert signalled.returncode == 0, signalled.stderr
-        _wait(slurm_cluster, job_id, lambda: slurm_cluster.job(job_id).get("JobState") == "COMPLETED",
-              "COMPLETED", deadline)
+        wait_for(slurm_cluster, job_id, lambda: slurm_cluster.job(job_id).get("JobState") == "COMPLETED",
+                 "COMPLETED", deadline)
         print(f"submit → COMPLETED with one requeue: {time.monotonic() - t0:.0f} s")
         _check_requeued_run(slurm_cluster.job(job_id), job_id, job_dir, run)
     except BaseException:
-        print(log(), slurm_cluster.logs(), sep="\n")
+        print(tail(job_dir / "slurm.log"), slurm_cluster.logs(), sep="\n")
         raise
 
 
@@ -95,7 +71,7 @@ def _check_requeued_run(job: dict, job_id: str, job_dir: Path, run: Path) -> Non
     hpc_step = torch.load(hpc[0], map_location="cpu", weights_only=False)["global_step"]
     assert 0 < hpc_step < MAX_STEPS, f"signal landed outside training (step {hpc_step})"
 
-    first, second = _record(run, 0), _record(run, 1)
+    first, second = provenance_record(run, 0), provenance_record(run, 1)
     assert not (run / "provenance" / "start-2").exists()
     assert first["resumed_from"] is None and first["start_step"] == 0
     assert first["slurm"]["SLURM_RESTART_COUNT"] in (None, "0")
