@@ -192,3 +192,43 @@ def test_training_steps_on_real_data_get_float_batches(name, data_roots, tmp_pat
     for dtype, low, high, shape in seen:
         assert dtype == torch.float32 and 0 <= low < high <= 1 and shape == (2, 2, 3, 128, 128)
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
+
+
+def test_loggers_get_every_metric_on_the_steps_they_write(tmp_path):
+    """The per-part bpp, aux loss and QAT flag are logged only on the steps the loggers
+    write (Lightning's ``log_every_n_steps`` rule), the progress-bar metrics every step;
+    what a logger receives is the same as before: every metric on every written step."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from nvc_train.lit.data import SyntheticClipDataModule
+
+    L.seed_everything(0)
+    module = SSFLitModule(quality=3, real_coding_clips=0)
+    data = SyntheticClipDataModule(crop=128, train_size=160, val_size=128, num_train_clips=100, num_val_clips=1,
+                                   batch_size=1, num_workers=0)
+    logger = CSVLogger(tmp_path, name="csv")
+    shown = []
+
+    class PerStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            shown.append(sorted(trainer.progress_bar_metrics))
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=5, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        enable_checkpointing=False, callbacks=[PerStep()])
+    trainer.fit(module, datamodule=data)
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    steps = [int(row["step"]) for row in rows]
+    assert steps == [1, 3], steps  # every 2nd step (0-based)
+    wanted = {"train/loss", "train/bpp", "train/psnr", "train/mse", "train/aux_loss", "train/qat",
+              *(f"train/bpp.{part}.{latent}" for part in ("keyframe", "motion", "residual") for latent in "yz")}
+    for row in rows:
+        assert wanted <= set(row), sorted(wanted - set(row))
+        # The parts come from the same step as the total (a stale value from an earlier step
+        # would still fill the column).
+        parts = sum(float(row[k]) for k in wanted if k.startswith("train/bpp."))
+        assert parts == pytest.approx(float(row["train/bpp"]), rel=1e-5), row
+    assert shown == [["train/bpp", "train/loss", "train/mse", "train/psnr"]] * 5
