@@ -1,16 +1,17 @@
-"""The shipped LightningCLI presets (``configs/``), addressable from any working folder.
+"""The shipped LightningCLI presets, addressable from any working folder.
 
-``--config configs/qat.yaml`` (as the README writes it) or ``--config qat.yaml`` names a
-preset of this installation when no such file exists relative to the working folder; runs
-still land where the preset's relative ``default_root_dir`` says, under the working folder.
+They are package data (``nvc_train/configs/``, so a wheel carries them); the checkout's
+``configs/`` is a link to that folder. ``--config configs/qat.yaml`` (as the README writes
+it) or ``--config qat.yaml`` names a preset of this installation when no such file exists
+relative to the working folder; runs still land where the preset's relative
+``default_root_dir`` says, under the working folder.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parents[1]
-CONFIGS = CHECKOUT / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"
 CONFIG_FLAGS = ("--config", "-c")
 
 
@@ -19,10 +20,9 @@ def resolve_config(text: str) -> str:
     path = Path(text)
     if path.is_absolute() or path.exists():
         return text
-    for candidate in (CHECKOUT / path, CONFIGS / path):
-        if candidate.is_file():
-            return str(candidate)
-    return text
+    name = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) and len(path.parts) > 1 else path
+    candidate = CONFIGS / name
+    return str(candidate) if candidate.is_file() else text
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:

@@ -110,3 +110,46 @@ def test_one_option_moves_a_presets_whole_run_folder(tmp_path, monkeypatch):
     assert (root, wandb_dir, checkpoints) == (moved, moved, f"{moved}/checkpoints")
     _, wandb_dir, checkpoints = folders("--trainer.default_root_dir", moved, "--trainer.logger.init_args.save_dir", "w")
     assert (wandb_dir, checkpoints) == ("w", preset_checkpoints)
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_the_presets(tmp_path):
+    """A non-editable install (the wheel, unpacked outside the checkout) names its presets
+    from an empty folder. Control: the same wheel's package without its configs folder
+    no longer resolves them."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            str(root), "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                              str(site), *map(str, (tmp_path / "wheel").glob("*.whl"))],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    probe = ("import nvc_train.presets as p, sys; print(p.__file__); "
+             "print(p.resolve_config('configs/demo/float.yaml')); print(p.resolve_config('finetune/footage.yaml'))")
+
+    def resolve():
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=work, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.splitlines()
+
+    module, demo, footage = resolve()
+    assert Path(module).is_relative_to(site)  # the wheel's copy, not the checkout's
+    assert Path(demo) == site / "nvc_train/configs/demo/float.yaml" and Path(demo).is_file()
+    assert Path(footage) == site / "nvc_train/configs/finetune/footage.yaml" and Path(footage).is_file()
+    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "fit", "--config", "configs/demo/float.yaml",
+                             "--print_config"], capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "default_root_dir: runs/demo/float" in result.stdout
+    shutil.rmtree(site / "nvc_train/configs")
+    assert resolve()[1:] == ["configs/demo/float.yaml", "finetune/footage.yaml"]
