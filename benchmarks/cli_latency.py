@@ -54,6 +54,9 @@ def main() -> None:
             "decode missing.nvc (error)": [*exe, "decode", str(Path(tmp) / "missing.nvc"), "--checkpoint", "c"],
             "--help": [*exe, "--help"],
             "fit --trainer.max_step 2 (error)": [*exe, "fit", "--config", "demo/float.yaml", "--trainer.max_step", "2"],
+            "fit --ckpt_path missing.ckpt (error)": [*exe, "fit", "--config", "demo/float.yaml", "--ckpt_path",
+                                                    "missing.ckpt"],
+            "fit --config missing.yaml (error)": [*exe, "fit", "--config", "missing.yaml"],
         }
         expected = {"info clip.nvc": 0, "info --per-frame --json": 0, "--help": 0}
         times: dict[str, list[float]] = {name: [] for name in commands}

@@ -61,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     _silence_library_noise()
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
+            from nvc_train.lit.precheck import precheck
             from nvc_train.presets import resolve_config_args
 
             from_sys_argv = argv == sys.argv[1:]
             argv = resolve_config_args(argv)  # presets by name from any folder
+            precheck(argv)  # option names and files, before Lightning's ~10 s import
             if from_sys_argv:  # LightningCLI reads sys.argv itself when called from the console script
                 sys.argv[1:] = argv
             _run_lightning_guarded(argv, from_sys_argv=from_sys_argv)
@@ -112,6 +114,8 @@ def _run_lightning_guarded(argv: list[str], from_sys_argv: bool = False) -> None
         run_lightning(None if from_sys_argv else argv)
     except ArgumentError as exc:
         raise UserError(_summarise_argument_error(str(exc))) from None
+    except OSError as exc:  # e.g. a --ckpt_path in a config file that does not exist, a full disk
+        raise UserError(_os_error(exc)) from None
     except SystemExit as exc:  # --help and --print_config exit 0; keep that
         if exc.code not in (0, None):
             raise UserError(f"invalid arguments for `{argv[0]}`") from None

@@ -43,9 +43,11 @@ def make_cli(args: list[str] | None, run: bool = True):
         def instantiate_classes(self):
             # Constructors validate their arguments (quality, QuantConfig, crop sizes);
             # jsonargparse wraps those errors in its own, so report the root cause.
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
             try:
                 super().instantiate_classes()
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, MisconfigurationException) as exc:
                 raise UserError(f"invalid configuration: {root_cause(exc)}") from None
             from lightning.pytorch.loggers import WandbLogger
 

@@ -23,9 +23,10 @@ def test_wrong_type(tmp_path):
 
 
 def test_abbreviated_options_are_typos_not_abbreviations(tmp_path):
-    """`--trainer.max_step 2` must not silently mean `--trainer.max_steps 2`."""
+    """`--trainer.max_step 2` must not silently mean `--trainer.max_steps 2` (refused before
+    Lightning loads; that LightningCLI's own parser refuses it too is in tests/test_precheck.py)."""
     assert_one_line_error(cli("fit", "--config", DEMO, "--trainer.max_step", "2", cwd=tmp_path),
-                          "unrecognized arguments: --trainer.max_step")
+                          "unrecognized option --trainer.max_step (did you mean --trainer.max_steps?)")
     assert not (tmp_path / "runs").exists()
 
 

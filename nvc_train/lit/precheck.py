@@ -1,0 +1,147 @@
+"""Checks of a ``fit``/``validate``/``test`` command line that need no Lightning.
+
+Importing Lightning and torch takes about 10 s on a small machine; a typo in an option name
+or a missing file should be reported before that, in well under 2 s. Only what can be judged
+exactly without Lightning is checked here; everything else is left to LightningCLI:
+
+- option names: the top-level ones (``--config``, ``--ckpt_path``, …), and the first name after
+  ``--trainer.`` and ``--model.``, read from the *installed* Lightning's ``Trainer.__init__``
+  and nvc-train's ``SSFLitModule.__init__`` source with :mod:`ast` (nothing imported, so the
+  lists cannot go stale). ``--data.*``, ``--optimizer.*`` and ``--lr_scheduler.*`` depend
+  on the class chosen and are not checked;
+- files: every ``--config``, ``--ckpt_path`` (unless ``last``, ``best``, ``hpc``, ``registry``
+  or a URL) and ``--model.init_weights`` named on the command line.
+
+This module imports neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+from nvc_train.errors import UserError, require_file
+
+COMMANDS = ("fit", "validate", "test")
+# LightningCLI's own top-level options; the rest are the arguments of Trainer.<command>
+# but those LightningCLI fills itself (tests/test_precheck.py compares with the live parser).
+CLI_OPTIONS = ("config", "print_config", "seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler",
+               "help")
+FILLED_BY_CLI = ("model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule")
+UNCHECKED_GROUPS = ("data", "optimizer", "lr_scheduler")
+CKPT_PATH_WORDS = ("last", "best", "hpc", "registry", "null", "none")
+MODULE_SOURCE = Path(__file__).resolve().parent / "module.py"
+
+
+def method_parameters(source: Path, class_name: str, method: str) -> frozenset[str] | None:
+    """The parameter names of ``class_name.method`` in ``source`` (None if not found)."""
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == method:
+                    a = item.args
+                    names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                    return frozenset(n for n in names if n != "self")
+    return None
+
+
+def _trainer_source() -> Path | None:
+    spec = importlib.util.find_spec("lightning")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "pytorch" / "trainer" / "trainer.py"
+
+
+@lru_cache(maxsize=None)
+def group_parameters() -> dict[str, frozenset[str]]:
+    """``{"trainer": Trainer's parameters, "model": SSFLitModule's}``; a group whose source
+    cannot be read is absent (and so not checked)."""
+    groups = {}
+    source = _trainer_source()
+    names = method_parameters(source, "Trainer", "__init__") if source else None
+    if names:
+        groups["trainer"] = names
+    names = method_parameters(MODULE_SOURCE, "SSFLitModule", "__init__")
+    if names:
+        groups["model"] = names
+    return groups
+
+
+@lru_cache(maxsize=None)
+def top_level_options(command: str) -> frozenset[str] | None:
+    """LightningCLI's top-level option names of ``command`` (None if Lightning's source
+    cannot be read: then nothing is checked)."""
+    source = _trainer_source()
+    method = method_parameters(source, "Trainer", command) if source else None
+    if method is None:
+        return None
+    return frozenset(CLI_OPTIONS) | (method - set(FILLED_BY_CLI))
+
+
+def _unknown(option: str, known: list[str], command: str) -> UserError:
+    close = difflib.get_close_matches(option, known, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return UserError(f"{command}: unrecognized option {option}{hint} (see `nvc-train {command} --help`)")
+
+
+def check_option(name: str, command: str) -> None:
+    """``name`` without its leading ``--`` (and without ``=value``)."""
+    top, _, rest = name.removesuffix("+").partition(".")  # `--trainer.callbacks+=…` appends
+    top_level = top_level_options(command)
+    if top_level is None:
+        return
+    if top not in top_level:
+        raise _unknown(f"--{name}", sorted(f"--{t}" for t in top_level), command)
+    if not rest or top in UNCHECKED_GROUPS or rest.split(".")[-1] == "help":
+        return
+    params = group_parameters().get(top)
+    if params is None:
+        return
+    first = rest.split(".")[0]
+    if first not in params:
+        raise _unknown(f"--{top}.{first}", [f"--{top}.{p}" for p in sorted(params)], command)
+
+
+def _looks_like_inline_yaml(value: str) -> bool:
+    return "\n" in value or value.lstrip().startswith(("{", "["))
+
+
+def check_value(name: str, value: str) -> None:
+    """Files named on the command line exist and are files."""
+    if name == "config" and not _looks_like_inline_yaml(value):
+        require_file(value, "--config")
+    elif name == "ckpt_path" and value.lower() not in CKPT_PATH_WORDS and "://" not in value:
+        require_file(value, "--ckpt_path")
+    elif name == "model.init_weights" and value.lower() not in ("null", "none", "") and "://" not in value:
+        require_file(value, "--model.init_weights")
+
+
+def precheck(argv: list[str]) -> None:
+    """Raise a one-line :class:`UserError` for what is wrong in ``argv`` (``[command, *options]``,
+    presets already resolved); return quietly where only LightningCLI can judge."""
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        return
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            return  # LightningCLI prints the help; nothing to check
+        if arg == "-c":
+            arg = "--config"
+        if arg.startswith("--"):
+            name, has_value, value = arg[2:].partition("=")
+            check_option(name, command)
+            if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, has_value = args[i + 1], True
+                i += 1
+            if has_value:
+                check_value(name, value)
+        i += 1
