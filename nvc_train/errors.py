@@ -18,17 +18,26 @@ def require_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool, results: tuple[str, ...], flag: str = "--out") -> Path:
-    """Create an output folder before any work is done; refuse one that already holds any of
-    ``results`` (file names or glob patterns of what this command writes) unless ``overwrite``."""
+def check_output_dir(path: str | Path, overwrite: bool, results: tuple[str, ...], flag: str = "--out") -> Path:
+    """Refuse an output folder that is a file, or that already holds any of ``results`` (file
+    names or glob patterns of what this command writes) unless ``overwrite``; creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if not path.exists() and parent is not None and not parent.is_dir():
+        raise UserError(f"cannot create {flag} {path}: {parent} is a file")
     if not overwrite and path.is_dir():
         found = sorted({p.name for pattern in results for p in path.glob(pattern)})
         if found:
             raise UserError(f"{flag} {path} already holds {', '.join(found[:3])}{' …' if len(found) > 3 else ''}: "
                             f"pass --overwrite to replace, or choose another folder")
+    return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool, results: tuple[str, ...], flag: str = "--out") -> Path:
+    """:func:`check_output_dir`, then create the folder (before any work is done)."""
+    path = check_output_dir(path, overwrite, results, flag)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -86,13 +86,18 @@ CASES = [
     (["decode", "{tmp}/a-file", "--checkpoint", "c", "-o", "{tmp}/x.avi"], "unsupported output x.avi"),
     (["decode", "{tmp}/a-file", "--checkpoint", "c", "--reference", "{tmp}/nope.mp4"], "--reference not found"),
     (["eval", "--checkpoint", "{tmp}/c", "--data", "d", "--out-dir", "{tmp}/e"], "checkpoint not found: {tmp}/c"),
+    (["ptq", "{tmp}/nope.pth.tar", "--out-dir", "{tmp}/p"], "checkpoint not found: {tmp}/nope.pth.tar"),
+    (["ptq", "{tmp}/a-file", "--out-dir", "{tmp}/p"], "is not a readable ScaleSpaceFlow state dict"),
+    (["export-integer", "{tmp}/a-file", "--out-dir", "{tmp}/x"], "is not a readable PyTorch checkpoint"),
 ]
 
 
 @pytest.mark.parametrize("argv,fragment", CASES, ids=[" ".join(a)[:60] or "(none)" for a, _ in CASES])
 def test_bad_input_is_one_line_and_exit_2(argv, fragment, files, capsys):
+    before = sorted(files.rglob("*"))
     line = one_line_error([a.replace("{tmp}", str(files)) for a in argv], capsys)
     assert fragment.replace("{tmp}", str(files)) in line
+    assert sorted(files.rglob("*")) == before, "a refused command must leave nothing behind (no empty output folder)"
 
 
 def test_an_output_is_replaced_only_with_overwrite(files, capsys):

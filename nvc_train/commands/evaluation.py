@@ -18,7 +18,7 @@ from nvc_train.commands.common import (
     device,
     input_options,
 )
-from nvc_train.errors import UserError, prepare_output_dir, require_file
+from nvc_train.errors import UserError, check_output_dir, prepare_output_dir, require_file
 
 
 def add_parsers(sub) -> None:
@@ -53,8 +53,8 @@ def add_parsers(sub) -> None:
 def evaluate(args) -> int:
     """``nvc-train eval``: real coding of every sequence with every model; JSON, plot, W&B."""
     check_gop_frames(args)
-    out = prepare_output_dir(args.out_dir, args.overwrite, ("summary.md", "float.json", "qat.json", "ptq.json", "rd.png"),
-                             flag="--out-dir")
+    results = ("summary.md", "float.json", "qat.json", "ptq.json", "rd.png")
+    check_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     dev = device(args.device)
     checkpoints = [checkpoint_path(p) for p in args.checkpoint]  # every file there before any work
     from tqdm import tqdm
@@ -63,6 +63,8 @@ def evaluate(args) -> int:
     from nvc_train.io.atomic import atomic_write_bytes
 
     sequences = E.collect_sequences(args.data)
+    # Created only once every input is known good: a failed start leaves no empty folder.
+    out = prepare_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     options = input_options(args)
     models = [E.load_eval_model(p, dev) for p in checkpoints]
     names = [m.name for m in models]

@@ -15,7 +15,7 @@ from nvc_train.commands.common import (
     checkpoint_path,
     warn_deprecated,
 )
-from nvc_train.errors import UserError, check_output_file, prepare_output_dir, require_file
+from nvc_train.errors import UserError, check_output_dir, check_output_file, prepare_output_dir, require_file
 
 
 def add_parsers(sub) -> None:
@@ -108,7 +108,9 @@ def export_integer(args) -> int:
     if args.command == "export":
         warn_deprecated("`nvc-train export`", "`nvc-train export-integer`")
     require_file(args.checkpoint, "checkpoint")
-    out = prepare_output_dir(args.out_dir, True, (), flag="--out-dir")  # names carry the content hash: nothing is lost
+    # Names carry the content hash, so nothing is lost by writing into a used folder; the folder
+    # itself is made by the first write, so a refused checkpoint leaves none behind.
+    out = check_output_dir(args.out_dir, True, (), flag="--out-dir")
     from nvc_train.lit.checkpoints import export_integer_from_lightning
 
     if not args.quiet:
@@ -146,8 +148,8 @@ def ptq(args) -> int:
                                                                    args.act_observer, args.act_scheme)]
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    out = prepare_output_dir(args.out_dir, args.overwrite, ("ptq_report.md", "ptq_report.json", f"{args.name}-*.ckpt"),
-                             flag="--out-dir")
+    results = ("ptq_report.md", "ptq_report.json", f"{args.name}-*.ckpt")
+    check_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     source = checkpoint_path(args.model)
     if source.suffix == ".ckpt":
         module, _ = lit_module_from_checkpoint(source)
@@ -159,6 +161,7 @@ def ptq(args) -> int:
                         f"or --lmbda, so candidates are ranked by the model's own rate-distortion cost")
     if args.lmbda is not None or args.quality is not None:
         lmbda = args.lmbda if args.lmbda is not None else quality_to_lambda(args.quality)
+    out = prepare_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")  # inputs are good: now create it
     model.eval().update(force=True)
 
     def clips(first_seed: int, n: int):
