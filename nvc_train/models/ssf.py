@@ -43,8 +43,38 @@ def rescale_flow(motion_info: Tensor, flow_reference: int) -> Tensor:
         flow_reference: R, the square size in pixels at which flow units are defined.
     """
     height, width = motion_info.shape[-2:]
-    factors = motion_info.new_tensor([flow_reference / width, flow_reference / height, 1.0]).view(1, 3, 1, 1)
-    return motion_info * factors
+    # Python-number factors (not a tensor made from a list): on a GPU, a tensor built from
+    # host values is a blocking copy. The kernels cast the number to float32 first, so the
+    # products are those of a float32 factor tensor.
+    return torch.cat((motion_info[:, :1] * (flow_reference / width), motion_info[:, 1:2] * (flow_reference / height),
+                      motion_info[:, 2:]), dim=1)
+
+
+class HostFreeEntropyBottleneck(EntropyBottleneck):
+    """CompressAI's EntropyBottleneck with the same forward, minus its reads back to the host.
+
+    CompressAI builds the (C, N, …) permutation as a tensor on the input's device and
+    permutes by it: on a GPU the tensor is a blocking copy and each of the 12 elements read
+    back by the three permutations is a synchronisation, and a 3-frame SSF step makes five
+    calls (tests/lit/test_gpu_step.py counted 125 synchronisations per step on an H100
+    before this change). Here the permutation is a Python tuple: same order, same
+    arithmetic, same results bit for bit (tests/models/test_ssf.py).
+    """
+
+    def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+        if training is None:
+            training = self.training
+        perm = (1, 0, *range(2, x.ndim))  # swaps N and C; its own inverse
+        x = x.permute(*perm).contiguous()
+        shape = x.size()
+        values = x.reshape(x.size(0), 1, -1)
+        outputs = self.quantize(values, "noise" if training else "dequantize", self._get_medians())
+        likelihood, _, _ = self._likelihood(outputs)
+        if self.use_likelihood_bound:
+            likelihood = self.likelihood_lower_bound(likelihood)
+        outputs = outputs.reshape(shape).permute(*perm).contiguous()
+        likelihood = likelihood.reshape(shape).permute(*perm).contiguous()
+        return outputs, likelihood
 
 
 class FlowReferenceSSF(ScaleSpaceFlow):
@@ -60,6 +90,9 @@ class FlowReferenceSSF(ScaleSpaceFlow):
     def __init__(self, flow_reference: int | None = None):
         super().__init__()
         self.flow_reference = check_flow_reference(flow_reference)
+        for module in self.modules():
+            if type(module) is EntropyBottleneck:
+                module.__class__ = HostFreeEntropyBottleneck  # same parameters and buffers
 
     def forward_prediction(self, x_ref: Tensor, motion_info: Tensor) -> Tensor:
         if self.flow_reference is not None:
