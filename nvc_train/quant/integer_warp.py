@@ -48,7 +48,8 @@ def from_samples(v: Tensor) -> Tensor:
 
 
 def kernel_taps(sigma: float = SIGMA0, bits: int = KERNEL_BITS) -> list[int]:
-    """CompressAI's 1-D Gaussian (size 2·ceil(3σ)+1) as integers summing to exactly 2**bits.
+    """CompressAI's 1-D Gaussian (size 2·ceil(3σ)+1) as integers summing to exactly 2**bits;
+    symmetric (``blur`` relies on it).
 
     Each tap is rounded, and the rounding remainder goes to the centre tap, so the kernel
     stays symmetric and the blur of a constant image is that constant.
@@ -71,9 +72,10 @@ def blur(v: Tensor, taps: list[int]) -> Tensor:
         # Replicate padding by clamped indices (no float round trip).
         index = torch.arange(-pad, size + pad, device=v.device).clamp(0, size - 1)
         padded = v.index_select(dim, index)
-        acc = padded.narrow(dim, 0, size) * taps[0]
-        for t in range(1, len(taps)):  # tap by tap: no (…, size, taps) intermediate
-            acc += padded.narrow(dim, t, size) * taps[t]
+        # Tap by tap (no (…, size, taps) intermediate), the symmetric pairs summed first.
+        acc = padded.narrow(dim, pad, size) * taps[pad]
+        for t in range(pad):
+            acc.add_(padded.narrow(dim, t, size) + padded.narrow(dim, len(taps) - 1 - t, size), alpha=taps[t])
         v = round_shift(acc, KERNEL_BITS)
     return v
 
