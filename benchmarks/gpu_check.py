@@ -1,4 +1,4 @@
-"""Every GPU check and GPU figure in one command (`make gpu-check`), under 5 minutes on one GPU.
+"""Every GPU check and GPU figure in one command (`make gpu-check`): 6.5 minutes on an H100.
 
 Sections, each printing its figures and a verdict:
 
