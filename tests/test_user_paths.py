@@ -117,6 +117,7 @@ def test_an_installed_wheel_carries_the_presets(tmp_path):
     """A non-editable install (the wheel, unpacked outside the checkout) names its presets
     from an empty folder. Control: the same wheel's package without its configs folder
     no longer resolves them."""
+    import os
     import shutil
     import subprocess
     import sys
@@ -133,7 +134,7 @@ def test_an_installed_wheel_carries_the_presets(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     work = tmp_path / "empty"
     work.mkdir()
-    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     probe = ("import nvc_train.presets as p, sys; print(p.__file__); "
              "print(p.resolve_config('configs/demo/float.yaml')); print(p.resolve_config('finetune/footage.yaml'))")
 

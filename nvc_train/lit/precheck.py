@@ -36,11 +36,19 @@ CKPT_PATH_WORDS = ("last", "best", "hpc", "registry", "null", "none")
 MODULE_SOURCE = Path(__file__).resolve().parent / "module.py"
 
 
+@lru_cache(maxsize=None)
+def _module_tree(source: Path) -> ast.Module | None:
+    """``source`` parsed once per process (Trainer's file serves its ``__init__`` and ``fit``)."""
+    try:
+        return ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def method_parameters(source: Path, class_name: str, method: str) -> frozenset[str] | None:
     """The parameter names of ``class_name.method`` in ``source`` (None if not found)."""
-    try:
-        tree = ast.parse(source.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
+    tree = _module_tree(source)
+    if tree is None:
         return None
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
