@@ -102,6 +102,32 @@ def int_checkpoint(qat_module, tmp_path_factory):
     return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("int"), "test", {"quality": 5})
 
 
+@pytest.fixture(scope="session")
+def pixel_module(qat_module, tmp_path_factory):
+    """QAT of the whole decoder (``scope="decoder"``) from ``qat_module``, 4 steps."""
+    from lightning import seed_everything
+
+    from nvc_train.lit.module import SSFLitModule
+    from nvc_train.quant.config import QuantConfig
+
+    seed_everything(2)
+    module = SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"), real_coding_clips=0)
+    module.load_state_dict(qat_module.state_dict(), strict=False)
+    _fit(module, tmp_path_factory.mktemp("pixel"), max_steps=4)
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def pixel_checkpoint(pixel_module, tmp_path_factory):
+    """The pixel-exact integer checkpoint of ``pixel_module`` (path)."""
+    import copy
+
+    from nvc_train.quant.export import export_integer_checkpoint
+
+    m = copy.deepcopy(pixel_module)
+    return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("pixel-int"), "pixel", {"quality": 5})
+
+
 # --- an RD evaluation shared by the eval and publish tests --------------------------------
 @pytest.fixture(scope="session")
 def sequences(tmp_path_factory):

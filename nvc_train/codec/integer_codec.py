@@ -1,9 +1,11 @@
 """The integer SSF codec: a keyframe then P-frames, with integer hyper-decoders on both sides.
 
-Analysis and synthesis transforms, warping and reconstruction stay float (pixels may drift
-slightly between machines, docs/integer-contract.md); everything that decides what the range decoder
-reads — z symbols, CDF indexes, means — is integer, so the decoded latents are
-bit-identical on every machine. Strings are coded with CompressAI's own rANS coder and the
+Everything that decides what the range decoder reads — z symbols, CDF indexes, means — is
+integer, so the decoded latents are bit-identical on every machine. The synthesis side
+comes in two kinds: float (hyperprior-integer checkpoints; pixels may drift slightly between
+machines, docs/integer-contract.md) or, with an :class:`IntegerPixelDecoder` (checkpoints
+of ``qat.scope: decoder``), integer: identical frames (MD5) on every machine, and the encoder
+predicts from exactly the references the decoder will hold (closed loop). Strings are coded with CompressAI's own rANS coder and the
 entropy tables stored in the checkpoint.
 
 Byte order: CompressAI's rANS coder writes its 32-bit words in the host's byte order, so
@@ -23,27 +25,44 @@ from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
 from nvc_train.codec.frames import FRAME_PARTS, CodedFrame, CodedLatent  # noqa: F401 (re-exported)
+from nvc_train.codec.pixel_decoder import IntegerPixelDecoder, frame_md5, to_levels
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant.config import MEAN_FRAC_BITS, SYMBOL_LIMIT
 from nvc_train.quant.fake_quant import integer_hyper_input
 from nvc_train.quant.integer import IntegerHyperDecoder
+from nvc_train.quant.integer_warp import from_samples
+from nvc_train.quant.synthesis import DECODERS, IntegerSynthesis, latent_integers
 
 """Which hyperpriors a frame of each type codes, in bitstream order."""
 
 
 class DecodedFrame(NamedTuple):
-    """Reconstruction (1, 3, H, W) float32, the SHA-256 of its decoded latents, and the
-    SHA-256 of each part's latent alone (``{"keyframe": …}`` or ``{"motion": …, "residual": …}``)."""
+    """One decoded frame.
+
+    Attributes:
+        x_hat: (1, 3, H, W) float32 reconstruction (pixel-exact codecs: the 8-bit output
+            levels / 255).
+        latent_sha256: SHA-256 of the frame's decoded latents.
+        part_sha256: SHA-256 of each part's latent alone (``{"keyframe": …}`` or
+            ``{"motion": …, "residual": …}``).
+        levels: (1, 3, H, W) uint8 output frame of a pixel-exact codec, else None.
+        md5: MD5 of ``levels`` (see :func:`frame_md5`), else "".
+    """
 
     x_hat: Tensor
     latent_sha256: str
     part_sha256: dict[str, str]
+    levels: Tensor | None = None
+    md5: str = ""
 
 
-def _frame(x_hat: Tensor, latents: dict[str, Tensor]) -> DecodedFrame:
-    return DecodedFrame(x_hat, latent_digest(list(latents.values())),
-                        {part: latent_digest([y]) for part, y in latents.items()})
+def _frame(x_hat: Tensor, latents: dict[str, Tensor], samples: Tensor | None = None) -> DecodedFrame:
+    digests = (latent_digest(list(latents.values())), {part: latent_digest([y]) for part, y in latents.items()})
+    if samples is None:
+        return DecodedFrame(x_hat, *digests)
+    levels = to_levels(samples)
+    return DecodedFrame(levels.float() / 255, *digests, levels, frame_md5(levels))
 
 
 def require_little_endian() -> None:
@@ -133,12 +152,19 @@ class IntegerHyperprior(nn.Module):
 
 
 class IntegerSSF(nn.Module):
-    """ScaleSpaceFlow whose three hyperpriors decode through exact integer arithmetic."""
+    """ScaleSpaceFlow whose three hyperpriors decode through exact integer arithmetic, and,
+    with ``pixels``, whose synthesis, warp and reconstruction do too."""
 
-    def __init__(self, model: ScaleSpaceFlow, hyperpriors: dict[str, IntegerHyperprior]):
+    def __init__(self, model: ScaleSpaceFlow, hyperpriors: dict[str, IntegerHyperprior],
+                 pixels: IntegerPixelDecoder | None = None):
         super().__init__()
         self.model = model
         self.hyperpriors = nn.ModuleDict(hyperpriors)
+        self.pixels = pixels
+
+    @property
+    def pixel_exact(self) -> bool:
+        return self.pixels is not None
 
     def compress(self, frames: list[Tensor], gop: int | None = None) -> tuple[list[CodedFrame], list[DecodedFrame]]:
         """Encode frames (each (1, 3, H, W), H and W multiples of 128) as I P P … (a keyframe
@@ -152,47 +178,66 @@ class IntegerSSF(nn.Module):
         """Encode frame by frame (a generator of (CodedFrame, DecodedFrame)); only the
         reference frame is kept, so memory does not grow with the sequence."""
         require_little_endian()
-        m = self.model
-        x_ref = None
+        m, px = self.model, self.pixels
+        x_ref = ref = None
         for t, x in enumerate(frames):
             if x.shape[0] != 1:
                 raise ValueError("the integer codec encodes one sequence at a time (batch size 1)")
             if x_ref is None or (gop and t % gop == 0):
                 y_hat, c = self.hyperpriors["keyframe"].compress(m.img_encoder(x), "keyframe")
-                x_ref = m.img_decoder(y_hat)
+                if px is not None:
+                    ref = px.keyframe(latent_integers(y_hat))
+                    x_ref = from_samples(ref)
+                else:
+                    x_ref = m.img_decoder(y_hat)
                 cf = CodedFrame("I", {"keyframe": c})
                 latents = {"keyframe": y_hat}
             else:
                 y_motion_hat, c_motion = self.hyperpriors["motion"].compress(
                     m.motion_encoder(torch.cat((x, x_ref), dim=1)), "motion")
-                x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
+                if px is not None:
+                    pred = px.predict(ref, latent_integers(y_motion_hat))
+                    x_pred = from_samples(pred)
+                else:
+                    x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
                 y_res_hat, c_res = self.hyperpriors["residual"].compress(m.res_encoder(x - x_pred), "residual")
-                x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+                if px is not None:
+                    ref = px.reconstruct(pred, latent_integers(y_res_hat), latent_integers(y_motion_hat))
+                    x_ref = from_samples(ref)
+                else:
+                    x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
                 cf = CodedFrame("P", {"motion": c_motion, "residual": c_res})
                 latents = {"motion": y_motion_hat, "residual": y_res_hat}
-            yield cf, _frame(x_ref, latents)
+            yield cf, _frame(x_ref, latents, ref)
 
     @torch.no_grad()
     def decompress_iter(self, coded_frames, device: torch.device | str = "cpu"):
         """Decode frame by frame (a generator: memory does not grow with the sequence)."""
         require_little_endian()
-        m = self.model
+        m, px = self.model, self.pixels
         device = torch.device(device)
-        x_ref = None
+        x_ref = ref = None
         for cf in coded_frames:
             if cf.frame_type == "I":
                 y_hat = self.hyperpriors["keyframe"].decompress(cf.latents["keyframe"], device)
-                x_ref = m.img_decoder(y_hat)
+                if px is not None:
+                    ref = px.keyframe(latent_integers(y_hat))
+                else:
+                    x_ref = m.img_decoder(y_hat)
                 latents = {"keyframe": y_hat}
             else:
-                if x_ref is None:
+                if x_ref is None and ref is None:
                     raise ValueError("bitstream starts with a P-frame: no reference to predict from")
                 y_motion_hat = self.hyperpriors["motion"].decompress(cf.latents["motion"], device)
-                x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
                 y_res_hat = self.hyperpriors["residual"].decompress(cf.latents["residual"], device)
-                x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+                if px is not None:
+                    y_motion_int = latent_integers(y_motion_hat)
+                    ref = px.reconstruct(px.predict(ref, y_motion_int), latent_integers(y_res_hat), y_motion_int)
+                else:
+                    x_pred = m.forward_prediction(x_ref, m.motion_decoder(y_motion_hat))
+                    x_ref = x_pred + m.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
                 latents = {"motion": y_motion_hat, "residual": y_res_hat}
-            yield _frame(x_ref, latents)
+            yield _frame(x_ref, latents, ref)
 
     def decompress(self, coded_frames, device: torch.device | str = "cpu") -> list[DecodedFrame]:
         return list(self.decompress_iter(coded_frames, device))
@@ -200,7 +245,8 @@ class IntegerSSF(nn.Module):
 
 def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], input_frac_bits: int) -> IntegerSSF:
     """Assemble an :class:`IntegerSSF` from a float model with stored entropy tables and the
-    integer tensors ``"<part>.median_q"``, ``"<part>.<role>.<name>"``."""
+    integer tensors ``"<part>.median_q"``, ``"<part>.<role>.<name>"`` and, for a pixel-exact
+    codec, ``"synth.<decoder>.<name>"``."""
     hps = {}
     for part in PARTS:
         dec = {}
@@ -210,4 +256,12 @@ def build_integer_ssf(model: ScaleSpaceFlow, int_tensors: dict[str, Tensor], inp
             dec[role] = IntegerHyperDecoder(role, tensors)
         hps[part] = IntegerHyperprior(hyperprior(model, part), int_tensors[f"{part}.median_q"],
                                       dec["mean"], dec["scale"], input_frac_bits)
-    return IntegerSSF(model, hps)
+    pixels = None
+    if any(k.startswith("synth.") for k in int_tensors):
+        synth = {}
+        for name in DECODERS:
+            prefix = f"synth.{name}."
+            synth[name] = IntegerSynthesis(name, {k[len(prefix):]: v for k, v in int_tensors.items()
+                                                  if k.startswith(prefix)})
+        pixels = IntegerPixelDecoder(synth, getattr(model, "flow_reference", None), model.num_levels, model.sigma0)
+    return IntegerSSF(model, hps, pixels)

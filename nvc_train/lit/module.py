@@ -177,8 +177,9 @@ class SSFLitModule(L.LightningModule):
 
     def forward(self, frames: list[Tensor]):
         hp_forward = self.qat.hyperprior_forward if self.qat_active else float_hyperprior_forward
+        dec_forward = self.qat.synthesis.decoder_forward if self.qat_active and self.qat.synthesis else None
         dtype = torch.bfloat16 if self.hparams.autocast == "bf16" else None
-        return ssf_forward(self.model, frames, hp_forward, autocast_dtype=dtype)
+        return ssf_forward(self.model, frames, hp_forward, autocast_dtype=dtype, decoder_forward=dec_forward)
 
     def _step(self, batch: Tensor, stage: str):
         # (N, T, 3, H, W) → T × (N, 3, H, W); unbind(1) gives strided views, and convolutions

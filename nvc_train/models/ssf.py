@@ -135,11 +135,17 @@ def float_hyperprior_forward(part: str, hp: nn.Module, y: Tensor) -> tuple[Tenso
     return hp(y)
 
 
+DecoderForward = Callable[[str, nn.Module, Tensor], Tensor]
+
+SYNTHESIS_ATTR = {"img": "img_decoder", "motion": "motion_decoder", "res": "res_decoder"}
+
+
 def ssf_forward(
     model: ScaleSpaceFlow,
     frames: list[Tensor],
     hyperprior_forward: HyperpriorForward = float_hyperprior_forward,
     autocast_dtype: torch.dtype | None = None,
+    decoder_forward: DecoderForward | None = None,
 ) -> list[FrameOutput]:
     """ScaleSpaceFlow.forward with a pluggable hyperprior and optional autocast.
 
@@ -148,6 +154,9 @@ def ssf_forward(
         hyperprior_forward: runs one hyperprior on a latent y (N, 192, H/16, W/16).
         autocast_dtype: e.g. torch.bfloat16 to run the analysis/synthesis transforms in
             reduced precision; hyperpriors (entropy parameters) always run in float32.
+        decoder_forward: runs a synthesis decoder (``"img"``, ``"motion"``, ``"res"``, the
+            module, its input) instead of the float module, in float32 outside autocast
+            (the integer decoders' QAT: bf16 stays on the encoder side).
 
     Returns:
         T :class:`FrameOutput`; like CompressAI, the reference of frame t+1 is the detached
@@ -162,27 +171,32 @@ def ssf_forward(
         with torch.autocast(device_type, enabled=False):
             return hyperprior_forward(part, hyperprior(model, part), y.float())
 
+    def decode(name: str, y: Tensor) -> Tensor:
+        module = getattr(model, SYNTHESIS_ATTR[name])
+        if decoder_forward is None:
+            with transforms():
+                return module(y).float()
+        with torch.autocast(device_type, enabled=False):
+            return decoder_forward(name, module, y.float())
+
     outputs = []
     with transforms():
         y = model.img_encoder(frames[0])
     y_hat, lik = run_hyperprior("keyframe", y)
-    with transforms():
-        x_hat = model.img_decoder(y_hat).float()
+    x_hat = decode("img", y_hat)
     outputs.append(FrameOutput(x_hat, {"keyframe": lik}))
     x_ref = x_hat.detach()
     for x_cur in frames[1:]:
         with transforms():
             y_motion = model.motion_encoder(torch.cat((x_cur, x_ref), dim=1))
         y_motion_hat, lik_motion = run_hyperprior("motion", y_motion)
-        with transforms():
-            motion_info = model.motion_decoder(y_motion_hat)
-        x_pred = model.forward_prediction(x_ref, motion_info.float())
+        motion_info = decode("motion", y_motion_hat)
+        x_pred = model.forward_prediction(x_ref, motion_info)
         with transforms():
             y_res = model.res_encoder(x_cur - x_pred)
         y_res_hat, lik_res = run_hyperprior("residual", y_res)
-        with transforms():
-            x_res_hat = model.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
-        x_rec = x_pred + x_res_hat.float()
+        x_res_hat = decode("res", torch.cat((y_res_hat, y_motion_hat), dim=1))
+        x_rec = x_pred + x_res_hat
         outputs.append(FrameOutput(x_rec, {"motion": lik_motion, "residual": lik_res}))
         x_ref = x_rec.detach()
     return outputs

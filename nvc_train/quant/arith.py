@@ -43,6 +43,9 @@ WEIGHT_QMAX = 127
 # SSF's hyper-decoders: ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1).
 DECONV_STRIDE, DECONV_PADDING, DECONV_OUTPUT_PADDING = 2, 2, 1
 
+MAX_COLUMN_ELEMENTS = 2**25
+"""Largest col2im matrix built at once (256 MB of float64); larger inputs go in row bands."""
+
 
 class FixedPoint(NamedTuple):
     """Per-channel requantization ``out = clamp((acc * multiplier + 2**(shift-1)) >> shift)``.
@@ -173,13 +176,27 @@ def conv_transpose_exact(x_int: Tensor, weight_int: Tensor) -> Tensor:
     """
     n, c_in, h, w = x_int.shape
     c_out, k = weight_int.shape[1], weight_int.shape[2]
-    x = x_int.to(torch.float64).reshape(n, c_in, h * w)
-    weight = weight_int.to(device=x.device, dtype=torch.float64).reshape(c_in, c_out * k * k)
-    columns = float64_gemm(weight.t(), x)  # (N, C_out·k·k, H·W)
+    weight = weight_int.to(device=x_int.device, dtype=torch.float64).reshape(c_in, c_out * k * k).t()
     # ConvTranspose2d's output size; output_padding=1 keeps a last row/column padding trims.
     out_h, out_w = ((d - 1) * DECONV_STRIDE - 2 * DECONV_PADDING + k + DECONV_OUTPUT_PADDING for d in (h, w))
-    acc = F.fold(columns, (out_h, out_w), kernel_size=k, stride=DECONV_STRIDE, padding=DECONV_PADDING)
-    return torch.round(acc).long()
+    rows = max(1, min(h, MAX_COLUMN_ELEMENTS // max(1, n * c_out * k * k * w)))
+    if rows >= h:  # one GEMM and one fold (the hyper-decoders, small frames)
+        x = x_int.to(torch.float64).reshape(n, c_in, h * w)
+        acc = F.fold(float64_gemm(weight, x), (out_h, out_w), kernel_size=k, stride=DECONV_STRIDE,
+                     padding=DECONV_PADDING)
+        return torch.round(acc).long()
+    # Frame-sized layers (the synthesis decoders): bands of input rows, each folded without
+    # padding into its own rows of an unpadded canvas. Every band's sums are exact integers,
+    # so adding the overlapping rows in int64 gives the same accumulators as one fold.
+    canvas = torch.zeros(n, c_out, (h - 1) * DECONV_STRIDE + k, out_w + 2 * DECONV_PADDING,
+                         dtype=torch.int64, device=x_int.device)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        x = x_int[:, :, r0:r1].to(torch.float64).reshape(n, c_in, (r1 - r0) * w)
+        band = F.fold(float64_gemm(weight, x), ((r1 - r0 - 1) * DECONV_STRIDE + k, canvas.shape[-1]),
+                      kernel_size=k, stride=DECONV_STRIDE)
+        canvas[:, :, r0 * DECONV_STRIDE:r0 * DECONV_STRIDE + band.shape[2]] += torch.round(band).long()
+    return canvas[:, :, DECONV_PADDING:DECONV_PADDING + out_h, DECONV_PADDING:DECONV_PADDING + out_w].contiguous()
 
 
 def add_bias(acc: Tensor, bias_int: Tensor) -> Tensor:

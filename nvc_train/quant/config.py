@@ -18,6 +18,9 @@ QRELU_MAX = 255.0
 """SSF's scale hyper-decoder clamps activations to [0, 255] (QReLU, bit_depth=8)."""
 
 
+SCOPES = ("hyperprior", "decoder")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How the six hyper-decoders are quantized.
@@ -37,6 +40,11 @@ class QuantConfig:
             model clipped 33 % of the scale decoder's activations at 512² (16 % at its
             128² training size) and its keyframes cost 27 % more bits than the float
             parent's; with 4× they cost 4 % less (BENCHMARKS.md, "Activation headroom").
+        scope: "hyperprior" (the six hyper-decoders are integer: bit-identical latents) or
+            "decoder" (also the three synthesis decoders, the scale-space warp and the
+            reconstruction: bit-identical frames, docs/integer-contract.md "Pixel path").
+        decoder_activation_bits: 16 (default) or 8, the activations of the synthesis
+            decoders (scope "decoder" only); their weights are int8 like the hyper-decoders'.
     """
 
     activation_bits: int = 8
@@ -44,6 +52,8 @@ class QuantConfig:
     act_range: str = "learned"
     observe_quantile: float = 0.9999
     range_headroom: float = 4.0
+    scope: str = "hyperprior"
+    decoder_activation_bits: int = 16
 
     def __post_init__(self):
         if self.activation_bits not in (8, 16):
@@ -54,9 +64,18 @@ class QuantConfig:
             raise ValueError(f"act_range must be 'learned' or 'observed', got {self.act_range!r}")
         if not 0.5 < self.observe_quantile <= 1.0:
             raise ValueError(f"observe_quantile must be in (0.5, 1], got {self.observe_quantile}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.decoder_activation_bits not in (8, 16):
+            raise ValueError(f"decoder_activation_bits must be 8 or 16, got {self.decoder_activation_bits}")
         if not 1.0 <= self.range_headroom <= 256.0:
             raise ValueError(f"range_headroom must be in [1, 256], got {self.range_headroom}")
 
     @property
     def activation_qmax(self) -> int:
         return 2**self.activation_bits - 1
+
+    @property
+    def pixel_exact(self) -> bool:
+        """Whether the synthesis decoders are integer too (scope "decoder")."""
+        return self.scope == "decoder"

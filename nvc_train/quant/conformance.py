@@ -6,7 +6,8 @@ Every checkpoint exported by this version carries three records (docs/integer-co
 * ``small``: a 128×128 clip coded I P P. Its hyper-latents are 2×2, so it checks border
   taps only; it is the one record of format-1 checkpoints.
 * ``realistic``: a 768×512 clip coded I P P: 12×8 hyper-latents, interior taps, GEMMs of a
-  real frame's shape. Stored per frame: the SHA-256 of all decoded latents and of each part's.
+  real frame's shape. Stored per frame: the SHA-256 of all decoded latents and of each part's,
+  and for pixel-exact checkpoints the MD5 of the decoded frame (both clip records).
 * ``stress``: for each of the six hyper-decoders and each of its three layers, an input built
   from that layer's own integer weights so that its accumulators reach the bound proven at
   export (signs follow the weights, magnitudes at the clamp limits: symbols ±2**15 for layer
@@ -191,7 +192,8 @@ def build_records(codec: IntegerSSF) -> Conformance:
         data = write_bitstream_bytes(coded, width=width, height=height, checkpoint_sha256=None)
         tensors[f"{name}.bitstream"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         records.append({"name": name, "kind": "bitstream", "width": width, "height": height, "frames": [
-            {"type": c.frame_type, "latent_sha256": r.latent_sha256, "parts": r.part_sha256}
+            {"type": c.frame_type, "latent_sha256": r.latent_sha256, "parts": r.part_sha256,
+             **({"md5": r.md5} if r.md5 else {})}
             for c, r in zip(coded, recon)]})
     checks = []
     for decoder, dec in _decoders(codec):
@@ -239,6 +241,8 @@ def _bitstream_checks(codec: IntegerSSF, conf: Conformance, rec: dict, device: t
                 yield Check(name, f"frame {t} {cf.frame_type} {part}", frame.part_sha256.get(part, "missing"), sha)
         else:
             yield Check(name, f"frame {t} {cf.frame_type}", frame.latent_sha256, want["latent_sha256"])
+        if "md5" in want:  # pixel-exact checkpoints: the decoded frame itself
+            yield Check(name, f"frame {t} {cf.frame_type} pixels (MD5)", frame.md5 or "float synthesis", want["md5"])
 
 
 def run_checks(codec: IntegerSSF, conf: Conformance, device: torch.device | str = "cpu") -> Iterator[Check]:

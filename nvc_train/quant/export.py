@@ -8,7 +8,9 @@ File layout (all integers big-endian)::
     sha256       32 bytes  SHA-256 of the payload
     payload               torch.save of {"tensors", "metadata", "conformance"}
 
-Format 2 (this version) stores three conformance records (:mod:`nvc_train.quant.conformance`)
+Format 3 (pixel-exact checkpoints, ``qat.scope: decoder``) adds the integer synthesis
+decoders and per-frame MD5s in the clip records. Format 2 (hyperprior scope, still written
+as 2) stores three conformance records (:mod:`nvc_train.quant.conformance`)
 and runs the stress record's layer-0 self-test on load; format 1 (one 128×128 record, no
 self-test) still loads.
 
@@ -41,9 +43,15 @@ from nvc_train.quant.conformance import Conformance, build_records, from_payload
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
 from nvc_train.quant.integer import convert_decoder
+from nvc_train.quant.integer_warp import COORD_FRAC_BITS, KERNEL_BITS, SAMPLE_FRAC_BITS
+from nvc_train.quant.synthesis import DECODERS, MOTION_FRAC_BITS, convert_synthesis
 
 MAGIC = b"NVCTRAIN-INT"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+HYPERPRIOR_FORMAT_VERSION = 2
+"""Hyperprior-scope checkpoints are still written as format 2 (older nvc-train reads them);
+format 3 adds the integer synthesis decoders (``int.synth.*``), which a format-2 reader
+would silently ignore and decode with float pixels: it refuses the version instead."""
 _HEADER = struct.Struct(">12sIQ32s")
 
 
@@ -73,6 +81,10 @@ def integer_tensors(model: ScaleSpaceFlow, qat: HyperpriorQAT) -> dict[str, Tens
                 hp.gaussian_conditional.scale_table if role == "scale" else None,
             )
             out.update({f"{part}.{role}.{name}": t for name, t in tensors.items()})
+    if qat.synthesis is not None:
+        for name, attr in DECODERS.items():
+            tensors = convert_synthesis(getattr(model, attr), qat.synthesis.decoders[name])
+            out.update({f"synth.{name}.{key}": t for key, t in tensors.items()})
     return out
 
 
@@ -90,11 +102,16 @@ def export_integer_checkpoint(
     model.update(force=True)
     tensors = {f"ssf.{k}": v.detach().clone() for k, v in model.state_dict().items()}
     tensors.update({f"int.{k}": v for k, v in integer_tensors(model, qat).items()})
-    metadata = {**metadata, "format_version": FORMAT_VERSION, "quant": asdict(qat.config),
+    version = FORMAT_VERSION if qat.config.pixel_exact else HYPERPRIOR_FORMAT_VERSION
+    metadata = {**metadata, "format_version": version, "quant": asdict(qat.config),
                 "flow_reference": getattr(model, "flow_reference", None),
                 "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
                              "weights": "int8/int16 per output channel", "accumulation": "exact, float64 < 2**53",
-                             "requantization": "int64 (acc*m + 2**(s-1)) >> s"}}
+                             "requantization": "int64 (acc*m + 2**(s-1)) >> s",
+                             **({"pixels": {"sample_frac_bits": SAMPLE_FRAC_BITS, "coord_frac_bits": COORD_FRAC_BITS,
+                                            "kernel_bits": KERNEL_BITS, "motion_frac_bits": MOTION_FRAC_BITS,
+                                            "rounding": "half up", "frame_md5": "uint8 planes R, G, B"}}
+                                if qat.config.pixel_exact else {})}}
     conformance = build_records(_codec_from_tensors(tensors, qat.config, metadata["flow_reference"]))
     buf = io.BytesIO()
     torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True),
@@ -102,7 +119,7 @@ def export_integer_checkpoint(
     payload = buf.getvalue()
     digest = hashlib.sha256(payload).hexdigest()
     path = Path(out_dir) / f"{name}-{digest[:8]}.ckpt"
-    atomic_write_bytes(path, _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), bytes.fromhex(digest)) + payload)
+    atomic_write_bytes(path, _HEADER.pack(MAGIC, version, len(payload), bytes.fromhex(digest)) + payload)
     atomic_write_bytes(path.with_suffix(".md"), model_card(path.name, digest, metadata, tensors, conformance).encode())
     return path
 
@@ -160,9 +177,13 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
     lines = [
         f"# {filename}",
         "",
-        "Scale-Space Flow (CompressAI `ssf2020` architecture) with integer hyper-decoders:",
-        "the decoded latents are bit-identical on every machine, under nvc-train's integer",
-        "contract (docs/integer-contract.md in the nvc-train repository).",
+        *(["Scale-Space Flow (CompressAI `ssf2020` architecture), pixel-exact: integer hyper-decoders,",
+            "synthesis decoders, warp and reconstruction, so the decoded frames are identical (MD5) on",
+            "every machine, under nvc-train's integer contract (docs/integer-contract.md in the nvc-train",
+            "repository)."] if metadata.get("quant", {}).get("scope") == "decoder" else
+          ["Scale-Space Flow (CompressAI `ssf2020` architecture) with integer hyper-decoders:",
+           "the decoded latents are bit-identical on every machine, under nvc-train's integer",
+           "contract (docs/integer-contract.md in the nvc-train repository)."]),
         "",
         f"- SHA-256 of the payload: `{digest}`",
         f"- format version: {metadata.get('format_version')}",

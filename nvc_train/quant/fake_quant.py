@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from nvc_train.models.ssf import PARTS
 from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, QRELU_MAX, SYMBOL_LIMIT, QuantConfig
+from nvc_train.quant.synthesis import SynthesisQAT
 
 ROLES = ("mean", "scale")
 
@@ -204,7 +205,8 @@ class FakeQuantHyperDecoder(nn.Module):
 
 
 class HyperpriorQAT(nn.Module):
-    """Fake-quant state of all six hyper-decoders, keyed ``"<part>_<role>"``."""
+    """Fake-quant state of all six hyper-decoders, keyed ``"<part>_<role>"``, and with scope
+    "decoder" of the three synthesis decoders (``synthesis``)."""
 
     def __init__(self, config: QuantConfig | None = None):
         super().__init__()
@@ -212,6 +214,9 @@ class HyperpriorQAT(nn.Module):
         self.decoders = nn.ModuleDict(
             {f"{part}_{role}": FakeQuantHyperDecoder(role, self.config) for part in PARTS for role in ROLES}
         )
+        # Scope "decoder": the synthesis decoders too (their state only exists then, so
+        # hyperprior-scope checkpoints keep their keys).
+        self.synthesis = SynthesisQAT(self.config) if self.config.pixel_exact else None
 
     def decoder(self, part: str, role: str) -> FakeQuantHyperDecoder:
         return self.decoders[f"{part}_{role}"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nvc_train.errors import UserError
-from nvc_train.quant.export import _HEADER, FORMAT_VERSION, MAGIC, load_integer_checkpoint
+from nvc_train.quant.export import _HEADER, FORMAT_VERSION, HYPERPRIOR_FORMAT_VERSION, MAGIC, load_integer_checkpoint
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -33,7 +33,7 @@ def test_file_name_model_card_and_content_hash(int_checkpoint):
     assert int_checkpoint.name == f"test-{ck.sha256[:8]}.ckpt"
     card = int_checkpoint.with_suffix(".md").read_text()
     assert ck.sha256 in card and "2**53" in card
-    assert ck.metadata["format_version"] == FORMAT_VERSION and ck.metadata["quant"]["activation_bits"] == 8
+    assert ck.metadata["format_version"] == HYPERPRIOR_FORMAT_VERSION and ck.metadata["quant"]["activation_bits"] == 8
 
 
 def test_loading_never_recomputes_entropy_tables(int_checkpoint, monkeypatch):
