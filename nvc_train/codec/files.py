@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from nvc_train.codec.bitstream import (
     validate_file,
 )
 from nvc_train.codec.integer_codec import DecodedFrame
+from nvc_train.codec.pixel_decoder import frame_md5
 from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import ms_ssim, psnr
 from nvc_train.io.video import FrameReader, FrameWriter
@@ -57,6 +59,7 @@ class FrameStats:
     psnr: float | None = None
     ms_ssim: float | None = None
     latent_sha256: str = ""
+    md5: str = ""
 
 
 @dataclass
@@ -69,6 +72,11 @@ class CodingReport:
     file_bytes: int = 0
     seconds: float = 0.0
     frames: list[FrameStats] = field(default_factory=list)
+    pixel_exact: bool = False
+
+    def md5_lines(self) -> list[str]:
+        """``<index> <type> <md5>`` per frame, as ``nvc-train compare`` reads them."""
+        return [f"{f.index} {f.frame_type} {f.md5}" for f in self.frames]
 
     @property
     def bpp(self) -> float:
@@ -104,11 +112,12 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
     called after each frame (for callers with a progress display of their own).
 
     The reported PSNR (and MS-SSIM if asked) compare the encoder's own reconstruction with the input: the
-    decoder reproduces the same latents (bit-exact) and the same pixels up to float
+    decoder reproduces the same latents (bit-exact) and, with a pixel-exact checkpoint, the
+    same frames (each frame's MD5 is in the report); otherwise the same pixels up to float
     round-off of the synthesis transforms on another machine.
     """
     info = reader.info
-    report = CodingReport(info.width, info.height, info.fps)
+    report = CodingReport(info.width, info.height, info.fps, pixel_exact=checkpoint.codec.pixel_exact)
     known = [n for n in (info.frames, max_frames) if n]
     total = min(known) if known else None  # for the progress bar
     frames = itertools.islice(reader, max_frames)
@@ -129,7 +138,8 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
 
         for t, (cf, rec) in enumerate(codec.compress_iter(padded(), gop)):
             src = sources.pop()
-            report.frames.append(_frame_stats(t, cf.frame_type, writer.write(cf), rec, src, with_ms_ssim))
+            report.frames.append(_frame_stats(t, cf.frame_type, writer.write(cf), rec, src, with_ms_ssim,
+                                              (info.height, info.width)))
             bar.update()
             if on_frame is not None:
                 on_frame("encode")
@@ -140,9 +150,21 @@ def encode_video(reader: FrameReader, out: Path, checkpoint: IntegerCheckpoint, 
     return report
 
 
+def output_md5(frame: DecodedFrame, height: int, width: int) -> str:
+    """MD5 of the output frame (cropped to the video's size), as ``decode --md5`` prints it:
+    uint8 planes R, G, B. A pixel-exact codec's levels are the decoder's integers; for float
+    synthesis they are the reconstruction rounded to 8 bits, which may differ by machine."""
+    levels = frame.levels
+    if levels is None:
+        levels = (frame.x_hat.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return frame_md5(levels[0, :, :height, :width])
+
+
 def _frame_stats(t: int, frame_type: str, nbytes: int, frame: DecodedFrame, reference: Tensor | None,
-                 with_ms_ssim: bool = True) -> FrameStats:
+                 with_ms_ssim: bool = True, size: tuple[int, int] | None = None) -> FrameStats:
     stats = FrameStats(t, frame_type, nbytes, latent_sha256=frame.latent_sha256)
+    if size is not None:
+        stats.md5 = output_md5(frame, *size)
     if reference is not None:
         h, w = reference.shape[-2:]
         x_hat = frame.x_hat[0, :, :h, :w].float().cpu().unsqueeze(0)
@@ -176,7 +198,7 @@ def decode_video(bitstream: Path, checkpoint: IntegerCheckpoint,
         raise UserError(f"reference is {reference.info.width}x{reference.info.height}, "
                         f"the bitstream {header.width}x{header.height}")
     report = CodingReport(header.width, header.height, Fraction(header.fps_num, header.fps_den),
-                          file_bytes=bitstream.stat().st_size)
+                          file_bytes=bitstream.stat().st_size, pixel_exact=checkpoint.codec.pixel_exact)
     refs = iter(reference) if reference is not None else None
     start = time.perf_counter()
     writer = make_writer(header) if make_writer is not None else contextlib.nullcontext()
@@ -189,7 +211,8 @@ def decode_video(bitstream: Path, checkpoint: IntegerCheckpoint,
             ref = next(refs, None) if refs is not None else None
             if refs is not None and ref is None:
                 raise UserError(f"reference has only {t} frames, the bitstream {header.frames}")
-            report.frames.append(_frame_stats(t, cf.frame_type, frame_record_size(cf), frame, ref))
+            report.frames.append(_frame_stats(t, cf.frame_type, frame_record_size(cf), frame, ref,
+                                              size=(header.height, header.width)))
             if make_writer is not None:
                 writer.write(frame.x_hat[0, :, :header.height, :header.width])
             bar.update()

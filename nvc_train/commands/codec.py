@@ -35,6 +35,7 @@ def add_parsers(sub) -> None:
                    help=f"integer checkpoint from `nvc-train export-integer` or `ptq` ({CHECKPOINT_HELP})")
     s.add_argument("--frames", type=int, default=None, help="encode at most N frames")
     s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
+    add_md5(s, "the encoder's reconstruction (what a decoder must output)")
     add_device(s)
     add_input_options(s, "input")
     add_overwrite(s)
@@ -56,6 +57,7 @@ def add_parsers(sub) -> None:
                         "high = 4:2:0 CRF 12 (plays everywhere) (default: %(default)s)")
     s.add_argument("--mp4-mode", dest="h264_mode", choices=("lossless", "high"), action=Deprecated, new="--h264-mode")
     s.add_argument("--reference", default=None, help="source video to report PSNR-RGB, MS-SSIM and bpp against")
+    add_md5(s, "each decoded frame")
     add_input_options(s, "output", output=True)
     s.add_argument("--reference-matrix", default=None, choices=("bt709", "bt601", "bt2020"),
                    help="Y'CbCr matrix of the --reference (default: its colour tags, else bt709); "
@@ -83,13 +85,31 @@ def add_parsers(sub) -> None:
     s.set_defaults(run=hashes)
 
     s = sub.add_parser("compare", help="compare two machines' `nvc-train hashes` outputs (and their decodes)",
-                       description="Names every frame whose decoded latents differ between two machines; with "
+                       description="Names every frame whose decoded latents or (pixel-exact checkpoints, or "
+                                   "`decode --md5` outputs) decoded frames differ between two machines; with "
                                    "--decodes, prints the PSNR between the two decoded videos per frame and its "
-                                   "position in the GOP (pixel drift of the float synthesis). Exit 1 if latents differ.")
-    s.add_argument("hashes_a", help="`nvc-train hashes` output of machine A")
-    s.add_argument("hashes_b", help="`nvc-train hashes` output of machine B")
+                                   "position in the GOP (pixel drift of a float synthesis). Exit 1 if anything differs.")
+    s.add_argument("hashes_a", help="`nvc-train hashes` (or `decode --md5`) output of machine A")
+    s.add_argument("hashes_b", help="`nvc-train hashes` (or `decode --md5`) output of machine B")
     s.add_argument("--decodes", nargs=2, metavar=("VIDEO_A", "VIDEO_B"), help="the same bitstream decoded on A and B")
     s.set_defaults(run=compare)
+
+
+def add_md5(parser, what: str) -> None:
+    parser.add_argument("--md5", action="store_true",
+                        help=f"print the MD5 of {what}, one line per frame: index, type (I/P), MD5 of the 8-bit "
+                             "R, G, B planes (identical on every machine for pixel-exact checkpoints; "
+                             "`nvc-train compare` reads these lines); --quiet keeps them")
+
+
+def print_md5(report, checkpoint_is_pixel_exact: bool) -> None:
+    """The per-frame MD5 lines on stdout; a note on stderr when they are not a guarantee."""
+    import sys
+
+    if not checkpoint_is_pixel_exact:
+        print("nvc-train: note: this checkpoint's synthesis is float (not qat.scope=decoder): these MD5s can "
+              "differ between machines", file=sys.stderr)
+    print("\n".join(report.md5_lines()))
 
 
 def encode(args) -> int:
@@ -116,6 +136,8 @@ def encode(args) -> int:
                               progress=not args.quiet)
     if not args.quiet:
         print(report.summary(f"encoded {out}:"))
+    if args.md5:
+        print_md5(report, report.pixel_exact)
     return 0
 
 
@@ -161,6 +183,8 @@ def decode(args) -> int:
             reference.close()
     if not args.quiet:
         print(report.summary(f"decoded {args.bitstream}{' → ' + str(out) if out else ''}:"))
+    if args.md5:
+        print_md5(report, report.pixel_exact)
     return 0
 
 
@@ -209,27 +233,39 @@ def hashes(args) -> int:
     dev = device(args.device)
     checkpoint = checkpoint_path(args.checkpoint)
     from nvc_train.codec.bitstream import read_bitstream_bytes
-    from nvc_train.codec.files import open_checked
+    from nvc_train.codec.files import open_checked, output_md5
     from nvc_train.quant.export import load_integer_checkpoint
 
     ck = load_integer_checkpoint(checkpoint, device=dev)
-    open_checked(path, ck)
+    header = open_checked(path, ck)
     _, coded = read_bitstream_bytes(path.read_bytes())
     for t, frame in enumerate(ck.codec.decompress_iter(coded, dev)):
-        print(f"{t} {coded[t].frame_type} {frame.latent_sha256}")
+        # Pixel-exact checkpoints add the frame's MD5: the pixels are part of the contract.
+        md5 = f" {output_md5(frame, header.height, header.width)}" if ck.codec.pixel_exact else ""
+        print(f"{t} {coded[t].frame_type} {frame.latent_sha256}{md5}")
     return 0
 
 
 def compare(args) -> int:
-    """Compare two machines' `nvc-train hashes` outputs, and optionally their decoded videos."""
+    """Compare two machines' `nvc-train hashes` (or `decode --md5`) outputs, and optionally
+    their decoded videos."""
     a, b = (read_hashes(p) for p in (args.hashes_a, args.hashes_b))
+    if not any((x[1] and y[1]) or (x[2] and y[2]) for x, y in zip(a, b)):
+        raise UserError("the two files share no column to compare (latent SHA-256 in one, MD5 only in the other?)")
     if len(a) != len(b):
         print(f"frame counts differ: {len(a)} vs {len(b)}")
-    differing = [t for t, (x, y) in enumerate(zip(a, b)) if x != y]
-    for t in differing:
-        print(f"frame {t} ({a[t][0]}): latents differ: {a[t][1][:16]}… vs {b[t][1][:16]}…")
     n = min(len(a), len(b))
-    print(f"latents: {n - len(differing)} of {n} frames identical" + ("" if differing else " (bit-exact)"))
+    differing = []
+    for column, what in ((1, "latents"), (2, "pixels")):
+        pairs = [(t, x[column], y[column]) for t, (x, y) in enumerate(zip(a, b)) if x[column] and y[column]]
+        if not pairs:
+            continue
+        bad = [t for t, x, y in pairs if x != y]
+        for t in bad:
+            print(f"frame {t} ({a[t][0]}): {what} differ: {a[t][column][:16]}… vs {b[t][column][:16]}…")
+        exact = " (bit-exact)" if what == "latents" else " (MD5)"
+        print(f"{what}: {len(pairs) - len(bad)} of {n} frames identical" + ("" if bad else exact))
+        differing += bad
     if args.decodes:
         import torch
 
@@ -253,17 +289,24 @@ def compare(args) -> int:
     return 1 if differing or len(a) != len(b) else 0
 
 
-def read_hashes(path: str) -> list[tuple[str, str]]:
-    """``nvc-train hashes`` output → [(frame type, latent SHA-256)] in frame order."""
+def read_hashes(path: str) -> list[tuple[str, str, str]]:
+    """``nvc-train hashes`` or ``decode --md5`` output → [(frame type, latent SHA-256 or "",
+    frame MD5 or "")] in frame order. Lines are ``index type sha256 [md5]`` or ``index type md5``."""
     p = require_file(path, "hashes file")
     rows = []
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
         parts = line.split()
-        if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in ("I", "P") or len(parts[2]) != 64:
-            raise UserError(f"{p}:{n}: not a `nvc-train hashes` line: {line[:60]!r}")
+        digests = parts[2:]
+        lengths = [len(d) for d in digests]
+        ok = (len(parts) >= 3 and parts[0].isdigit() and parts[1] in ("I", "P") and lengths in ([64], [64, 32], [32])
+              and all(c in "0123456789abcdef" for d in digests for c in d))
+        if not ok:
+            raise UserError(f"{p}:{n}: not a `nvc-train hashes` or `decode --md5` line: {line[:60]!r}")
         if int(parts[0]) != len(rows):
             raise UserError(f"{p}:{n}: frame {parts[0]} out of order")
-        rows.append((parts[1], parts[2]))
+        sha = digests[0] if lengths[0] == 64 else ""
+        md5 = digests[-1] if lengths[-1] == 32 else ""
+        rows.append((parts[1], sha, md5))
     if not rows:
         raise UserError(f"{p} is empty")
     return rows

@@ -3,7 +3,9 @@
 Everything runs on the built-in synthetic data with the presets in ``configs/demo/``; under
 ``--out-dir`` (default ``runs/demo``) go the run folders ``float/`` and ``qat/`` (W&B offline
 files included) and the models. Re-running resumes finished or interrupted runs from their
-last checkpoint instead of starting over.
+last checkpoint instead of starting over. With ``--pixel-exact`` the QAT stage covers the whole
+decoder (``configs/demo/qat_decoder.yaml``, run folder ``qat_decoder/``, model
+``ssf-pixel.ckpt``) and the result lists each decoded frame's MD5.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--checkpoints", dest="models_dir", action=Deprecated, new="--out-dir")
     s.add_argument("--float-steps", type=int, default=None, help="override the float preset's max_steps")
     s.add_argument("--qat-steps", type=int, default=None, help="override the QAT preset's max_steps")
+    s.add_argument("--pixel-exact", action="store_true",
+                   help="QAT of the whole decoder (configs/demo/qat_decoder.yaml): the integer checkpoint "
+                        "(ssf-pixel.ckpt) decodes identical frames (MD5) on every machine")
     add_quiet(s, "no steps or progress bars: only the result")
     s.set_defaults(run=demo, models_dir=None)
 
@@ -41,7 +46,7 @@ def demo(args) -> int:
             raise UserError(f"{flag} {steps}: must be ≥ 1")
     out = Path(args.out_dir)
     return run_demo(out, Path(args.models_dir) if args.models_dir else out, args.float_steps, args.qat_steps,
-                    quiet=args.quiet)
+                    quiet=args.quiet, pixel_exact=args.pixel_exact)
 
 
 def _preset_in(out: Path, stage: str) -> Path:
@@ -102,7 +107,7 @@ def _rd_on_clip(encode_decode, frames: list) -> tuple[float, float]:
 
 
 def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: int | None,
-             quiet: bool = False) -> int:
+             quiet: bool = False, pixel_exact: bool = False) -> int:
     """Run folders under ``out``, models in ``checkpoints``; exit status 0 when conformance passes."""
     import torch
 
@@ -131,12 +136,14 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     float_module, _ = lit_module_from_checkpoint(float_ckpt)
     save_float_state_dict(float_module.model, float_pth)
 
-    _say(quiet, "[demo] 2/5 QAT fine-tuning of the hyper-decoders (configs/demo/qat.yaml)")
-    qat_ckpt = _fit(out, "qat", qat_steps, ["--model.init_weights", str(float_pth)], quiet)
+    stage, name = ("qat_decoder", "ssf-pixel") if pixel_exact else ("qat", "ssf-int")
+    what = "the whole decoder" if pixel_exact else "the hyper-decoders"
+    _say(quiet, f"[demo] 2/5 QAT fine-tuning of {what} (configs/demo/{stage}.yaml)")
+    qat_ckpt = _fit(out, stage, qat_steps, ["--model.init_weights", str(float_pth)], quiet)
 
     _say(quiet, "[demo] 3/5 integer export")
-    int_path = export_integer_from_lightning(qat_ckpt, checkpoints, "ssf-int")
-    fixed = checkpoints / "ssf-int.ckpt"
+    int_path = export_integer_from_lightning(qat_ckpt, checkpoints, name)
+    fixed = checkpoints / f"{name}.ckpt"
     shutil.copyfile(int_path, fixed)
     shutil.copyfile(int_path.with_suffix(".md"), fixed.with_suffix(".md"))
 
@@ -154,9 +161,13 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
             strings, shapes = model.compress(fr)
             return bits_of(strings), model.decompress(strings, shapes)
 
+    md5s = []
+
     def int_codec(fr):
         c, _ = ck.codec.compress(fr)
-        return coded_bits(c), [d.x_hat for d in ck.codec.decompress(c)]
+        decoded = ck.codec.decompress(c)
+        md5s.extend(f"{t} {cf.frame_type} {d.md5}" for t, (cf, d) in enumerate(zip(c, decoded)))
+        return coded_bits(c), [d.x_hat for d in decoded]
 
     f_bpp, f_psnr = _rd_on_clip(float_codec, frames)
     i_bpp, i_psnr = _rd_on_clip(int_codec, frames)
@@ -164,11 +175,15 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     print("| model | bpp | PSNR-RGB (dB) |")
     print("|---|---|---|")
     print(f"| float (CompressAI compress/decompress) | {f_bpp:.4f} | {f_psnr:.2f} |")
-    print(f"| integer hyperprior (QAT) | {i_bpp:.4f} | {i_psnr:.2f} |")
+    label = "integer decoder, pixel-exact (QAT)" if pixel_exact else "integer hyperprior (QAT)"
+    print(f"| {label} | {i_bpp:.4f} | {i_psnr:.2f} |")
     print()
     print(f"float model:        {float_pth}")
     print(f"integer checkpoint: {int_path} (also {fixed}), model card {fixed.with_suffix('.md')}")
-    print(f"run folders:        {out / 'float'}, {out / 'qat'} (W&B offline runs in */wandb; `wandb sync` uploads)")
+    print(f"run folders:        {out / 'float'}, {out / stage} (W&B offline runs in */wandb; `wandb sync` uploads)")
+    if pixel_exact:
+        print("decoded frames (MD5 of the 8-bit R, G, B planes; the same on every machine):")
+        print("\n".join(f"  {line}" for line in md5s))
     print(f"conformance:        {'PASS' if conformance_ok else 'FAIL'} ({len(checks)} checks: "
           f"{ck.conformance.describe()})")
     print(f"demo took {time.perf_counter() - start:.0f} s")

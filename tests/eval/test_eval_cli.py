@@ -164,7 +164,7 @@ def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint,
     assert code == 1 and "frame 2 (I): latents differ" in out and "3 of 4 frames identical" in out
     (tmp_path / "junk.txt").write_text("hello\n")
     code, _, err = run_cli(["compare", tmp_path / "a.txt", tmp_path / "junk.txt"], capsys)
-    assert code == 2 and "not a `nvc-train hashes` line" in err
+    assert code == 2 and "not a `nvc-train hashes` or `decode --md5` line" in err
 
 
 def test_eval_shows_progress_per_frame_and_quiet_silences_it(int_checkpoint, sequences, tmp_path, capsys):

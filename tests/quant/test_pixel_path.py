@@ -1,0 +1,184 @@
+"""Pixel-exact decoding (``qat.scope: decoder``): integer synthesis, motion, warp, reconstruction.
+
+Evidence, each with what could make it fail:
+
+* every integer synthesis decoder equals an independent numpy/Python-integer reference built
+  from the float weights (tests/quant/pixel_reference.py), and so do whole decoded frames;
+* the frames' MD5s do not change with the thread count or with oneDNN on or off, while the
+  float synthesis of the same weights, decoded the same way, changes its 8-bit output (the
+  float32 control);
+* the encoder's own reconstruction is what the decoder outputs (closed loop), through
+  ``encode --md5`` / ``decode --md5``;
+* conformance checks the frames' MD5s and fails when one synthesis weight changes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from nvc_train.codec.integer_codec import IntegerSSF, build_integer_ssf
+from nvc_train.codec.pixel_decoder import frame_md5
+from nvc_train.models.ssf import rescale_flow, ssf_forward
+from nvc_train.quant.conformance import conformance_clip, run_checks
+from nvc_train.quant.export import FORMAT_VERSION, integer_tensors, load_integer_checkpoint
+from nvc_train.quant.integer_warp import fixed_point_coordinates
+from nvc_train.quant.synthesis import SAMPLE_UNITS, latent_integers, motion_coordinates
+from tests.quant import pixel_reference as pref
+
+
+@pytest.fixture(scope="module")
+def pixel_codec(pixel_module):
+    m = copy.deepcopy(pixel_module)
+    m.model.update(force=True)
+    return build_integer_ssf(m.model, integer_tensors(m.model, m.qat), m.qat.config.input_frac_bits).eval(), m
+
+
+@pytest.fixture(scope="module")
+def reference_decoders(pixel_codec):
+    codec, m = pixel_codec
+    return pref.Decoders(m.model, m.qat.synthesis, 2**m.qat.config.decoder_activation_bits - 1)
+
+
+def _latent_ints(channels: int, size: int, seed: int) -> torch.Tensor:
+    """Decoded latents as a bitstream gives them: symbols plus means on the 2**-8 grid."""
+    g = torch.Generator().manual_seed(seed)
+    symbols = torch.randint(-6, 7, (1, channels, size, size), generator=g)
+    means = torch.randint(-400, 400, (1, channels, size, size), generator=g)
+    return symbols * 256 + means
+
+
+@pytest.mark.parametrize("name,channels", [("img", 192), ("motion", 192), ("res", 384)])
+def test_synthesis_decoder_equals_independent_reference(pixel_codec, reference_decoders, name, channels):
+    codec, _ = pixel_codec
+    y = _latent_ints(channels, 3, seed=channels + len(name))
+    got = codec.pixels.decoders[name](y)
+    want = reference_decoders.run(name, y.numpy())
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), want)
+    assert np.abs(want).max() > 0  # not a trivially zero output
+
+
+@pytest.mark.parametrize("flow_reference", [None, 128])
+def test_motion_coordinates_follow_the_contract_and_the_float_positions(flow_reference):
+    g = torch.Generator().manual_seed(4)
+    motion = torch.randint(-3 * 2**16, 3 * 2**16, (2, 3, 6, 10), generator=g)
+    got = motion_coordinates(motion, 6, flow_reference, 8)
+    assert np.array_equal(got.numpy(), pref.coordinates(motion.numpy(), 6, flow_reference))
+    # The float path's positions (rescaled flow, float64) differ by at most the rounding.
+    info = motion.double() / 2**16
+    if flow_reference is not None:
+        info = rescale_flow(info, flow_reference)
+    float_positions = fixed_point_coordinates(info[:, :2], info[:, 2:], 6)
+    assert (got - float_positions).abs().max() <= 1
+
+
+@pytest.mark.slow
+def test_decoded_frames_equal_independent_reference(pixel_codec, reference_decoders):
+    """A whole I P P clip: the codec's frames against the reference pipeline, MD5 for MD5."""
+    codec, _ = pixel_codec
+    frames = conformance_clip(128, 128)
+    coded, recon = codec.compress(frames)
+    decoded = codec.decompress(coded)
+    latents = [{part: latent_integers(y).numpy() for part, y in _latents(codec, cf).items()} for cf in coded]
+    want = pref.decode(reference_decoders, latents)
+    assert [d.md5 for d in decoded] == [pref.md5(f) for f in want] == [r.md5 for r in recon]
+    assert np.array_equal(decoded[-1].levels[0].numpy(), want[-1])
+
+
+def _latents(codec: IntegerSSF, cf) -> dict[str, torch.Tensor]:
+    return {part: codec.hyperpriors[part].decompress(c, torch.device("cpu")) for part, c in cf.latents.items()}
+
+
+def _float_twin(codec: IntegerSSF) -> IntegerSSF:
+    """The same checkpoint decoded with the float synthesis (integer hyperprior only)."""
+    return IntegerSSF(codec.model, dict(codec.hyperpriors)).eval()
+
+
+def _output_md5s(codec: IntegerSSF, coded) -> list[str]:
+    out = []
+    for d in codec.decompress(coded):
+        levels = d.levels if d.levels is not None else (d.x_hat.clamp(0, 1) * 255).round().to(torch.uint8)
+        out.append(frame_md5(levels))
+    return out
+
+
+def test_frames_identical_across_threads_and_onednn_float_twin_changes(pixel_codec):
+    codec, _ = pixel_codec
+    coded, _ = codec.compress(conformance_clip(128, 256))
+    threads = torch.get_num_threads()
+    integer, control = set(), set()
+    try:
+        for n in (1, 2):
+            for onednn in (True, False):
+                torch.set_num_threads(n)
+                with torch.backends.mkldnn.flags(enabled=onednn):
+                    integer.add(tuple(_output_md5s(codec, coded)))
+                    control.add(tuple(_output_md5s(_float_twin(codec), coded)))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(integer) == 1, integer
+    assert len(control) > 1, "the float synthesis gave the same 8-bit frames under every setting: no control"
+
+
+def test_encoder_reconstruction_is_the_decoded_frame_closed_loop(pixel_codec):
+    codec, _ = pixel_codec
+    coded, recon = codec.compress(conformance_clip(128, 128, num_frames=4), gop=3)
+    decoded = codec.decompress(coded)
+    assert [c.frame_type for c in coded] == ["I", "P", "P", "I"]
+    assert [d.md5 for d in decoded] == [r.md5 for r in recon]
+    assert all(torch.equal(d.levels, r.levels) for d, r in zip(decoded, recon))
+
+
+def test_training_simulation_tracks_the_integer_decoders(pixel_codec):
+    """The float32 QAT simulation and the exported integers agree to a few sample units
+    (1/256 of a level each) on a real clip's latents, motion to one flow unit (2**-16)."""
+    codec, m = pixel_codec
+    coded, _ = codec.compress(conformance_clip(128, 128))
+    lat = [_latents(codec, cf) for cf in coded]
+    cases = [("img", lat[0]["keyframe"], SAMPLE_UNITS, 16), ("motion", lat[1]["motion"], 2**16, 2),
+             ("res", torch.cat((lat[1]["residual"], lat[1]["motion"]), dim=1), SAMPLE_UNITS, 16)]
+    for name, y, units, tolerance in cases:
+        with torch.no_grad():
+            sim = m.qat.synthesis.decoders[name](getattr(m.model, f"{name}_decoder"), y)
+        got = codec.pixels.decoders[name](latent_integers(y))
+        assert (torch.round(sim.double() * units) - got).abs().max() <= tolerance, name
+
+
+def test_decoders_run_in_float32_under_bf16_autocast(pixel_module):
+    """bf16 autocast stays on the encoder side: the fake-quant decoders see float32."""
+    m = copy.deepcopy(pixel_module).train()
+    seen = []
+
+    def recording(name, module, y):
+        seen.append((name, y.dtype, torch.is_autocast_enabled("cpu")))
+        return m.qat.synthesis.decoder_forward(name, module, y)
+
+    frames = [torch.rand(1, 3, 128, 128) for _ in range(2)]
+    outputs = ssf_forward(m.model, frames, m.qat.hyperprior_forward, torch.bfloat16, recording)
+    assert [s[0] for s in seen] == ["img", "motion", "res"]
+    assert all(dtype == torch.float32 and not autocast for _, dtype, autocast in seen)
+    assert outputs[-1].x_hat.dtype == torch.float32
+    outputs[-1].x_hat.mean().backward()
+    assert m.qat.synthesis.decoders["res"].act_scale.grad is not None
+
+
+def test_pixel_checkpoint_checks_frame_md5s_and_catches_a_changed_synthesis_weight(pixel_checkpoint, tmp_path):
+    from tests.quant.test_export import rewrite_checkpoint
+
+    ck = load_integer_checkpoint(pixel_checkpoint)
+    assert ck.metadata["format_version"] == FORMAT_VERSION == 3 and ck.codec.pixel_exact
+    checks = list(run_checks(ck.codec, ck.conformance))
+    pixel_checks = [c for c in checks if "MD5" in c.item]
+    assert len(pixel_checks) == 6 and all(c.ok for c in checks)
+
+    def nudge(payload):  # the centre tap of the image decoder's last layer, red channel, one unit
+        w = payload["tensors"]["int.synth.img.layer3.weight"]
+        w[:, 0, 2, 2] -= torch.sign(w[:, 0, 2, 2])
+
+    bad = load_integer_checkpoint(rewrite_checkpoint(pixel_checkpoint, tmp_path / "bad.ckpt", nudge))
+    failed = [c.item for c in run_checks(bad.codec, bad.conformance) if not c.ok]
+    # Every frame's pixels (the keyframe is every P-frame's reference); the latents still pass.
+    assert sorted(failed) == sorted(c.item for c in pixel_checks), failed
