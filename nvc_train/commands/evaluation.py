@@ -103,11 +103,16 @@ def evaluate(args) -> int:
                   for f in r["frames"] if f.get("latents_match") == 0.0]
     for name, seq, t in mismatches:
         print(f"LATENT MISMATCH: {name} on {seq}, frame {t}: the decoder's latents differ from the encoder's")
-    return 1 if mismatches else 0
+    frame_mismatches = [(name, r["sequence"], f["index"]) for name, rs in per_sequence.items() for r in rs
+                        for f in r["frames"] if f.get("frames_match") == 0.0]
+    for name, seq, t in frame_mismatches:
+        print(f"FRAME MISMATCH: {name} on {seq}, frame {t}: the decoded frame (MD5) differs from the encoder's")
+    return 1 if mismatches or frame_mismatches else 0
 
 
 def _eval_table(per_model: dict[str, dict]) -> str:
-    cols = ("bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb", "encoding_time", "decoding_time", "latents_match")
+    cols = ("bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb", "encoding_time", "decoding_time", "latents_match",
+            "frames_match")
     lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, m in per_model.items():
         r = m["results"]

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from nvc_train.codec.bitstream import HEADER_BYTES, frame_record_size, iter_frames, read_header
 from nvc_train.io.colour import ColourSpec, rgb_to_ycbcr420
-from nvc_train.codec.files import encode_video, pad_frame
-from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent
+from nvc_train.codec.files import encode_video, output_md5, pad_frame
+from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent, DecodedFrame
 from nvc_train.io.video import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
 from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
@@ -146,6 +146,7 @@ class CodedSequence:
     file_bytes: int
     seconds: float
     bitstream: Path | None = None
+    encoder_md5s: list[str] | None = None  # pixel-exact checkpoints: the encoder's output frames
 
 
 FrameTick = Callable[[str], None] | None
@@ -159,7 +160,9 @@ def encode_integer(model: EvalModel, source: Path, options: InputOptions, bitstr
                               progress=False, on_frame=on_frame)
     with open(bitstream, "rb") as f:
         frames = list(iter_frames(f, read_header(f)))
-    return CodedSequence(frames, [fs.latent_sha256 for fs in report.frames], report.file_bytes, report.seconds, bitstream)
+    md5s = [fs.md5 for fs in report.frames] if report.pixel_exact else None
+    return CodedSequence(frames, [fs.latent_sha256 for fs in report.frames], report.file_bytes, report.seconds,
+                         bitstream, md5s)
 
 
 @torch.no_grad()
@@ -192,8 +195,10 @@ def _latent(strings, shape) -> CodedLatent:
     return CodedLatent(strings[0][0], strings[1][0], tuple(int(s) for s in shape))
 
 
-def decode_frames(model: EvalModel, coded: CodedSequence, device: str) -> Iterator[tuple[Tensor, str | None, float]]:
-    """(x_hat (1, 3, H', W'), decoder latent hash or None, seconds) per frame."""
+def decode_frames(model: EvalModel, coded: CodedSequence, device: str
+                  ) -> Iterator[tuple[Tensor, str | None, float, DecodedFrame | None]]:
+    """(x_hat (1, 3, H', W'), decoder latent hash or None, seconds, the integer codec's
+    decoded frame or None) per frame."""
     if model.integer is not None:
         decoder = model.integer.codec.decompress_iter(iter(coded.frames), device)
         while True:
@@ -201,7 +206,7 @@ def decode_frames(model: EvalModel, coded: CodedSequence, device: str) -> Iterat
             frame = next(decoder, None)
             if frame is None:
                 return
-            yield frame.x_hat, frame.latent_sha256, time.perf_counter() - t
+            yield frame.x_hat, frame.latent_sha256, time.perf_counter() - t, frame
     net = model.float_model
     x_ref = None
     with torch.no_grad():
@@ -213,7 +218,7 @@ def decode_frames(model: EvalModel, coded: CodedSequence, device: str) -> Iterat
             else:
                 strings = {k: [[v.y_string], [v.z_string]] for k, v in cf.latents.items()}
                 x_ref = net.decode_inter(x_ref, strings, {k: v.z_shape for k, v in cf.latents.items()})
-            yield x_ref, None, time.perf_counter() - t
+            yield x_ref, None, time.perf_counter() - t, None
 
 
 # --------------------------------------------------------------------------- one sequence
@@ -236,7 +241,7 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
         spec = info.colour or ColourSpec()
         pixels = info.width * info.height
         sources = reader.source_frames()
-        for t, (cf, enc_hash, (x_hat, dec_hash, seconds)) in enumerate(
+        for t, (cf, enc_hash, (x_hat, dec_hash, seconds, frame)) in enumerate(
                 zip(coded.frames, coded.encoder_hashes, decode_frames(model, coded, device))):
             decode_seconds += seconds
             src = next(sources)
@@ -251,6 +256,8 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
             if enc_hash is not None:
                 row["encoder_latent_sha256"], row["decoder_latent_sha256"] = enc_hash, dec_hash
                 row["latents_match"] = float(enc_hash == dec_hash)
+            if coded.encoder_md5s is not None:  # pixel-exact: the decoder must output the encoder's frame
+                row["frames_match"] = float(coded.encoder_md5s[t] == output_md5(frame, info.height, info.width))
             per_frame.append(row)
             if on_frame is not None:
                 on_frame("decode")

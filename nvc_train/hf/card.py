@@ -122,10 +122,15 @@ def model_card(
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        "Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose hyperprior decoding",
-        "is exact integer arithmetic: a bitstream decodes to bit-identical latents on every machine,",
-        "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
-        "repository).",
+        *(["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose whole decoder is exact",
+           "integer arithmetic: a bitstream decodes to identical frames (MD5) on every machine, CPU or GPU,",
+           "under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train repository,",
+           "\"Pixel path\"). `nvc-train decode --md5` prints each frame's MD5."]
+          if quant.get("scope") == "decoder" else
+          ["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose hyperprior decoding",
+           "is exact integer arithmetic: a bitstream decodes to bit-identical latents on every machine,",
+           "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
+           "repository)."]),
         "",
         "## Use",
         "",
@@ -143,7 +148,9 @@ def model_card(
         f"- integer contract: checkpoint format {metadata.get('format_version')}; "
         f"{_contract_line(metadata.get('contract') or {})}",
         f"- bit widths: weights int8 per output channel, activations {quant.get('activation_bits', '?')}-bit, "
-        f"hyper-latent inputs with {quant.get('input_frac_bits', '?')} fractional bits",
+        f"hyper-latent inputs with {quant.get('input_frac_bits', '?')} fractional bits"
+        + (f"; synthesis decoders int8 weights, {quant.get('decoder_activation_bits')}-bit activations"
+           if quant.get("scope") == "decoder" else ""),
         f"- quality: {metadata.get('quality')}, λ: {metadata.get('lmbda')}",
         f"- flow reference: {metadata.get('flow_reference') or 'none (CompressAI flow units)'}",
         f"- conformance records: {conformance}; `nvc-train conformance hf://{repo_id}` decodes them all "

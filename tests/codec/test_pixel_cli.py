@@ -61,3 +61,13 @@ def test_md5_of_a_float_synthesis_checkpoint_comes_with_a_note(int_checkpoint, s
                               "--quiet"], capsys)
     assert code == 0 and len(_md5_lines(out)) == 2
     assert "synthesis is float" in err and "can differ between machines" in err
+
+
+def test_eval_checks_every_decoded_frame_against_the_encoders(pixel_checkpoint, source, tmp_path, capsys):
+    import json
+
+    code, out, _ = run_cli(["eval", "--checkpoint", pixel_checkpoint, "--data", source, "--frames", "2",
+                            "--out-dir", tmp_path / "eval", "--quiet"], capsys)
+    assert code == 0 and "MISMATCH" not in out
+    (curve,) = (json.loads(p.read_text()) for p in (tmp_path / "eval").glob("*.json"))
+    assert curve["results"]["frames_match"] == [1.0] and curve["results"]["latents_match"] == [1.0]

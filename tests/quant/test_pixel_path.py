@@ -182,3 +182,22 @@ def test_pixel_checkpoint_checks_frame_md5s_and_catches_a_changed_synthesis_weig
     failed = [c.item for c in run_checks(bad.codec, bad.conformance) if not c.ok]
     # Every frame's pixels (the keyframe is every P-frame's reference); the latents still pass.
     assert sorted(failed) == sorted(c.item for c in pixel_checks), failed
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_decode_the_same_frames_float_twin_differs(pixel_codec, cuda_flags_restored):
+    """The same stream decoded on the GPU (cuDNN on, benchmark on, TF32 allowed) gives the
+    CPU's frames; the float synthesis of the same weights is the control."""
+    codec, _ = pixel_codec
+    coded, _ = codec.compress(conformance_clip(512, 768))
+    cpu, cpu_float = _output_md5s(codec, coded), _output_md5s(_float_twin(codec), coded)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    gpu_codec = copy.deepcopy(codec).to("cuda")
+    gpu = [d.md5 for d in gpu_codec.decompress(coded, "cuda")]
+    gpu_float = []
+    for d in _float_twin(gpu_codec).decompress(coded, "cuda"):
+        gpu_float.append(frame_md5((d.x_hat.clamp(0, 1) * 255).round().to(torch.uint8).cpu()))
+    assert gpu == cpu
+    assert gpu_float != cpu_float, "the float synthesis gave the same frames on CPU and GPU: no control"
