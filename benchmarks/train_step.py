@@ -26,6 +26,9 @@ batch from a DataLoader and moving it to the device are included in both):
     same clips as our DataModules collate them, one (N, T, 3, H, W) tensor (no workers on
     either side; Lightning moves it to the device).
 (c) ``lightning-bf16`` (only with ``--bf16``): as (b) with ``SSFLitModule(autocast="bf16")``.
+(d) ``lightning-qat`` and ``lightning-qat-decoder`` (only with ``--qat``): as (b) with QAT of
+    the hyper-decoders (``qat.scope: hyperprior``) and of the whole decoder (``decoder``),
+    from the first step (the warm-up steps include the calibration pass).
 
 The headline is the **iteration** time: the time between the starts of two consecutive
 steps, so everything a loop does once per step is inside (fetching the next batch, moving it
@@ -215,7 +218,7 @@ def run_bare(args, device, profiler=None) -> dict:
 # --------------------------------------------------------------------------------------------
 # (b) our Lightning loop
 # --------------------------------------------------------------------------------------------
-def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
+def run_lightning(args, device, autocast: str = "none", profiler=None, qat_scope: str | None = None) -> dict:
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
@@ -246,7 +249,10 @@ def run_lightning(args, device, autocast: str = "none", profiler=None) -> dict:
                 profiler.disable()
 
     torch.manual_seed(SEED)
-    module = SSFLitModule(quality=QUALITY, real_coding_clips=0, autocast=autocast)
+    from nvc_train.quant.config import QuantConfig
+
+    qat = QuantConfig(scope=qat_scope) if qat_scope else None
+    module = SSFLitModule(quality=QUALITY, real_coding_clips=0, autocast=autocast, qat=qat)
     assert module.lmbda == LAMBDA, (module.lmbda, LAMBDA)
     timer = StepTimer()
     trainer = L.Trainer(
@@ -273,6 +279,10 @@ LOOPS = {
     "lightning": ("nvc-train SSFLitModule + Lightning", lambda a, d, p=None: run_lightning(a, d, "none", p)),
     "lightning-bf16": ("nvc-train SSFLitModule + Lightning, bf16 autocast",
                        lambda a, d, p=None: run_lightning(a, d, "bf16", p)),
+    "lightning-qat": ("nvc-train, QAT of the hyper-decoders",
+                      lambda a, d, p=None: run_lightning(a, d, "none", p, "hyperprior")),
+    "lightning-qat-decoder": ("nvc-train, QAT of the whole decoder (pixel-exact)",
+                              lambda a, d, p=None: run_lightning(a, d, "none", p, "decoder")),
 }
 
 
@@ -385,6 +395,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of runs per loop (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--bf16", action="store_true", help="also measure SSFLitModule(autocast='bf16') (CUDA)")
+    p.add_argument("--qat", action="store_true",
+                   help="also measure QAT steps: hyper-decoders (qat.scope=hyperprior) and whole decoder "
+                        "(qat.scope=decoder); the warm-up steps include their calibration")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: leave torch's)")
     p.add_argument("--profile", action="store_true", help="cProfile the measured steps instead of the table")
     p.add_argument("--profile-top", type=int, default=30)
@@ -413,6 +426,7 @@ def main() -> None:
         return profile(args)
 
     loops = ["bare", "lightning"] + (["lightning-bf16"] if args.bf16 else [])
+    loops += ["lightning-qat", "lightning-qat-decoder"] if args.qat else []
     results: dict[str, list[dict]] = {loop: [] for loop in loops}
     # --steps measured steps per loop in total, split over the rounds (each run also does --warmup steps)
     total_steps = args.steps
