@@ -80,9 +80,15 @@ def _grad_scale(x: Tensor, factor: float) -> Tensor:
 class FakeQuantSynthesis(nn.Module):
     """QAT twin of one synthesis decoder: int8 weights, integer activations, integer output grid.
 
-    State: ``act_scale`` (3,), the real value of one unit of each intermediate activation,
-    and ``calibrated``. The input is the decoded latent on the 2**-8 grid (hyperprior QAT
-    puts it there).
+    State: ``act_range`` (3,), the real value of the largest integer (``qmax``) of each
+    intermediate activation, and ``calibrated``. The input is the decoded latent on the 2**-8
+    grid (hyperprior QAT puts it there).
+
+    The learned parameter is the range, not the step ``range / qmax``: with 16-bit
+    activations a step is ~1e-4, the size of one Adam update at a typical learning rate, so
+    a step parameter would jump by 100 % per update and collapse (the first demo run went
+    from 17 dB to 5 dB in 100 steps); ranges are O(1), and LSQ's gradient reaches them
+    through the same division.
     """
 
     def __init__(self, name: str, config: QuantConfig):
@@ -91,7 +97,7 @@ class FakeQuantSynthesis(nn.Module):
             raise ValueError(f"name must be one of {tuple(DECODERS)}, got {name!r}")
         self.name = name
         self.config = config
-        self.act_scale = nn.Parameter(torch.ones(NUM_LAYERS - 1), requires_grad=config.act_range == "learned")
+        self.act_range = nn.Parameter(torch.ones(NUM_LAYERS - 1), requires_grad=config.act_range == "learned")
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
 
     def extra_repr(self) -> str:
@@ -103,7 +109,7 @@ class FakeQuantSynthesis(nn.Module):
 
     def act_spec(self, layer: int) -> tuple[Tensor, int, int]:
         """Scale (scalar, LSQ gradient) and integer range of the activation after ``layer``."""
-        return torch.clamp(self.act_scale[layer], min=1e-8), 0, self.qmax
+        return torch.clamp(self.act_range[layer], min=1e-3) / self.qmax, 0, self.qmax
 
     @torch.no_grad()
     def _calibrate(self, layer: int, pre_activation: Tensor) -> None:
@@ -113,7 +119,7 @@ class FakeQuantSynthesis(nn.Module):
         value = torch.quantile(x, self.config.observe_quantile)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        self.act_scale[layer] = torch.clamp(value * self.config.range_headroom, min=1e-3) / self.qmax
+        self.act_range[layer] = torch.clamp(value * self.config.range_headroom, min=1e-3)
 
     def forward(self, decoder: nn.Module, x: Tensor) -> Tensor:
         """``decoder``'s weights through the simulated integer model.

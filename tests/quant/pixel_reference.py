@@ -71,7 +71,7 @@ class Decoders:
         self.layers = {}
         for name, attr in (("img", "img_decoder"), ("motion", "motion_decoder"), ("res", "res_decoder")):
             convs = [m for m in getattr(model, attr).modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-            scales = torch.clamp(synthesis_qat.decoders[name].act_scale.detach(), min=1e-8)
+            scales = torch.clamp(synthesis_qat.decoders[name].act_range.detach(), min=1e-3) / qmax
             self.layers[name] = ([c.weight.detach().numpy() for c in convs], [c.bias.detach().numpy() for c in convs],
                                  scales.numpy())
 
