@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS
 from nvc_train.quant.fake_quant import FakeQuantHyperDecoder, hyper_decoder_layers
+from nvc_train.quant.frozen import FrozenLayers
 
 
 class ExportError(Exception):
@@ -78,36 +79,16 @@ def convert_decoder(
     return out
 
 
-class IntegerHyperDecoder(nn.Module):
+class IntegerHyperDecoder(FrozenLayers):
     """Inference of one frozen integer hyper-decoder from :func:`convert_decoder` tensors."""
 
     def __init__(self, role: str, tensors: dict[str, Tensor]):
-        super().__init__()
+        super().__init__(tensors)
         self.role = role
-        for name, value in tensors.items():
-            self.register_buffer(name.replace(".", "_"), value.clone())
-
-    def _t(self, name: str) -> Tensor:
-        return getattr(self, name.replace(".", "_"))
-
-    def _fixed_point(self, i: int) -> arith.FixedPoint:
-        return arith.FixedPoint(self._t(f"layer{i}.multiplier"), self._t(f"layer{i}.shift"), self._t(f"layer{i}.saturation"))
-
-    def layer_weight(self, i: int) -> Tensor:
-        """(C_in, C_out, 5, 5) integer weights of layer ``i``."""
-        return self._t(f"layer{i}.weight")
-
-    def layer_bias(self, i: int) -> Tensor:
-        """(C_out,) int64 bias of layer ``i`` at its accumulator scale."""
-        return self._t(f"layer{i}.bias")
 
     def activation_range(self, i: int) -> tuple[int, int]:
         """Integer range [lo, hi] of the activation after intermediate layer ``i`` (0 or 1)."""
         return int(self._t(f"layer{i}.act_lo")), int(self._t(f"layer{i}.act_hi"))
-
-    def layer_accumulator(self, i: int, x: Tensor) -> Tensor:
-        """Exact int64 accumulators (bias included) of layer ``i``: (N, C, h, w) → (N, C, 2h, 2w)."""
-        return arith.add_bias(arith.conv_transpose_exact(x, self.layer_weight(i)), self.layer_bias(i))
 
     @torch.compiler.disable
     def forward(self, z_int: Tensor) -> Tensor:

@@ -72,10 +72,11 @@ def blur(v: Tensor, taps: list[int]) -> Tensor:
         # Replicate padding by clamped indices (no float round trip).
         index = torch.arange(-pad, size + pad, device=v.device).clamp(0, size - 1)
         padded = v.index_select(dim, index)
-        # Tap by tap (no (…, size, taps) intermediate), the symmetric pairs summed first.
+        # Tap by tap, in place (no (…, size, taps) intermediate); int64 sums are exact in any order.
         acc = padded.narrow(dim, pad, size) * taps[pad]
         for t in range(pad):
-            acc.add_(padded.narrow(dim, t, size) + padded.narrow(dim, len(taps) - 1 - t, size), alpha=taps[t])
+            acc.add_(padded.narrow(dim, t, size), alpha=taps[t]).add_(padded.narrow(dim, len(taps) - 1 - t, size),
+                                                                       alpha=taps[t])
         v = round_shift(acc, KERNEL_BITS)
     return v
 
@@ -88,6 +89,13 @@ def avg_pool2(v: Tensor) -> Tensor:
     return round_shift(s, 2)
 
 
+def _every_other(v: Tensor, dim: int, start: int) -> Tensor:
+    """View of ``v``'s positions start, start + 2, … along ``dim`` (negative)."""
+    index = [slice(None)] * v.dim()
+    index[dim] = slice(start, None, 2)
+    return v[tuple(index)]
+
+
 def upsample2(v: Tensor) -> Tensor:
     """Bilinear ×2 upsampling, ``align_corners=False``: each output is (9a + 3b + 3c + d) / 16
     of its four nearest inputs, indices clamped at the border (as PyTorch clamps), one rounding.
@@ -98,13 +106,17 @@ def upsample2(v: Tensor) -> Tensor:
     """
     for dim in (-1, -2):
         n = v.shape[dim]
-        before = torch.cat((v.narrow(dim, 0, 1), v.narrow(dim, 0, n - 1)), dim)  # v[m−1], clamped
-        after = torch.cat((v.narrow(dim, 1, n - 1), v.narrow(dim, n - 1, 1)), dim)  # v[m+1], clamped
-        even, odd = 3 * v + before, 3 * v + after
-        if dim == -1:
-            v = torch.stack((even, odd), dim=-1).flatten(-2)  # (…, W) → (…, 2W), even/odd interleaved
-        else:
-            v = torch.stack((even, odd), dim=-2).flatten(-3, -2)  # (…, H, W) → (…, 2H, W)
+        shape = list(v.shape)
+        shape[dim] = 2 * n
+        out = torch.empty(shape, dtype=v.dtype, device=v.device)
+        even, odd = _every_other(out, dim, 0), _every_other(out, dim, 1)
+        torch.mul(v, 3, out=even)
+        odd.copy_(even)
+        even.narrow(dim, 1, n - 1).add_(v.narrow(dim, 0, n - 1))  # + v[m−1]
+        even.narrow(dim, 0, 1).add_(v.narrow(dim, 0, 1))  # clamped at the first row: v[0]
+        odd.narrow(dim, 0, n - 1).add_(v.narrow(dim, 1, n - 1))  # + v[m+1]
+        odd.narrow(dim, n - 1, 1).add_(v.narrow(dim, n - 1, 1))  # clamped at the last row
+        v = out
     return round_shift(v, 4)
 
 

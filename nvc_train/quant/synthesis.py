@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from nvc_train.models.ssf import SYNTHESIS_ATTR
 from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
+from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer_warp import SAMPLE_FRAC_BITS, round_shift
 
 DECODERS = SYNTHESIS_ATTR
@@ -71,10 +72,6 @@ def synthesis_layers(decoder: nn.Module) -> list[nn.ConvTranspose2d]:
 def latent_integers(y_hat: Tensor) -> Tensor:
     """Decoded latents ``symbol + mean`` (float32 on the 2**-8 grid, exact) → int64 y_int."""
     return torch.round(y_hat.double() * 2**MEAN_FRAC_BITS).long()
-
-
-def _grad_scale(x: Tensor, factor: float) -> Tensor:
-    return (x - x * factor).detach() + x * factor
 
 
 class FakeQuantSynthesis(nn.Module):
@@ -154,7 +151,7 @@ class FakeQuantSynthesis(nn.Module):
             if calibrate:
                 self._calibrate(i, y)
             s_out, lo, hi = self.act_spec(i)
-            s_lsq = _grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
+            s_lsq = arith.lsq_grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
             x = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq
             s_in = s_out.detach()
         raise AssertionError("unreachable")
@@ -214,17 +211,12 @@ def convert_synthesis(decoder: nn.Module, fq: FakeQuantSynthesis) -> dict[str, T
     return out
 
 
-class IntegerSynthesis(nn.Module):
+class IntegerSynthesis(FrozenLayers):
     """Exact inference of one frozen synthesis decoder from :func:`convert_synthesis` tensors."""
 
     def __init__(self, name: str, tensors: dict[str, Tensor]):
-        super().__init__()
+        super().__init__(tensors)
         self.name = name
-        for key, value in tensors.items():
-            self.register_buffer(key.replace(".", "_"), value.clone())
-
-    def _t(self, key: str) -> Tensor:
-        return getattr(self, key.replace(".", "_"))
 
     @torch.compiler.disable
     def forward(self, y_int: Tensor) -> Tensor:
@@ -232,14 +224,13 @@ class IntegerSynthesis(nn.Module):
         the output grid (see :func:`output_format`)."""
         x = y_int
         for i in range(NUM_LAYERS):
-            acc = arith.add_bias(arith.conv_transpose_exact(x, self._t(f"layer{i}.weight")), self._t(f"layer{i}.bias"))
-            fp = arith.FixedPoint(self._t(f"layer{i}.multiplier"), self._t(f"layer{i}.shift"),
-                                  self._t(f"layer{i}.saturation"))
+            acc = self.layer_accumulator(i, x)
+            fp = self._fixed_point(i)
             if i < NUM_LAYERS - 1:
-                x = arith.requantize(acc, fp, 0, int(self._t(f"layer{i}.act_hi")))
+                x = arith.requantize(acc, fp, 0, int(self._t(f"layer{i}.act_hi")), inplace=True)
             else:
                 _, bound = output_format(self.name)
-                return arith.requantize(acc, fp, -bound, bound)
+                return arith.requantize(acc, fp, -bound, bound, inplace=True)
         raise AssertionError("unreachable")
 
 
