@@ -80,6 +80,10 @@ def input_bound(median_q: Tensor, frac_bits: int) -> int:
     return SYMBOL_LIMIT * 2**frac_bits + int(median_q.abs().max().item())
 
 
+ACT_SCALE_FORMAT = 2
+"""Version of ``FakeQuantHyperDecoder.act_scale``'s meaning: 2 = range / 255 (1 = the step)."""
+
+
 class DecoderOutput(NamedTuple):
     """What one hyper-decoder hands to the Gaussian conditional.
 
@@ -95,16 +99,17 @@ class DecoderOutput(NamedTuple):
     acc_scale: Tensor | None
 
 
-def _grad_scale(x: Tensor, factor: float) -> Tensor:
-    """Identity forward, gradient multiplied by ``factor`` (LSQ's step-size gradient scale)."""
-    return (x - x * factor).detach() + x * factor
-
-
 class FakeQuantHyperDecoder(nn.Module):
     """QAT twin of one hyper-decoder; simulates int8 weights and integer activations exactly.
 
-    State: ``act_scale`` (2,) — the real value of one unit of the two intermediate integer
-    activations — and ``calibrated``, set once the scales were initialised from data.
+    State: ``act_scale`` (2,), the learned parameter of the two intermediate activations'
+    steps, and ``calibrated``, set once they were initialised from data. ``act_scale`` is
+    each activation's range / 255, which is its step at 8 bits and 257 × its step at 16 bits
+    (:meth:`effective_act_scales` gives the steps): an Adam update moves a parameter by about
+    the learning rate whatever its gradient, and a 16-bit step (~1e-4) learned directly is
+    pushed past zero within a few updates (the first pixel-exact demo collapsed that way).
+    Checkpoints written before this parametrisation (no ``act_scale_format``) stored the
+    16-bit step itself; loading converts them.
     """
 
     def __init__(self, role: str, config: QuantConfig):
@@ -115,6 +120,19 @@ class FakeQuantHyperDecoder(nn.Module):
         self.config = config
         self.act_scale = nn.Parameter(torch.ones(2), requires_grad=config.act_range == "learned")
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("act_scale_format", torch.tensor(ACT_SCALE_FORMAT))
+
+    @property
+    def step_per_parameter(self) -> float:
+        """The activation step per unit of ``act_scale``: 255 / qmax (1 at 8 bits)."""
+        return (2**8 - 1) / self.config.activation_qmax
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "act_scale" in state_dict and prefix + "act_scale_format" not in state_dict:
+            # Written before ACT_SCALE_FORMAT 2: act_scale was the step itself.
+            state_dict[prefix + "act_scale"] = state_dict[prefix + "act_scale"] / self.step_per_parameter
+            state_dict[prefix + "act_scale_format"] = torch.tensor(ACT_SCALE_FORMAT)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"role={self.role}, activation_bits={self.config.activation_bits}"
@@ -128,7 +146,7 @@ class FakeQuantHyperDecoder(nn.Module):
         """(2,) float32 scales used by the integer arithmetic (positive; 255/qmax cap for QReLU)."""
         qmax = self.config.activation_qmax
         hi = self.activation_ceiling / qmax
-        return torch.clamp(self.act_scale, min=1e-8, max=hi)
+        return torch.clamp(self.act_scale * self.step_per_parameter, min=1e-8, max=hi)
 
     def weight_quant(self, layer: int, weight: Tensor) -> tuple[Tensor, Tensor]:
         """Integer weights and per-output-channel scales of ``layer`` (QAT: symmetric int8
@@ -149,7 +167,7 @@ class FakeQuantHyperDecoder(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(value, op=dist.ReduceOp.MAX)  # same scales on every rank
         value = torch.clamp(value * self.config.range_headroom, max=self.activation_ceiling)
-        self.act_scale[layer] = torch.clamp(value, min=1e-3) / self.config.activation_qmax
+        self.act_scale[layer] = torch.clamp(value, min=1e-3) / self.config.activation_qmax / self.step_per_parameter
 
     def forward(self, decoder: nn.Module, z_int: Tensor, z_hat: Tensor) -> DecoderOutput:
         """Run ``decoder``'s weights through the integer arithmetic.
@@ -188,7 +206,7 @@ class FakeQuantHyperDecoder(nn.Module):
                 s_out, lo, hi = self.act_spec(i)
                 fp = arith.fixed_point(arith.requantization_multiplier(acc_scale, s_out), max(abs(lo), abs(hi)))
                 a_int = arith.requantize(acc, fp, lo, hi)
-                s_lsq = _grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
+                s_lsq = arith.lsq_grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
                 a_float = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq
                 x = a_float + (a_int.float() * s_out - a_float).detach()
                 x_int, s_in = a_int, s_out.detach()

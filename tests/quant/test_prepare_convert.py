@@ -120,3 +120,43 @@ def test_16_bit_activations_convert_exactly(float_module):
         prepared = fq.integer if role == "mean" else fake_quant_scale_indexes(fq, hp.gaussian_conditional.scale_table)
         np.testing.assert_array_equal(convert(z_int).numpy(), want)
         np.testing.assert_array_equal(prepared.numpy(), want)
+
+
+def _calibrated_16_bit_decoder():
+    from nvc_train.quant.config import QuantConfig
+    from nvc_train.quant.fake_quant import FakeQuantHyperDecoder
+
+    fq = FakeQuantHyperDecoder("mean", QuantConfig(activation_bits=16))
+    g = torch.Generator().manual_seed(0)
+    for layer in (0, 1):
+        fq._calibrate(layer, torch.rand(1, 192, 8, 8, generator=g) * 4)
+    fq.calibrated.fill_(True)
+    return fq
+
+
+def test_one_adam_update_moves_a_16_bit_hyper_decoder_step_by_under_1_percent():
+    """``act_scale`` is the range / 255, so at 16 bits an Adam update (≈ lr whatever the
+    gradient) changes the step ``act_scale · 255 / 65535`` by well under 1 %. Control: the
+    step as the parameter (the previous parametrisation) is driven past zero by the same update."""
+    fq = _calibrated_16_bit_decoder()
+    before = fq.effective_act_scales().detach().clone()
+    assert torch.allclose(before * 65535, torch.full((2,), 4 * 0.9999 * 4.0), rtol=1e-3)  # quantile × headroom
+    step_as_parameter = torch.nn.Parameter(before.clone())
+    optimizer = torch.optim.Adam([fq.act_scale, step_as_parameter], lr=3e-4)
+    fq.act_scale.grad = torch.ones(2)
+    step_as_parameter.grad = torch.ones(2)
+    optimizer.step()
+    assert ((fq.effective_act_scales() / before - 1).abs() < 0.01).all()
+    assert (step_as_parameter < 0).all()
+
+
+def test_checkpoints_that_stored_the_16_bit_step_itself_load_to_the_same_steps():
+    fq = _calibrated_16_bit_decoder()
+    legacy = {k: v.clone() for k, v in fq.state_dict().items() if k != "act_scale_format"}
+    legacy["act_scale"] = fq.effective_act_scales().detach().clone()  # format 1: the step
+    fresh = type(fq)(fq.role, fq.config)
+    fresh.load_state_dict(legacy)
+    assert torch.allclose(fresh.effective_act_scales(), fq.effective_act_scales(), rtol=1e-6)
+    assert int(fresh.act_scale_format) == 2 and bool(fresh.calibrated)
+    fresh.load_state_dict(fq.state_dict())  # format 2 loads as written
+    assert torch.equal(fresh.act_scale, fq.act_scale)
