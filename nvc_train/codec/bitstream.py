@@ -12,7 +12,10 @@ All integers big-endian. A file is a header, then one record per frame::
 
 ``colour`` says how the source's Y'CbCr was converted to RGB, so decoding writes Y'CbCr the same
 way: bits 0–1 the matrix (0 unspecified, 1 BT.709, 2 BT.601, 3 BT.2020), bit 2 full range.
-0 (an RGB source, or unknown) decodes as BT.709 limited range.
+0 (an RGB source, or unknown) decodes as BT.709 limited range. Bits 3–4 (version 2) are the
+source's bit depth: 0 = 8, 1 = 10, 2 = 12, 3 = 16; decoders output that depth by default.
+Streams of 8-bit sources are written as version 1 (bits 3–4 zero), so older readers still
+read them; deeper sources need version 2, which older readers refuse with "upgrade".
 
 A checkpoint SHA-256 of all zeros marks a conformance bitstream embedded in its own
 checkpoint. Every field is checked on read; any inconsistency raises
@@ -33,7 +36,8 @@ from nvc_train.io.atomic import AtomicOutput
 from nvc_train.models.geometry import MODEL_MULTIPLE
 
 MAGIC = b"NVCB"
-VERSION = 1
+VERSION = 2
+"""Newest version written and read; 8-bit sources are still written as version 1."""
 EMBEDDED = bytes(32)
 _HEAD = struct.Struct(">4sHH32sIIIIII")
 _CRC = struct.Struct(">I")
@@ -48,13 +52,17 @@ class BitstreamError(UserError):
 
 
 COLOUR_MATRICES = (None, "bt709", "bt601", "bt2020")
+SOURCE_DEPTHS = (8, 10, 12, 16)
+"""Source bit depths by their code in bits 3–4 of the colour field."""
 
 
-def colour_code(spec) -> int:
-    """A :class:`~nvc_train.io.colour.ColourSpec` (or None) → the header's colour field."""
+def colour_code(spec, bits: int = 8) -> int:
+    """A :class:`~nvc_train.io.colour.ColourSpec` (or None) and the source's bit depth → the
+    header's colour field."""
+    code = SOURCE_DEPTHS.index(bits) << 3
     if spec is None:
-        return 0
-    return COLOUR_MATRICES.index(spec.matrix) | (4 if spec.range == "full" else 0)
+        return code
+    return code | COLOUR_MATRICES.index(spec.matrix) | (4 if spec.range == "full" else 0)
 
 
 class Header(NamedTuple):
@@ -67,6 +75,11 @@ class Header(NamedTuple):
     frames: int
     gop: int
     colour: int = 0
+
+    @property
+    def bits(self) -> int:
+        """The source's bit depth (8 for version-1 streams)."""
+        return SOURCE_DEPTHS[(self.colour >> 3) & 3]
 
     def colour_name(self) -> str:
         """``matrix/range`` as :class:`~nvc_train.io.colour.ColourSpec` prints it, without importing torch."""
@@ -83,7 +96,8 @@ def header_bytes(width: int, height: int, checkpoint_sha256: str | None, fps: tu
                  frames: int, gop: int, colour: int = 0) -> bytes:
     """The file header with its CRC. ``checkpoint_sha256`` None marks an embedded conformance stream."""
     sha = EMBEDDED if checkpoint_sha256 is None else bytes.fromhex(checkpoint_sha256)
-    head = _HEAD.pack(MAGIC, VERSION, colour, sha, width, height, fps[0], fps[1], frames, gop)
+    version = 1 if colour < 8 else VERSION  # 8-bit sources stay readable by version-1 readers
+    head = _HEAD.pack(MAGIC, version, colour, sha, width, height, fps[0], fps[1], frames, gop)
     return head + _CRC.pack(zlib.crc32(head))
 
 
@@ -176,7 +190,7 @@ def read_header(file: BinaryIO) -> Header:
         raise BitstreamError(f"bitstream format version {version} is newer than this nvc-train reads ({VERSION}): upgrade")
     if _CRC.unpack(r.take(_CRC.size, "the header CRC"))[0] != zlib.crc32(raw):
         raise BitstreamError("header CRC mismatch: the bitstream header is corrupted")
-    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or fden == 0 or fnum == 0 or nframes == 0 or colour > 7:
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE) or fden == 0 or fnum == 0 or nframes == 0 or colour > (7 if version == 1 else 31):
         raise BitstreamError(f"header has invalid values (size {w}x{h}, fps {fnum}/{fden}, {nframes} frames, colour {colour})")
     return Header(version, sha, w, h, fnum, fden, nframes, gop, colour)
 

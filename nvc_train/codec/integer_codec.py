@@ -48,6 +48,8 @@ class DecodedFrame(NamedTuple):
             ``{"motion": …, "residual": …}``).
         levels: (1, 3, H, W) uint8 output frame of a pixel-exact codec, else None.
         md5: MD5 of ``levels`` (see :func:`frame_md5`), else "".
+        samples: (1, 3, H, W) int64 reference samples of a pixel-exact codec (255·2**8 per
+            full scale), from which outputs of any depth are rounded (:func:`to_levels`).
     """
 
     x_hat: Tensor
@@ -55,6 +57,7 @@ class DecodedFrame(NamedTuple):
     part_sha256: dict[str, str]
     levels: Tensor | None = None
     md5: str = ""
+    samples: Tensor | None = None
 
 
 def _frame(x_hat: Tensor, latents: dict[str, Tensor], samples: Tensor | None = None) -> DecodedFrame:
@@ -62,7 +65,7 @@ def _frame(x_hat: Tensor, latents: dict[str, Tensor], samples: Tensor | None = N
     if samples is None:
         return DecodedFrame(x_hat, *digests)
     levels = to_levels(samples)
-    return DecodedFrame(levels.float() / 255, *digests, levels, frame_md5(levels))
+    return DecodedFrame(levels.float() / 255, *digests, levels, frame_md5(levels), samples)
 
 
 def require_little_endian() -> None:

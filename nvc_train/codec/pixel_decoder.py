@@ -7,7 +7,9 @@ the hyperprior contract), every step to the output frame is integer arithmetic
     keyframe:  ref = clamp(img(y))
     P-frame:   pred = warp(volume(ref), coordinates(motion(y_motion)))
                ref  = clamp(pred + res(cat(y_res, y_motion)))
-    output:    levels = clamp(round_half_up(ref / 2**8), 0, 255) as uint8, MD5 of (3, H, W)
+    output:    levels = clamp(round_half_up(ref / 2**8), 0, 255) as uint8, MD5 of (3, H, W);
+               at B > 8 bits (a deeper source): round_half_up(clamp(ref, 0, 255·2**8) ·
+               (2**B − 1) / (255·2**8)), MD5 of the planes as little-endian uint16
 
 The encoder runs the same steps for its references (closed loop), so both sides hold the
 same reference samples and nothing drifts within a GOP.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,16 +31,36 @@ REFERENCE_LO, REFERENCE_HI = -SAMPLE_UNITS, 2 * SAMPLE_UNITS
 the bound keeps the warp's sums in range whatever a bitstream says)."""
 
 
-def to_levels(samples: Tensor) -> Tensor:
-    """(N, 3, H, W) int64 samples → uint8 levels: round half up, clamp to [0, 255]."""
-    return round_shift(samples, SAMPLE_FRAC_BITS).clamp(0, 255).to(torch.uint8)
+def to_levels(samples: Tensor, bits: int = 8) -> Tensor:
+    """(N, 3, H, W) int64 samples → output levels at ``bits`` per sample.
+
+    8 bits: ``clamp((samples + 2**7) >> 8, 0, 255)`` as uint8 (round half up). Deeper
+    outputs (a 10-, 12- or 16-bit source): the sample clamped to [0, 255·2**8] and rescaled
+    to [0, 2**B − 1] with one rounding (half up), ``(2·s·(2**B − 1) + 255·2**8) // (2·255·2**8)``
+    in int64, as int32. At B = 8 that formula is the 8-bit rule, so every depth rounds the
+    same real value ``s / (255·2**8)``.
+    """
+    if bits == 8:
+        return round_shift(samples, SAMPLE_FRAC_BITS).clamp(0, 255).to(torch.uint8)
+    peak = 2**bits - 1
+    s = samples.clamp(0, SAMPLE_UNITS)
+    return torch.div(2 * peak * s + SAMPLE_UNITS, 2 * SAMPLE_UNITS, rounding_mode="floor").to(torch.int32)
+
+
+def levels_to_unit(levels: Tensor, bits: int = 8) -> Tensor:
+    """Output levels → float32 in [0, 1] (``levels / (2**bits − 1)``), from which writers at
+    the same depth recover the levels exactly by rounding."""
+    return levels.float() / (2**bits - 1)
 
 
 def frame_md5(levels: Tensor) -> str:
-    """MD5 (hex) of one decoded frame: its (3, H, W) uint8 planes R, G, B, row-major, as
-    reference decoders print a picture's MD5 (``levels`` may carry a leading batch of 1)."""
-    planes = levels.reshape(levels.shape[-3:]).detach().to("cpu").contiguous()
-    return hashlib.md5(planes.numpy().tobytes()).hexdigest()
+    """MD5 (hex) of one decoded frame: its (3, H, W) planes R, G, B, row-major, as reference
+    decoders print a picture's MD5: one byte per sample for uint8 levels, two (little-endian)
+    for deeper ones (``levels`` may carry a leading batch of 1)."""
+    planes = levels.reshape(levels.shape[-3:]).detach().to("cpu").contiguous().numpy()
+    if planes.dtype != np.uint8:
+        planes = planes.astype("<u2")
+    return hashlib.md5(planes.tobytes()).hexdigest()
 
 
 class IntegerPixelDecoder(nn.Module):

@@ -58,6 +58,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--mp4-mode", dest="h264_mode", choices=("lossless", "high"), action=Deprecated, new="--h264-mode")
     s.add_argument("--reference", default=None, help="source video to report PSNR-RGB, MS-SSIM and bpp against")
     add_md5(s, "each decoded frame")
+    s.add_argument("--depth", dest="depth", type=int, default=None, choices=(8, 10, 12, 16),
+                   help="bits per sample of the output frames (and of --md5): default the source's depth as the "
+                        "bitstream records it (8 for H.264 outputs, which are 8-bit only)")
     add_input_options(s, "output", output=True)
     s.add_argument("--reference-matrix", default=None, choices=("bt709", "bt601", "bt2020"),
                    help="Y'CbCr matrix of the --reference (default: its colour tags, else bt709); "
@@ -97,9 +100,10 @@ def add_parsers(sub) -> None:
 
 def add_md5(parser, what: str) -> None:
     parser.add_argument("--md5", action="store_true",
-                        help=f"print the MD5 of {what}, one line per frame: index, type (I/P), MD5 of the 8-bit "
-                             "R, G, B planes (identical on every machine for pixel-exact checkpoints; "
-                             "`nvc-train compare` reads these lines); --quiet keeps them")
+                        help=f"print the MD5 of {what}, one line per frame: index, type (I/P), MD5 of the "
+                             "R, G, B planes at the output's bit depth (the source's; one byte per sample at 8 "
+                             "bits, two little-endian above), identical on every machine for pixel-exact "
+                             "checkpoints; `nvc-train compare` reads these lines; --quiet keeps them")
 
 
 def print_md5(report, checkpoint_is_pixel_exact: bool) -> None:
@@ -133,7 +137,7 @@ def encode(args) -> int:
             info = reader.info
             print(f"input: {args.input}: {info.width}x{info.height} @ {float(info.fps):.3f} fps, {info.description}")
         report = encode_video(reader, out, ck, gop=args.gop, device=dev, max_frames=args.frames,
-                              progress=not args.quiet)
+                              progress=not args.quiet, md5=args.md5)
     if not args.quiet:
         print(report.summary(f"encoded {out}:"))
     if args.md5:
@@ -152,8 +156,11 @@ def decode(args) -> int:
         raise UserError("decode writes video (.y4m, .yuv, .mp4, .mkv, .mov or a PNG folder), not .nvc")
     if args.reference:
         check_input_path(args.reference, "--reference")
+    if out is not None and args.depth and args.depth > 8 and out.suffix.lower() in (".mp4", ".mkv", ".mov"):
+        raise UserError(f"--depth {args.depth}: H.264 output is 8-bit; write .y4m, .yuv or a PNG folder")
     dev = device(args.device)
     checkpoint = checkpoint_path(args.checkpoint)
+    bits = output_depth(args, bitstream, out)
     # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
     from nvc_train.codec.files import decode_video
     from nvc_train.io.colour import ColourSpec
@@ -172,12 +179,12 @@ def decode(args) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         return open_writer(out, header.width, header.height, Fraction(header.fps_num, header.fps_den), spec,
-                           args.h264_mode)
+                           args.h264_mode, bits)
 
     reference = open_video(args.reference, reference_options) if args.reference else None
     try:
         report = decode_video(bitstream, ck, make_writer if out else None, dev, reference,
-                              progress=not args.quiet)
+                              progress=not args.quiet, md5=args.md5, bits=bits)
     finally:
         if reference is not None:
             reference.close()
@@ -186,6 +193,25 @@ def decode(args) -> int:
     if args.md5:
         print_md5(report, report.pixel_exact)
     return 0
+
+
+def output_depth(args, bitstream, out) -> int:
+    """Bits per sample of decode's output: --depth, else the source's depth from the
+    header, else 8 where the output format is 8-bit only (with a note)."""
+    import sys
+
+    from nvc_train.codec.bitstream import read_header
+
+    if args.depth:
+        return args.depth
+    with open(bitstream, "rb") as f:
+        bits = read_header(f).bits
+    if out is not None and bits > 8 and out.suffix.lower() in (".mp4", ".mkv", ".mov"):
+        if not args.quiet:
+            print(f"nvc-train: note: the source was {bits}-bit; H.264 output is 8-bit (.y4m, .yuv and PNG "
+                  f"folders keep {bits} bits)", file=sys.stderr)
+        return 8
+    return bits
 
 
 def info(args) -> int:
@@ -208,7 +234,7 @@ def info(args) -> int:
         "checkpoint_sha256": None if header.checkpoint_sha256 == EMBEDDED else header.checkpoint_sha256.hex(),
         "width": header.width, "height": header.height, "fps": f"{header.fps_num}/{header.fps_den}",
         "frames": header.frames, "gop": header.gop, "colour": header.colour_name(),
-        "keyframes": sum(t == "I" for t, _ in frames), "bpp": round(8 * size / (pixels * header.frames), 6),
+        "source_bits": header.bits, "keyframes": sum(t == "I" for t, _ in frames), "bpp": round(8 * size / (pixels * header.frames), 6),
     }
     if args.json:
         if args.per_frame:
@@ -241,7 +267,7 @@ def hashes(args) -> int:
     _, coded = read_bitstream_bytes(path.read_bytes())
     for t, frame in enumerate(ck.codec.decompress_iter(coded, dev)):
         # Pixel-exact checkpoints add the frame's MD5: the pixels are part of the contract.
-        md5 = f" {output_md5(frame, header.height, header.width)}" if ck.codec.pixel_exact else ""
+        md5 = f" {output_md5(frame, header.height, header.width, header.bits)}" if ck.codec.pixel_exact else ""
         print(f"{t} {coded[t].frame_type} {frame.latent_sha256}{md5}")
     return 0
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from nvc_train.codec.bitstream import HEADER_BYTES, frame_record_size, iter_frames, read_header
 from nvc_train.io.colour import ColourSpec, rgb_to_ycbcr420
-from nvc_train.codec.files import encode_video, output_md5, pad_frame
+from nvc_train.codec.files import encode_video, output_frame, output_md5, pad_frame
 from nvc_train.codec.integer_codec import FRAME_PARTS, CodedFrame, CodedLatent, DecodedFrame
 from nvc_train.io.video import CONTAINER_SUFFIXES, InputOptions, SourceFrame, open_video
 from nvc_train.errors import UserError, require_file
@@ -157,7 +157,7 @@ def encode_integer(model: EvalModel, source: Path, options: InputOptions, bitstr
                    device: str, max_frames: int | None, on_frame: FrameTick = None) -> CodedSequence:
     with open_video(source, options) as reader:
         report = encode_video(reader, bitstream, model.integer, gop=gop, device=device, max_frames=max_frames,
-                              progress=False, on_frame=on_frame)
+                              progress=False, on_frame=on_frame, md5=model.integer.codec.pixel_exact)
     with open(bitstream, "rb") as f:
         frames = list(iter_frames(f, read_header(f)))
     md5s = [fs.md5 for fs in report.frames] if report.pixel_exact else None
@@ -246,6 +246,8 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
             decode_seconds += seconds
             src = next(sources)
             rec = x_hat[0, :, :info.height, :info.width]
+            if frame is not None and frame.samples is not None:  # pixel-exact: the output at the source's depth
+                rec = output_frame(frame, info.height, info.width, info.bits)
             if first is None:
                 first = (rec.detach().cpu().clamp(0, 1), src.rgb)
             nbytes = frame_record_size(cf)
@@ -257,7 +259,8 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
                 row["encoder_latent_sha256"], row["decoder_latent_sha256"] = enc_hash, dec_hash
                 row["latents_match"] = float(enc_hash == dec_hash)
             if coded.encoder_md5s is not None:  # pixel-exact: the decoder must output the encoder's frame
-                row["frames_match"] = float(coded.encoder_md5s[t] == output_md5(frame, info.height, info.width))
+                row["frames_match"] = float(coded.encoder_md5s[t] == output_md5(frame, info.height, info.width,
+                                                                                 info.bits))
             per_frame.append(row)
             if on_frame is not None:
                 on_frame("decode")

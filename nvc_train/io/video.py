@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from nvc_train.io.paths import CONTAINER_SUFFIXES, OUTPUT_SUFFIXES, VideoError, check_output_path  # noqa: F401 (re-exported)
@@ -49,6 +51,8 @@ class VideoInfo:
     description: str = ""
     colour: ColourSpec | None = None
     """How the source's Y'CbCr became RGB (None for RGB sources)."""
+    bits: int = 8
+    """The source's bit depth per sample (8, 10, 12 or 16)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,17 @@ class FrameReader:
 
 _YUV_FORMAT = re.compile(r"^(yuvj?)(420|422|444)p(?:(9|10|12|14|16)le)?$")
 _SUBSAMPLING = {"420": (2, 2), "422": (1, 2), "444": (1, 1)}  # (vertical, horizontal)
+_PIX_FMT_BITS = re.compile(r"p(9|10|12|14|16)(?:le|be)$|^(?:gray|gbrp|p0)(9|10|12|14|16)(?:le|be)$|^(rgb|bgr)48")
+
+
+def _pix_fmt_bits(pix_fmt: str | None) -> int:
+    """Bit depth per sample of an FFmpeg pixel format (yuv420p10le → 10, rgb48le → 16, else
+    8), rounded up to a depth nvc-train writes (9 → 10, 14 → 16)."""
+    m = _PIX_FMT_BITS.search(pix_fmt or "")
+    if not m:
+        return 8
+    bits = 16 if m.group(3) else int(m.group(1) or m.group(2))
+    return next(d for d in (10, 12, 16) if d >= bits)
 
 
 def _plane_sizes(width: int, height: int, chroma: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -160,7 +175,8 @@ class PyAVReader(FrameReader):
         self.options = options
         self._spec = options.colour(_AV_MATRIX.get(int(cc.colorspace or 0)), _AV_RANGE.get(int(cc.color_range or 0)))
         self.info = VideoInfo(cc.width, cc.height, Fraction(fps), self.stream.frames or None,
-                              f"{path.suffix[1:]} {cc.name} {cc.pix_fmt}, {self._spec}", self._spec)
+                              f"{path.suffix[1:]} {cc.name} {cc.pix_fmt}, {self._spec}", self._spec,
+                              _pix_fmt_bits(cc.pix_fmt))
         self._warned_fallback = False
 
     def source_frames(self) -> Iterator[SourceFrame]:
@@ -270,7 +286,8 @@ class Y4MReader(FrameReader):
         self.dtype = np.dtype(np.uint8) if self.bits == 8 else np.dtype("<u2")
         samples = width * height if self.chroma == "mono" else _frame_samples(width, height, self.chroma)
         self.frame_bytes = samples * self.dtype.itemsize
-        self.info = VideoInfo(width, height, options.fps or fps, None, f"y4m C{colour}, {self.spec}", self.spec)
+        self.info = VideoInfo(width, height, options.fps or fps, None, f"y4m C{colour}, {self.spec}", self.spec,
+                              self.bits)
         self._first_frame = self.file.tell()
 
     def seek(self, index: int) -> None:
@@ -350,7 +367,7 @@ class RawYUVReader(FrameReader):
         self.spec = options.colour()
         self.file = open(path, "rb")
         self.info = VideoInfo(width, height, options.fps or name_fps or Fraction(25), size // self.frame_bytes,
-                              f"raw yuv420p {bits}-bit, {self.spec}", self.spec)
+                              f"raw yuv420p {bits}-bit, {self.spec}", self.spec, bits)
 
     def source_frames(self) -> Iterator[SourceFrame]:
         w, h = self.info.width, self.info.height
@@ -429,9 +446,13 @@ class FrameWriter(AtomicOutput):
     Use as a context manager: leaving the block with an exception removes the temporary.
     """
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction, tmp_suffix: str | None = None):
+    max_bits = 16
+    """Deepest output this format writes (bits per sample)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, tmp_suffix: str | None = None,
+                 bits: int = 8):
         super().__init__(path, path.suffix if tmp_suffix is None else tmp_suffix)
-        self.width, self.height, self.fps = width, height, fps
+        self.width, self.height, self.fps, self.bits = width, height, fps, bits
         self.frames = 0
 
     def write(self, rgb: Tensor) -> None:
@@ -445,16 +466,21 @@ class FrameWriter(AtomicOutput):
 
 
 class _YUVFileWriter(FrameWriter):
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, header: bytes = b""):
-        super().__init__(path, width, height, fps)
+    """Planar Y'CbCr 4:2:0 at ``bits`` (yuv420p, or yuv420p10le/12le/16le: little-endian uint16)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, header: bytes = b"",
+                 bits: int = 8):
+        super().__init__(path, width, height, fps, bits=bits)
         self.spec = spec
         self.file = open(self.tmp, "wb")
         self.frame_marker = b"FRAME\n" if header else b""
         self.file.write(header)
 
     def _write(self, rgb: Tensor) -> None:
-        y, cb, cr = rgb_to_ycbcr420(rgb, 8, self.spec)
-        self.file.write(self.frame_marker + y.tobytes() + cb.tobytes() + cr.tobytes())
+        planes = rgb_to_ycbcr420(rgb, self.bits, self.spec)
+        if self.bits > 8:
+            planes = [p.astype("<u2") for p in planes]
+        self.file.write(self.frame_marker + b"".join(p.tobytes() for p in planes))
 
     def _finish(self) -> None:
         self.file.flush()
@@ -465,27 +491,62 @@ class _YUVFileWriter(FrameWriter):
         self.file.close()
 
 
-def y4m_header(width: int, height: int, fps: Fraction, spec: ColourSpec) -> bytes:
+def y4m_header(width: int, height: int, fps: Fraction, spec: ColourSpec, bits: int = 8) -> bytes:
+    """The YUV4MPEG2 stream header, as FFmpeg writes it (C420jpeg, or C420p10 XYSCSS=420P10…)."""
     rng = "FULL" if spec.range == "full" else "LIMITED"
-    return f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg XCOLORRANGE={rng}\n".encode()
+    colour = "C420jpeg" if bits == 8 else f"C420p{bits} XYSCSS=420P{bits}"
+    return f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 {colour} XCOLORRANGE={rng}\n".encode()
 
 
 class PNGFolderWriter(FrameWriter):
-    """frame_00000.png, frame_00001.png, … (8-bit RGB) in a new folder."""
+    """frame_00000.png, frame_00001.png, … in a new folder: 8-bit RGB, or 16-bit RGB for
+    deeper outputs (see :func:`write_png16`)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction):
-        super().__init__(path, width, height, fps, tmp_suffix="")
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, bits: int = 8):
+        super().__init__(path, width, height, fps, tmp_suffix="", bits=bits)
         self.tmp.mkdir(parents=True)
 
     def _write(self, rgb: Tensor) -> None:
         from PIL import Image
 
-        Image.fromarray(rgb_to_uint8(rgb)).save(self.tmp / f"frame_{self.frames:05d}.png")
+        file = self.tmp / f"frame_{self.frames:05d}.png"
+        if self.bits == 8:
+            Image.fromarray(rgb_to_uint8(rgb)).save(file)
+        else:
+            levels = torch.round(rgb.detach().to("cpu", torch.float32).clamp(0, 1) * (2**self.bits - 1))
+            write_png16(file, levels.to(torch.int32).numpy(), self.bits)
+
+
+def write_png16(path: Path, levels: np.ndarray, bits: int) -> None:
+    """(3, H, W) levels in [0, 2**bits − 1] → a 16-bit RGB PNG with an sBIT chunk of ``bits``.
+
+    Samples are scaled to 16 bits by left bit replication, as the PNG specification
+    recommends (10-bit v → v·2**6 + v >> 4), so viewers show the full range and
+    ``sample >> (16 − bits)`` gives the levels back exactly. Written directly (Pillow does
+    not write 48-bit RGB): signature, IHDR, sBIT, one IDAT of unfiltered rows, IEND.
+    """
+    import zlib
+
+    v = levels.astype(np.uint32)
+    shift = 16 - bits
+    v16 = (v << shift) | (v >> (bits - shift)) if shift else v
+    rows = v16.astype(">u2").transpose(1, 2, 0).reshape(levels.shape[1], -1)  # (H, W·3) big-endian
+    height, width = levels.shape[1:]
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), np.ascontiguousarray(rows).view(np.uint8)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+           + chunk(b"sBIT", bytes([bits] * 3)) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+    path.write_bytes(png)
 
 
 class H264Writer(FrameWriter):
     """H.264 in .mp4/.mkv/.mov: ``lossless`` is libx264rgb at QP 0 (bit-exact 8-bit RGB);
     ``high`` is libx264 4:2:0 at CRF 12 with our Y'CbCr conversion, tagged in the stream."""
+
+    max_bits = 8
 
     def __init__(self, path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec, mode: str,
                  encoder_options: dict[str, str] | None = None):
@@ -532,18 +593,28 @@ class H264Writer(FrameWriter):
         self.container.close()
 
 
+def output_max_bits(path: Path) -> int:
+    """Deepest output the format of ``path`` writes: 8 for H.264, 16 for y4m, yuv and PNG."""
+    return 8 if path.suffix.lower() in (".mp4", ".mkv", ".mov") else 16
+
+
 def open_writer(path: Path, width: int, height: int, fps: Fraction, spec: ColourSpec = ColourSpec(),
-                mp4_mode: str = "lossless") -> FrameWriter:
-    """A writer chosen by suffix: .y4m, .yuv, .mp4/.mkv/.mov, or no suffix for a PNG folder."""
+                mp4_mode: str = "lossless", bits: int = 8) -> FrameWriter:
+    """A writer chosen by suffix: .y4m, .yuv, .mp4/.mkv/.mov, or no suffix for a PNG folder;
+    ``bits`` per sample (8, or 10/12/16 for y4m, yuv and PNG)."""
     suffix = path.suffix.lower()
+    if bits not in (8, 10, 12, 16):
+        raise VideoError(f"unsupported output bit depth {bits}: use 8, 10, 12 or 16")
+    if bits > output_max_bits(path):
+        raise VideoError(f"{path.name}: H.264 output is 8-bit; write {bits}-bit frames to .y4m, .yuv or a PNG folder")
     if suffix == ".y4m":
-        return _YUVFileWriter(path, width, height, fps, spec, y4m_header(width, height, fps, spec))
+        return _YUVFileWriter(path, width, height, fps, spec, y4m_header(width, height, fps, spec, bits), bits)
     if suffix == ".yuv":
-        return _YUVFileWriter(path, width, height, fps, spec)
+        return _YUVFileWriter(path, width, height, fps, spec, bits=bits)
     if suffix in (".mp4", ".mkv", ".mov"):
         if mp4_mode not in MP4_MODES:
             raise VideoError(f"unknown --h264-mode {mp4_mode!r}: use lossless or high")
         return H264Writer(path, width, height, fps, spec, mp4_mode)
     if suffix:
         raise VideoError(f"unsupported output {path.name}: use {', '.join(OUTPUT_SUFFIXES)} or a folder for PNG frames")
-    return PNGFolderWriter(path, width, height, fps)
+    return PNGFolderWriter(path, width, height, fps, bits)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nvc_train.cli import main
-from nvc_train.codec.bitstream import BitstreamError, read_bitstream_bytes
+from nvc_train.codec.bitstream import VERSION, BitstreamError, read_bitstream_bytes
 from nvc_train.codec.files import pad_frame
 from nvc_train.io.video import InputOptions, open_video
 from nvc_train.quant.export import load_integer_checkpoint
@@ -173,7 +173,7 @@ def _rewrite_header(data: bytes, **fields) -> bytes:
     (lambda d: b"XXXX" + d[4:], "bad magic"),
     (lambda d: d[:10] + bytes([d[10] ^ 1]) + d[11:], "header CRC"),
     (lambda d: d[:-10] + bytes([d[-10] ^ 0x40]) + d[-9:], "CRC mismatch"),
-    (lambda d: _rewrite_header(d, version=2), "newer than this nvc-train"),
+    (lambda d: _rewrite_header(d, version=VERSION + 1), "newer than this nvc-train"),
     (lambda d: _rewrite_header(d, sha=bytes(range(32))), "encoded with checkpoint 00010203"),
     (lambda d: _rewrite_header(d, w=4000), "does not match"),
     (lambda d: d + b"\0", "unexpected bytes"),

@@ -40,6 +40,14 @@ def test_decoder_outputs_the_encoders_reconstruction_md5_for_md5(pixel_checkpoin
     planes = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1)) for p in pngs]
     assert planes[0].shape == (3, HEIGHT, WIDTH)
     assert [hashlib.md5(p.tobytes()).hexdigest() for p in planes] == [line.split()[2] for line in encoder]
+    # Without --md5 the decode loop hashes nothing (only --md5, `hashes` and `eval` need it).
+    from nvc_train.codec.files import decode_video
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    ck = load_integer_checkpoint(pixel_checkpoint)
+    assert [f.md5 for f in decode_video(nvc, ck, progress=False).frames] == [""] * FRAMES
+    assert [f.md5 for f in decode_video(nvc, ck, progress=False, md5=True).frames] == [
+        line.split()[2] for line in encoder]
 
     # `hashes` adds the MD5 column; `compare` reads it against `decode --md5`'s lines.
     code, hashes, _ = run_cli(["hashes", nvc, "--checkpoint", pixel_checkpoint], capsys)
