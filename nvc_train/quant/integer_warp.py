@@ -1,8 +1,8 @@
 """Integer scale-space volume and trilinear warp: SSF's motion compensation in exact arithmetic.
 
-The first building block of a pixel-exact decoder (not yet used by the codec): every step
-of ``ScaleSpaceFlow.gaussian_volume`` and ``warp_volume`` re-stated over int64 tensors, so
-that any device computes the same samples. Fixed-point formats (contract draft, see
+The motion compensation of the pixel-exact decoder (:mod:`nvc_train.codec.pixel_decoder`):
+every step of ``ScaleSpaceFlow.gaussian_volume`` and ``warp_volume`` re-stated over int64
+tensors, so that any device computes the same samples. Fixed-point formats (see
 docs/integer-contract.md, "Pixel path"):
 
 - samples: pixel value (0..1 scale) × 255 × 2**SAMPLE_FRAC_BITS, i.e. 8-bit levels with 8
