@@ -151,6 +151,10 @@ class IntegerHyperprior(nn.Module):
         z_symbols = EntropyModel.decompress(eb, [coded.z_string], z_indexes, torch.float32)
         mean_q, indexes = self._entropy_parameters(z_symbols.long())
         y_symbols = EntropyModel.decompress(gc, [coded.y_string], indexes, torch.float32)
+        # rANS carries out-of-range symbols through its bypass mode, so a crafted stream can
+        # hold any 32-bit value; clamped like the encoder's, every synthesis input stays
+        # within the bound its accumulators were proven for (|y_int| ≤ 2**15·2**8 + 2**23).
+        y_symbols = torch.clamp(y_symbols, -SYMBOL_LIMIT, SYMBOL_LIMIT)
         return self._y_hat(y_symbols, mean_q)
 
 

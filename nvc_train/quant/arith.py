@@ -3,13 +3,13 @@
 Every function here maps integers to integers with a result that does not depend on the
 device, the thread count, the batch size or the convolution algorithm:
 
-* transposed convolutions are float64 GEMMs of the integer weights with the input, followed
-  by ``fold`` (col2im) or accumulated per output parity class (:func:`conv_transpose_exact`);
-  every partial sum is proven below 2**53 at export (:func:`accumulator_bound`), so any
-  summation order, blocking or GEMM kernel is exact.
-  No process-global backend flag (cuDNN, TF32, oneDNN) is read or written: PyTorch's
-  flags change the algorithms of convolutions and float32 matmuls, not of a float64 GEMM
-  or of ``fold``, and a flag toggled here would race with other threads;
+* transposed convolutions are integer GEMMs of int8 digit planes (:mod:`nvc_train.quant.exact_conv`:
+  int32 plane sums proven below 2**31 from the weights alone, combined in int64), or chunked
+  float32 GEMMs whose every partial sum stays below 2**24 where no integer GEMM runs; every
+  accumulator is proven below 2**53 at export (:func:`accumulator_bound`), which also keeps
+  the selectable float64 path exact. No process-global backend flag (cuDNN, TF32, oneDNN)
+  is read or written: a flag toggled here would race with other threads, and none can
+  change an integer GEMM or an exact float32 one;
 * requantization is a fixed-point multiply and an arithmetic right shift in int64 with
   round-half-up (:func:`requantize`);
 * the scale output never becomes a float: it is compared against integer thresholds
@@ -26,8 +26,9 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from nvc_train.quant import exact_conv
 
 EXACT_FLOAT64 = 2**53
 """Integers below this magnitude are exact in float64, so are sums that stay below it."""
@@ -43,10 +44,6 @@ WEIGHT_QMAX = 127
 
 # SSF's hyper-decoders: ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1).
 DECONV_STRIDE, DECONV_PADDING, DECONV_OUTPUT_PADDING = 2, 2, 1
-
-MAX_COLUMN_ELEMENTS = 2**25
-"""Largest col2im matrix built at once (256 MB of float64); larger inputs go in row bands."""
-
 
 class FixedPoint(NamedTuple):
     """Per-channel requantization ``out = clamp((acc * multiplier + 2**(shift-1)) >> shift)``.
@@ -146,130 +143,23 @@ def check_fixed_point(fp: FixedPoint) -> None:
             raise ValueError(f"requantization product may overflow int64 (max {float(worst):.3g})")
 
 
-def float64_gemm(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` in float64 (batched over ``b``'s leading dim): the one GEMM of the exact path.
+def conv_transpose_exact(x_int: Tensor, weight_int: Tensor, path: str | None = None) -> Tensor:
+    """Exact integer transposed convolution of SSF's decoder layers (k=5, stride 2), without bias.
 
-    Integer-valued operands whose every partial sum stays below 2**53 give the exact integer
-    product with any IEEE-754 float64 GEMM, whatever its blocking or summation order. A
-    machine whose float64 GEMM is not IEEE (emulated FP64 with too few slices, a replaced
-    BLAS) breaks that; the checkpoint's stress record and load-time self-test catch it.
-    """
-    return torch.matmul(a, b)
-
-
-PHASE_MIN_POSITIONS = 2048
-"""Inputs with at least this many positions (H·W, the synthesis decoders' frame-sized
-layers) and at least :data:`PHASE_MIN_CHANNELS` outputs take the four-phase algorithm; the
-hyper-decoders' small inputs and the 3-channel last layers keep GEMM + fold (faster there)."""
-
-PHASE_MIN_CHANNELS = 16
-
-
-@torch.compiler.disable
-def conv_transpose_exact(x_int: Tensor, weight_int: Tensor) -> Tensor:
-    """Exact integer transposed convolution of SSF's decoder layers (k=5, stride 2).
-
-    Two algorithms, both one or more float64 GEMMs of integer operands followed by exact
-    integer bookkeeping, so both give the identical accumulators (tested against each other
-    and against an int64 reference); which runs is chosen by the layer's size only:
-
-    * :func:`conv_transpose_col2im`: ``weight^T (C_out·25, C_in) @ x (C_in, H·W)``, then
-      ``fold`` sums the 25 taps (small inputs, few output channels);
-    * :func:`conv_transpose_phases`: the four output parity classes as nine shifted GEMMs
-      accumulated in place (frame-sized layers: no 25× column matrix, no fold).
-
-    Neither has an algorithm that a backend flag can change (cuDNN, TF32, ``fp32_precision``,
-    oneDNN, deterministic mode), so the result is the same under every setting, device and
-    thread count; ``torch.compile`` is kept out (no fused or reordered float kernels).
+    Computed by :mod:`nvc_train.quant.exact_conv` as int8 GEMMs of balanced base-256 digit
+    planes (``torch._int_mm``), or chunked float32 GEMMs where no integer GEMM passes its
+    probe, or float64 GEMMs when asked (``path``, ``$NVC_TRAIN_EXACT_GEMM``): every path gives
+    the same integers. No backend flag (cuDNN, TF32, ``fp32_precision``, oneDNN,
+    deterministic mode) can change them, and ``torch.compile`` is kept out.
 
     Args:
         x_int: (N, C_in, H, W) integer-valued tensor (any dtype, any memory format).
         weight_int: (C_in, C_out, 5, 5) integer-valued tensor.
 
     Returns:
-        (N, C_out, 2H, 2W) int64 accumulators without bias. Exact when the export-time bound
-        (:func:`accumulator_bound`) holds.
+        (N, C_out, 2H, 2W) int64 accumulators without bias.
     """
-    h, w = x_int.shape[-2:]
-    if h * w >= PHASE_MIN_POSITIONS and weight_int.shape[1] >= PHASE_MIN_CHANNELS:
-        return conv_transpose_phases(x_int, weight_int)
-    return conv_transpose_col2im(x_int, weight_int)
-
-
-def conv_transpose_col2im(x_int: Tensor, weight_int: Tensor) -> Tensor:
-    """:func:`conv_transpose_exact` as one float64 GEMM and ``fold`` (col2im), in row bands
-    above :data:`MAX_COLUMN_ELEMENTS` column elements. Same arguments and result."""
-    n, c_in, h, w = x_int.shape
-    c_out, k = weight_int.shape[1], weight_int.shape[2]
-    weight = weight_int.to(device=x_int.device, dtype=torch.float64).reshape(c_in, c_out * k * k).t()
-    # ConvTranspose2d's output size; output_padding=1 keeps a last row/column padding trims.
-    out_h, out_w = ((d - 1) * DECONV_STRIDE - 2 * DECONV_PADDING + k + DECONV_OUTPUT_PADDING for d in (h, w))
-    rows = max(1, min(h, MAX_COLUMN_ELEMENTS // max(1, n * c_out * k * k * w)))
-    if rows >= h:  # one GEMM and one fold (the hyper-decoders, small frames)
-        x = x_int.to(torch.float64).reshape(n, c_in, h * w)
-        acc = F.fold(float64_gemm(weight, x), (out_h, out_w), kernel_size=k, stride=DECONV_STRIDE,
-                     padding=DECONV_PADDING)
-        return acc.long()
-    # Large inputs: bands of input rows, each folded without padding into its own rows of an
-    # unpadded float64 canvas. Every partial sum is a sub-sum of an accumulator whose absolute
-    # sum the export bounds below 2**53, so adding the overlapping rows is exact too.
-    canvas = torch.zeros(n, c_out, (h - 1) * DECONV_STRIDE + k, out_w + 2 * DECONV_PADDING,
-                         dtype=torch.float64, device=x_int.device)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        x = x_int[:, :, r0:r1].to(torch.float64).reshape(n, c_in, (r1 - r0) * w)
-        band = F.fold(float64_gemm(weight, x), ((r1 - r0 - 1) * DECONV_STRIDE + k, canvas.shape[-1]),
-                      kernel_size=k, stride=DECONV_STRIDE)
-        canvas[:, :, r0 * DECONV_STRIDE:r0 * DECONV_STRIDE + band.shape[2]] += band
-    return canvas[:, :, DECONV_PADDING:DECONV_PADDING + out_h, DECONV_PADDING:DECONV_PADDING + out_w].long()
-
-
-def _phase_taps(shift: int) -> list[tuple[int, int]]:
-    """(output parity p, kernel tap k) pairs through which input row ``m + shift`` reaches
-    output row ``2m + p``: ``2m + p = 2(m + shift) − 2 + k`` gives ``k = 2 − 2·shift + p``."""
-    return [(p, 2 - 2 * shift + p) for p in (0, 1) if 0 <= 2 - 2 * shift + p < 5]
-
-
-def conv_transpose_phases(x_int: Tensor, weight_int: Tensor) -> Tensor:
-    """:func:`conv_transpose_exact` by output parity class (polyphase), same arguments and result.
-
-    Output pixel (2m + p, 2n + q) sums input rows m−1..m+1 (3 taps, p = 0) or m..m+1 (2 taps,
-    p = 1), likewise in x. For each of the nine input shifts (dy, dx), one float64 GEMM
-    ``W[dy, dx] (classes·C_out, C_in) @ x_shifted (C_in, H·(W+2))`` adds into the
-    accumulators of the parity classes that use it (``addmm_``, exact: every partial sum is a
-    sub-sum of a bounded accumulator). ``x_shifted`` is a view of the zero-padded input
-    flattened row-major with 2 columns of padding per row, so no shifted copy is made; the 2
-    extra output columns per row are dropped when the four classes are interleaved.
-    """
-    n, c_in, h, w = x_int.shape
-    c_out = weight_int.shape[1]
-    dev = x_int.device
-    weight = weight_int.to(device=dev, dtype=torch.float64)
-    pitch = w + 2  # one zero column each side; the shifted views read across row ends into them
-    length = h * pitch
-    padded = torch.zeros(n, c_in, h + 3, pitch, dtype=torch.float64, device=dev)  # +1 row: last view's tail
-    padded[:, :, 1:h + 1, 1:w + 1] = x_int
-    flat = padded.view(n, c_in, (h + 3) * pitch)
-    acc = torch.empty(2, 2, c_out, length, dtype=torch.float64, device=dev)  # [p][q] classes
-    out = torch.empty(n, c_out, 2 * h, 2 * w, dtype=torch.int64, device=dev)
-    gemms = []  # (row parity p, [(q, kernel row, kernel column)], offset), shift (0, 0) first
-    for dy, dx in sorted(((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)), key=lambda s: s != (0, 0)):
-        offset = (1 + dy) * pitch + (1 + dx)
-        for p, ky in _phase_taps(dy):
-            gemms.append((p, [(q, ky, kx) for q, kx in _phase_taps(dx)], offset))
-    w_rows = [torch.cat([weight[:, :, ky, kx].t() for _, ky, kx in taps]) for _, taps, _ in gemms]
-    for b in range(n):
-        for i, (p, taps, offset) in enumerate(gemms):
-            rows = acc[p, taps[0][0]:taps[-1][0] + 1].view(-1, length)  # classes (p, q…) are contiguous
-            x_view = flat[b, :, offset:offset + length]
-            if i < 2:  # shift (0, 0) reaches all four classes: its two GEMMs initialise them
-                torch.mm(w_rows[i], x_view, out=rows)
-            else:
-                rows.addmm_(w_rows[i], x_view)
-        for p in (0, 1):
-            for q in (0, 1):
-                out[b, :, p::2, q::2] = acc[p, q].view(c_out, h, pitch)[:, :, :w]
-    return out
+    return exact_conv.conv_transpose_exact(x_int, weight_int, path=path)
 
 
 def add_bias(acc: Tensor, bias_int: Tensor) -> Tensor:

@@ -82,6 +82,8 @@ def convert_decoder(
 class IntegerHyperDecoder(FrozenLayers):
     """Inference of one frozen integer hyper-decoder from :func:`convert_decoder` tensors."""
 
+    num_layers = 3
+
     def __init__(self, role: str, tensors: dict[str, Tensor]):
         super().__init__(tensors)
         self.role = role
@@ -94,13 +96,7 @@ class IntegerHyperDecoder(FrozenLayers):
     def forward(self, z_int: Tensor) -> Tensor:
         """(N, 192, h, w) int64 → means on the 2**-8 grid (int64) or CDF indexes (int32),
         (N, 192, 8h, 8w)."""
-        x = z_int
-        for i in range(3):
-            acc = self.layer_accumulator(i, x)
-            if i < 2:
-                x = arith.requantize(acc, self._fixed_point(i), *self.activation_range(i))
-            elif self.role == "mean":
-                return arith.requantize(acc, self._fixed_point(i), -MEAN_BOUND, MEAN_BOUND)
-            else:
-                return arith.scale_indexes(acc, self._t("scale_thresholds"))
-        raise AssertionError("unreachable")
+        if self.role == "mean":
+            fp = self._fixed_point(2)
+            return self.run_layers(z_int, lambda acc: arith.requantize(acc, fp, -MEAN_BOUND, MEAN_BOUND, inplace=True))
+        return arith.scale_indexes(self.run_layers(z_int, None), self._t("scale_thresholds"))

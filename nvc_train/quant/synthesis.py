@@ -214,24 +214,23 @@ def convert_synthesis(decoder: nn.Module, fq: FakeQuantSynthesis) -> dict[str, T
 class IntegerSynthesis(FrozenLayers):
     """Exact inference of one frozen synthesis decoder from :func:`convert_synthesis` tensors."""
 
+    num_layers = NUM_LAYERS
+
     def __init__(self, name: str, tensors: dict[str, Tensor]):
         super().__init__(tensors)
         self.name = name
+
+    def activation_range(self, i: int) -> tuple[int, int]:
+        """Activations after intermediate layer ``i`` are [0, act_hi] (ReLU)."""
+        return 0, int(self._t(f"layer{i}.act_hi"))
 
     @torch.compiler.disable
     def forward(self, y_int: Tensor) -> Tensor:
         """(N, C_in, h, w) int64 latents on the 2**-8 grid → (N, C_out, 16h, 16w) int64 on
         the output grid (see :func:`output_format`)."""
-        x = y_int
-        for i in range(NUM_LAYERS):
-            acc = self.layer_accumulator(i, x)
-            fp = self._fixed_point(i)
-            if i < NUM_LAYERS - 1:
-                x = arith.requantize(acc, fp, 0, int(self._t(f"layer{i}.act_hi")), inplace=True)
-            else:
-                _, bound = output_format(self.name)
-                return arith.requantize(acc, fp, -bound, bound, inplace=True)
-        raise AssertionError("unreachable")
+        _, bound = output_format(self.name)
+        fp = self._fixed_point(NUM_LAYERS - 1)
+        return self.run_layers(y_int, lambda acc: arith.requantize(acc, fp, -bound, bound, inplace=True))
 
 
 def motion_coordinates(motion_q: Tensor, depth: int, flow_reference: int | None, coord_frac_bits: int) -> Tensor:
