@@ -8,7 +8,8 @@ Every checkpoint exported by this version carries three records (docs/integer-co
 * ``realistic``: a 768×512 clip coded I P P: 12×8 hyper-latents, interior taps, GEMMs of a
   real frame's shape. Stored per frame: the SHA-256 of all decoded latents and of each part's,
   and for pixel-exact checkpoints the MD5 of the decoded frame (both clip records).
-* ``stress``: for each of the six hyper-decoders and each of its three layers, an input built
+* ``stress``: for each of the six hyper-decoders and each of its three layers (and, in a
+  pixel-exact checkpoint, each of the three synthesis decoders' four layers), an input built
   from that layer's own integer weights so that its accumulators reach the bound proven at
   export (signs follow the weights, magnitudes at the clamp limits: symbols ±2**15 for layer
   0, the activation ceiling for layers 1 and 2). Stored: the input, the SHA-256 of the
@@ -17,8 +18,9 @@ Every checkpoint exported by this version carries three records (docs/integer-co
   float64 GEMM that is not IEEE-exact (emulated FP64 with too few slices, a replaced BLAS)
   rounds them where the clip records' smaller sums survive.
 
-Loading a checkpoint runs the stress record's layer-0 checks (:func:`self_test`, a few
-milliseconds); ``nvc-train conformance`` runs everything (:func:`run_checks`).
+Loading a checkpoint runs :func:`self_test` (bounds recomputed, every layer at its stress
+input on every GEMM path against int64 arithmetic, the stored layer-0 hashes);
+``nvc-train conformance`` runs every record (:func:`run_checks`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from torch import Tensor
 from nvc_train.codec.integer_codec import IntegerSSF
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS
+from nvc_train.quant import arith, exact_conv
 from nvc_train.quant.config import SYMBOL_LIMIT
-from nvc_train.quant.fake_quant import ROLES, integer_hyper_input
+from nvc_train.quant.fake_quant import ROLES, input_bound, integer_hyper_input
+from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer import IntegerHyperDecoder
+from nvc_train.quant.synthesis import INPUT_BOUND
 
 CLIP_RECORDS = {"small": (128, 128), "realistic": (512, 768)}
 """Bitstream records: name → (height, width) of the synthetic clip, coded I P P."""
@@ -44,7 +49,6 @@ CLIP_SEED = 20200614
 STRESS_GRID = (12, 15)
 """Spatial size of each stress input: one target output per 3×3 input cell, 20 per layer."""
 
-NUM_LAYERS = 3
 
 
 class Conformance(NamedTuple):
@@ -102,11 +106,27 @@ def conformance_clip(height: int, width: int, num_frames: int = 3) -> list[Tenso
     return [f.unsqueeze(0) for f in synthetic_clip(seed=CLIP_SEED, num_frames=num_frames, height=height, width=width)]
 
 
-def _decoders(codec: IntegerSSF) -> Iterator[tuple[str, IntegerHyperDecoder]]:
+def _decoders(codec: IntegerSSF, synthesis: bool = False) -> Iterator[tuple[str, FrozenLayers]]:
+    """The six integer hyper-decoders ("<part>.<role>") and, with ``synthesis`` on a
+    pixel-exact codec, the three synthesis decoders ("synth.<name>")."""
     for part in PARTS:
         ihp = codec.hyperpriors[part]
         for role in ROLES:
             yield f"{part}.{role}", ihp.mean_decoder if role == "mean" else ihp.scale_decoder
+    if synthesis and codec.pixels is not None:
+        for name, dec in codec.pixels.decoders.items():
+            yield f"synth.{name}", dec
+
+
+def layer_input_bound(codec: IntegerSSF, decoder: str, dec: FrozenLayers, layer: int) -> int:
+    """Largest |input| of ``layer`` any bitstream can give (the bound its accumulators are
+    proven for): clamped symbols at layer 0, the previous activation's range after."""
+    if layer > 0:
+        return max(abs(v) for v in dec.activation_range(layer - 1))
+    if decoder.startswith("synth."):
+        return INPUT_BOUND
+    ihp = codec.hyperpriors[decoder.split(".")[0]]
+    return input_bound(ihp.median_q, ihp.input_frac_bits)
 
 
 def stress_pattern(weight_int: Tensor, bias_int: Tensor, signed: bool, grid: tuple[int, int] = STRESS_GRID) -> Tensor:
@@ -129,54 +149,52 @@ def stress_pattern(weight_int: Tensor, bias_int: Tensor, signed: bool, grid: tup
     """
     w = weight_int.detach().cpu().long()
     b = bias_int.detach().cpu().long()
-    c_in, c_out = w.shape[:2]
-    scores = []  # (reach, channel, py, px, sign)
-    for py in range(2):
-        for px in range(2):
-            taps = w[:, :, py::2, px::2]  # (C_in, C_out, ·, ·)
-            positive = taps.clamp(min=0).sum(dim=(0, 2, 3))
-            negative = (-taps).clamp(min=0).sum(dim=(0, 2, 3))
-            for c in range(c_out):
-                if signed:
-                    sign = 1 if int(b[c]) >= 0 else -1
-                    scores.append((int(positive[c] + negative[c]), c, py, px, sign))
-                else:
-                    sign = 1 if int(positive[c]) >= int(negative[c]) else -1
-                    scores.append((int(max(positive[c], negative[c])), c, py, px, sign))
-    scores.sort(key=lambda s: (-s[0], s[1], s[2], s[3]))
+    c_in = w.shape[0]
+    # Reach and sign of every (parity class, output channel); classes in (py, px) order.
+    taps = [w[:, :, py::2, px::2] for py in range(2) for px in range(2)]
+    positive = torch.stack([t.clamp(min=0).sum(dim=(0, 2, 3)) for t in taps])  # (4, C_out)
+    negative = torch.stack([(-t).clamp(min=0).sum(dim=(0, 2, 3)) for t in taps])
+    if signed:
+        reach = positive + negative
+        sign = torch.where(b >= 0, 1, -1).expand_as(reach)
+    else:
+        reach = torch.maximum(positive, negative)
+        sign = torch.where(positive >= negative, 1, -1)
+    # Each channel's best class (the first of equal reach), channels by reach then index.
+    best_reach, best_class = reach.max(dim=0)
+    best_class = torch.argmax((reach == best_reach).int(), dim=0)  # first maximal class
+    order = torch.sort(-best_reach, stable=True).indices
     cells = [(1 + 3 * a, 1 + 3 * e) for a in range(grid[0] // 3) for e in range(grid[1] // 3)]
     pattern = torch.zeros(1, c_in, *grid, dtype=torch.int8)
-    best: dict[int, tuple] = {}  # each channel's best parity class, in order of reach
-    for score in scores:
-        best.setdefault(score[1], score)
-    for (i0, j0), (_, c, py, px, sign) in zip(cells, best.values()):
+    for (i0, j0), c in zip(cells, order.tolist()):
+        k = int(best_class[c])
+        py, px, sgn = k // 2, k % 2, int(sign[k, c])
         for ky in range(py, 5, 2):
             for kx in range(px, 5, 2):
                 i, j = i0 + (py + 2 - ky) // 2, j0 + (px + 2 - kx) // 2
-                value = sign * torch.sign(w[:, c, ky, kx])
+                value = sgn * torch.sign(w[:, c, ky, kx])
                 pattern[0, :, i, j] = value if signed else (value > 0).to(torch.int8)
     return pattern
 
 
-def stress_input(dec: IntegerHyperDecoder, layer: int, pattern: Tensor, median_q: Tensor, frac_bits: int) -> Tensor:
-    """The integer input a stress pattern stands for (int64, pattern's shape)."""
-    if layer == 0:
-        return integer_hyper_input(pattern.long() * SYMBOL_LIMIT, median_q, frac_bits)
-    return pattern.long() * dec.activation_range(layer - 1)[1]
-
-
-def _stress_tensors(codec: IntegerSSF, conf_tensors: dict[str, Tensor], decoder: str, layer: int,
-                    device: torch.device) -> tuple[IntegerHyperDecoder, Tensor]:
-    part = decoder.split(".")[0]
-    dec = dict(_decoders(codec))[decoder]
-    ihp = codec.hyperpriors[part]
-    pattern = conf_tensors[f"stress.{decoder}.layer{layer}"].to(device)
-    return dec, stress_input(dec, layer, pattern, ihp.median_q, ihp.input_frac_bits)
+def stress_input(codec: IntegerSSF, decoder: str, dec: FrozenLayers, layer: int, pattern: Tensor) -> Tensor:
+    """The integer input a stress pattern stands for (int64, pattern's shape): symbols ±2**15
+    at layer 0 (hyper-decoders: plus the medians; synthesis: ±the latent bound), the
+    activation ceiling after."""
+    if layer > 0:
+        return pattern.long() * dec.activation_range(layer - 1)[1]
+    if decoder.startswith("synth."):
+        return pattern.long() * INPUT_BOUND
+    ihp = codec.hyperpriors[decoder.split(".")[0]]
+    return integer_hyper_input(pattern.long() * SYMBOL_LIMIT, ihp.median_q.to(pattern.device), ihp.input_frac_bits)
 
 
 def _stress_value(codec: IntegerSSF, conf_tensors: dict[str, Tensor], check: dict, device: torch.device) -> Tensor:
     layer = check["layer"]
-    dec, x = _stress_tensors(codec, conf_tensors, check["decoder"], 0 if layer == "output" else layer, device)
+    dec = dict(_decoders(codec, synthesis=True))[check["decoder"]]
+    first = 0 if layer == "output" else layer
+    pattern = conf_tensors[f"stress.{check['decoder']}.layer{first}"].to(device)
+    x = stress_input(codec, check["decoder"], dec, first, pattern)
     return dec(x) if layer == "output" else dec.layer_accumulator(layer, x)
 
 
@@ -196,11 +214,11 @@ def build_records(codec: IntegerSSF) -> Conformance:
              **({"md5": r.md5} if r.md5 else {})}
             for c, r in zip(coded, recon)]})
     checks = []
-    for decoder, dec in _decoders(codec):
-        for layer in range(NUM_LAYERS):
+    for decoder, dec in _decoders(codec, synthesis=True):
+        for layer in range(dec.num_layers):
             pattern = stress_pattern(dec.layer_weight(layer), dec.layer_bias(layer), signed=layer == 0)
             tensors[f"stress.{decoder}.layer{layer}"] = pattern
-        for layer in (*range(NUM_LAYERS), "output"):
+        for layer in (*range(dec.num_layers), "output"):
             check = {"decoder": decoder, "layer": layer}
             value = _stress_value(codec, tensors, check, torch.device("cpu"))
             check["sha256"] = int_digest(value)
@@ -257,7 +275,11 @@ def run_checks(codec: IntegerSSF, conf: Conformance, device: torch.device | str 
             yield from _bitstream_checks(codec, conf, rec, device)
             continue
         expected = {(c["decoder"], c["layer"]) for c in rec["checks"]}
-        missing = {(d, layer) for d, _ in _decoders(codec) for layer in (*range(NUM_LAYERS), "output")} - expected
+        # Checkpoints exported before 0.9 have no synthesis stress checks; the load-time
+        # self-test still drives their synthesis layers to their bounds.
+        with_synthesis = any(d.startswith("synth.") for d, _ in expected)
+        missing = {(d, layer) for d, dec in _decoders(codec, with_synthesis)
+                   for layer in (*range(dec.num_layers), "output")} - expected
         if missing:
             yield Check(rec["name"], f"{len(missing)} stress checks missing", "", "")
         for check in rec["checks"]:
@@ -266,22 +288,98 @@ def run_checks(codec: IntegerSSF, conf: Conformance, device: torch.device | str 
             yield Check(rec["name"], item, got, check["sha256"])
 
 
+def reference_accumulators(x: Tensor, weight_int: Tensor, bias_int: Tensor) -> Tensor:
+    """``conv_transpose(x, w) + b`` as 25 tap products on the host, sharing nothing with the
+    GEMM paths (no digits, no column matrix): the self-test's reference. Each tap's products
+    are float64 matrix products, exact because :func:`bound_problems` has proven every sum
+    below 2**53 first; rounded, then added in int64. (N, C_in, h, w) → (N, C_out, 2h, 2w)."""
+    x, w = x.detach().cpu(), weight_int.detach().cpu()
+    n, c_in, h, wd = x.shape
+    c_out = w.shape[1]
+    rows = x.permute(0, 2, 3, 1).reshape(-1, c_in).to(torch.float64)
+    full = torch.zeros(n, c_out, 2 * h + 4, 2 * wd + 4, dtype=torch.int64)
+    for ky in range(5):
+        for kx in range(5):
+            taps = torch.round(rows @ w[:, :, ky, kx].to(torch.float64)).long()
+            full[:, :, ky:ky + 2 * h:2, kx:kx + 2 * wd:2] += taps.view(n, h, wd, c_out).permute(0, 3, 1, 2)
+    return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd] + bias_int.detach().cpu().long().view(1, -1, 1, 1)
+
+
+def device_paths(device: torch.device) -> list[str]:
+    """GEMM paths a decode on ``device`` may take: the default one, and the float32 fallback
+    (also what ``NVC_TRAIN_EXACT_GEMM=float32`` selects)."""
+    default = exact_conv.default_path(device)
+    return [default] + (["float32"] if default != "float32" else [])
+
+
+def bound_problems(codec: IntegerSSF) -> list[str]:
+    """Each layer's accumulator bound recomputed from its stored integers (weights, bias, the
+    input bound), against the stored one and 2**53; requantization products against int64."""
+    problems = []
+    for decoder, dec in _decoders(codec, synthesis=True):
+        for layer in range(dec.num_layers):
+            bound = arith.accumulator_bound(dec.layer_weight(layer), dec.layer_bias(layer),
+                                            layer_input_bound(codec, decoder, dec, layer))
+            key = f"layer{layer}.acc_bound".replace(".", "_")
+            stored = int(getattr(dec, key)) if hasattr(dec, key) else bound
+            if bound != stored:
+                problems.append(f"{decoder} layer {layer}: accumulator bound {bound} recomputed from its weights, "
+                                f"{stored} stored (edited checkpoint?)")
+            elif bound >= arith.EXACT_FLOAT64:
+                problems.append(f"{decoder} layer {layer}: accumulators may reach {bound:.3g} >= 2**53")
+            if hasattr(dec, f"layer{layer}_multiplier"):
+                try:
+                    arith.check_fixed_point(dec._fixed_point(layer))
+                except ValueError as exc:
+                    problems.append(f"{decoder} layer {layer}: {exc}")
+    return problems
+
+
+def path_problems(codec: IntegerSSF, device: torch.device, paths: list[str] | None = None) -> list[str]:
+    """Every layer of every integer decoder, driven to its proven bound by a stress input built
+    from its weights, on each GEMM path the device may use, against :func:`reference_accumulators`."""
+    problems = []
+    for decoder, dec in _decoders(codec, synthesis=True):
+        for layer in range(dec.num_layers):
+            w, b = dec.layer_weight(layer), dec.layer_bias(layer)
+            pattern = stress_pattern(w, b, signed=layer == 0)
+            x = stress_input(codec, decoder, dec, layer, pattern)
+            want = reference_accumulators(x, w, b)
+            for path in paths or device_paths(device):
+                try:
+                    got = dec.layer_accumulator(layer, x.to(device), path).cpu()
+                    ok = torch.equal(got, want)
+                except (RuntimeError, ValueError) as exc:
+                    ok, path = False, f"{path} ({exc})"
+                if not ok:
+                    problems.append(f"{decoder} layer {layer} on the {path} path")
+    return problems
+
+
 @torch.no_grad()
 def self_test(codec: IntegerSSF, conf: Conformance, device: torch.device | str, source: str) -> None:
-    """Layer 0 of each hyper-decoder on its stress input, against the stored hash (ms).
+    """What loading checks before a checkpoint decodes anything on ``device`` (tenths of a second):
 
-    Raises :class:`UserError` naming the first layer this machine does not reproduce.
-    Checkpoints without a stress record (format 1) have nothing to test.
+    * every layer's accumulator bound, recomputed from the stored integers;
+    * every layer of all nine integer decoders at a bound-reaching stress input, on each GEMM
+      path the device may use, against int64 tap loops on the host;
+    * layer 0 of each hyper-decoder on the stored stress input, against the hash the
+      exporting machine stored (checkpoints without a stress record have none).
+
+    Raises :class:`UserError`, one line naming every layer that fails.
     """
     device = torch.device(device)
+    problems = bound_problems(codec)
+    if not problems:
+        problems = [f"computes {p} differently from int64 arithmetic" for p in path_problems(codec, device)]
     for rec in conf.records:
         if rec["kind"] != "stress":
             continue
         for check in rec["checks"]:
-            if check["layer"] != 0:
+            if check["layer"] != 0 or check["decoder"].startswith("synth."):
                 continue
             if int_digest(_stress_value(codec, conf.tensors, check, device)) != check["sha256"]:
-                raise UserError(
-                    f"{source}: this machine computes {check['decoder']} layer 0 differently from the "
-                    f"exporting one on {device} (its float64 arithmetic is not IEEE-exact?): it would "
-                    f"mis-decode; `nvc-train conformance` shows every check")
+                problems.append(f"computes {check['decoder']} layer 0 differently from the exporting machine")
+    if problems:
+        raise UserError(f"{source}: refused on {device}: " + "; ".join(problems)
+                        + " — it would mis-decode; `nvc-train conformance` shows every check")

@@ -270,15 +270,17 @@ def plane_bound(weight_int: Tensor) -> int:
 
 def _float32_cuts(a: Tensor) -> list[int]:
     """Column indexes where the float32 path cuts ``a`` (int64) so that every row's
-    Σ|a| · 128 over one chunk stays below 2**24."""
+    Σ|a| · 128 over one chunk stays below 2**24 (greedy: each chunk as long as it can be)."""
     col = a.abs() * -DIGIT_MIN
-    limit = FLOAT32_EXACT - 1
-    cuts, running = [], torch.zeros(a.shape[0], dtype=torch.int64)
-    for k in range(a.shape[1]):
-        if bool((running + col[:, k] > limit).any()):
-            cuts.append(k)
-            running.zero_()
-        running += col[:, k]
+    if a.numel() and int(col.max()) >= FLOAT32_EXACT:
+        raise ValueError("a weight digit times 128 is beyond float32's exact integers")
+    cuts, start = [], 0
+    while start < a.shape[1]:
+        over = (col[:, start:].cumsum(dim=1) >= FLOAT32_EXACT).any(dim=0).nonzero()
+        if not len(over):
+            break
+        start += int(over[0])
+        cuts.append(start)
     return cuts
 
 

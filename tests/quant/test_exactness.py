@@ -69,7 +69,7 @@ def layer_cases(loaded, part, role) -> list[tuple[torch.Tensor, torch.Tensor, np
         for i in range(3):
             w = dec.layer_weight(i)
             pattern = stress_pattern(w, dec.layer_bias(i), signed=i == 0)
-            for xi in (stress_input(dec, i, pattern, ihp.median_q, ihp.input_frac_bits), x):
+            for xi in (stress_input(loaded.codec, f"{part}.{role}", dec, i, pattern), x):
                 cases.append((xi, w, reference.conv_transpose(xi.numpy(), w.numpy().astype(np.int64))))
             if i < 2:
                 x = arith.requantize(dec.layer_accumulator(i, x), dec._fixed_point(i), *dec.activation_range(i))

@@ -125,31 +125,72 @@ def test_format_1_checkpoints_still_load_and_check(int_checkpoint, tmp_path):
     assert result.stdout.count(" OK") == 3 and "conformance PASS: 3 checks in records small" in result.stdout
 
 
-def gemm_accurate_to_32_bits(a, b):
+def gemm_accurate_to_32_bits(real_gemm):
     """A float64 GEMM that is not IEEE-exact: results rounded to 32 significant bits (as an
     emulated FP64 with too few slices might be). Sums below 2**32 still come out exact."""
-    exact = torch.matmul(a, b)
-    mantissa, exponent = torch.frexp(exact)
-    return torch.ldexp(torch.round(mantissa * 2.0**32), exponent - 32)
+    def gemm(chunks, cols, k_start, path):
+        exact = real_gemm(chunks, cols, k_start, path)
+        if path != "float64":
+            return exact
+        mantissa, exponent = torch.frexp(exact)
+        return torch.ldexp(torch.round(mantissa * 2.0**32), exponent - 32)
+    return gemm
 
 
 def test_an_inexact_float64_gemm_is_caught_by_the_stress_record(int_checkpoint, monkeypatch, capsys):
-    """The clip records' accumulators stay below 2**26 and survive such a GEMM; the stress
-    record's reach 2**36 and do not. Loading refuses (self-test), naming the layer."""
+    """On the float64 path (selected), the clip records' accumulators stay below 2**26 and
+    survive such a GEMM; the stress record's reach 2**36 and do not. Loading refuses
+    (self-test), naming the layers and the path."""
     from argparse import Namespace
 
     from nvc_train.commands.conformance import conformance
-    from nvc_train.quant import arith
+    from nvc_train.quant import exact_conv
 
-    monkeypatch.setattr(arith, "float64_gemm", gemm_accurate_to_32_bits)
-    with pytest.raises(UserError, match=r"computes keyframe\.mean layer 0 differently"):
+    monkeypatch.setenv(exact_conv.PATH_ENV, "float64")
+    monkeypatch.setattr(exact_conv, "_gemm", gemm_accurate_to_32_bits(exact_conv._gemm))
+    with pytest.raises(UserError, match=r"computes keyframe\.mean layer 0 on the float64 path differently") as err:
         load_integer_checkpoint(int_checkpoint)
+    assert "\n" not in str(err.value) and "float32 path" not in str(err.value)
     assert conformance(Namespace(checkpoint=str(int_checkpoint), device="cpu", quiet=False)) == 1
     lines = capsys.readouterr().out.splitlines()
     verdicts = {(line.split()[0], line.endswith(" OK")) for line in lines[:-1]}
     assert verdicts == {("small", True), ("realistic", True), ("stress", False)} | (
         {("stress", True)} if ("stress", True) in verdicts else set())
     assert any(line.startswith("stress") and "layer 0" in line and "MISMATCH" in line for line in lines)
+
+
+def test_a_broken_int8_gemm_is_refused_at_load_one_line_naming_each_layer(int_checkpoint, monkeypatch):
+    """An integer GEMM that saturates at 2**20 (a too-narrow accumulator): the stress inputs'
+    plane sums reach ~2**23, and the self-test, which drives every layer to its bound on every
+    path, names each failing layer; the float32 fallback is checked too and stays exact."""
+    from nvc_train.quant import exact_conv
+
+    real = exact_conv._gemm
+
+    def saturating(chunks, cols, k_start, path):
+        out = real(chunks, cols, k_start, path)
+        return out.clamp(-2**20, 2**20) if path == "int8" else out
+
+    monkeypatch.setattr(exact_conv, "_gemm", saturating)
+    monkeypatch.delenv(exact_conv.PATH_ENV, raising=False)
+    with pytest.raises(UserError) as err:
+        load_integer_checkpoint(int_checkpoint)
+    message = str(err.value)
+    assert "\n" not in message and "on the int8 path" in message and "float32 path" not in message
+    assert message.count("layer") >= 2
+
+
+def test_an_edited_rehashed_checkpoint_is_refused_by_its_recomputed_bounds(int_checkpoint, tmp_path):
+    """Weights edited and the file re-hashed: the stored accumulator bound no longer follows
+    from the stored integers, and loading says so for that layer."""
+    def mutate(payload):
+        key = next(k for k in payload["tensors"] if k.endswith("mean.layer1.weight"))
+        w = payload["tensors"][key]
+        payload["tensors"][key] = torch.where(w >= 0, 127, -127).to(w.dtype)  # every |weight| at its maximum
+
+    edited = rewrite_checkpoint(int_checkpoint, tmp_path / "edited.ckpt", mutate)
+    with pytest.raises(UserError, match=r"mean layer 1: accumulator bound \d+ recomputed from its weights, \d+ stored"):
+        load_integer_checkpoint(edited)
 
 
 def test_conformance_fails_when_expected_hashes_differ(int_checkpoint, tmp_path, monkeypatch):
@@ -233,3 +274,4 @@ def test_a_wrong_stored_stress_hash_is_reported_and_named(int_checkpoint, tmp_pa
     assert conformance(Namespace(checkpoint=str(bad), device="cpu", quiet=False)) == 1
     mismatches = [line for line in capsys.readouterr().out.splitlines() if "MISMATCH" in line]
     assert len(mismatches) == 1 and mismatches[0].split()[:3] == ["stress", "residual.scale", "layer"]
+
