@@ -126,6 +126,33 @@ def test_huge_latents_are_clamped_and_decode_identically(loaded):
     assert y_hat.abs().max() <= 2**15 + 2**15  # |symbol| <= 2**15, |mean| < 2**15
 
 
+def test_a_crafted_stream_with_huge_y_symbols_decodes_within_the_proven_bound(loaded):
+    """rANS carries out-of-range symbols through its bypass mode: a stream written with a y
+    symbol of 2**20 really holds it (CompressAI's own decoder returns it), yet the integer
+    decoder clamps it like the encoder, so every synthesis layer-0 input stays within the
+    bound its accumulators were proven for (audit finding 1)."""
+    from compressai.entropy_models import EntropyModel
+
+    from nvc_train.codec.frames import CodedLatent
+    from nvc_train.quant.synthesis import INPUT_BOUND, latent_integers
+
+    ihp = loaded.codec.hyperpriors["keyframe"]
+    with torch.no_grad():
+        _, coded = ihp.compress(torch.zeros(1, 192, 8, 8), "keyframe")
+        gc = ihp.hp.gaussian_conditional
+        z_symbols = EntropyModel.decompress(ihp.hp.entropy_bottleneck, [coded.z_string],
+                                            ihp.hp.entropy_bottleneck._build_indexes((1, 192, *coded.z_shape)), torch.float32)
+        _, indexes = ihp._entropy_parameters(z_symbols.long())
+        y_symbols = torch.zeros(1, 192, 8, 8)
+        y_symbols[0, 5, 1, 2], y_symbols[0, 7, 3, 3] = 2**20, -2**20
+        crafted = CodedLatent(EntropyModel.compress(gc, y_symbols, indexes)[0], coded.z_string, coded.z_shape)
+        carried = EntropyModel.decompress(gc, [crafted.y_string], indexes, torch.float32)
+        assert carried.abs().max() == 2**20, "the crafted stream must carry the huge symbol"
+        y_int = latent_integers(ihp.decompress(crafted, torch.device("cpu")))
+    assert int(y_int.abs().max()) <= INPUT_BOUND
+    assert int(y_int[0, 5, 1, 2]) >= 2**15 * 256 - 2**23 and int(y_int[0, 7, 3, 3]) <= -(2**15 * 256) + 2**23
+
+
 def test_big_endian_hosts_are_refused(loaded, clip, monkeypatch):
     monkeypatch.setattr(sys, "byteorder", "big")
     with pytest.raises(UserError, match="big-endian"):
