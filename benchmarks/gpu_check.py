@@ -45,16 +45,19 @@ from nvc_train.quant.export import load_integer_checkpoint  # noqa: E402
 from nvc_train.quant.fake_quant import ROLES, integer_hyper_input  # noqa: E402
 
 
-def untrained_checkpoint(out_dir: Path) -> Path:
-    """Export a freshly initialised SSF whose activation ranges are calibrated on one clip."""
+def untrained_checkpoint(out_dir: Path, pixel_exact: bool = False) -> Path:
+    """Export a freshly initialised SSF whose activation ranges are calibrated on one clip;
+    with ``pixel_exact``, the synthesis decoders too (a format-3 checkpoint)."""
     from compressai.models.video import ScaleSpaceFlow
 
+    from nvc_train.models.ssf import SYNTHESIS_ATTR
     from nvc_train.quant.config import QuantConfig
     from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.fake_quant import HyperpriorQAT
 
     torch.manual_seed(0)
-    model, qat = ScaleSpaceFlow().eval(), HyperpriorQAT(QuantConfig()).eval()
+    model = ScaleSpaceFlow().eval()
+    qat = HyperpriorQAT(QuantConfig(scope="decoder" if pixel_exact else "hyperprior")).eval()
     frames = [f.unsqueeze(0) for f in synthetic_clip(1, 2, 256, 256)]
     with torch.no_grad():
         latents = {"keyframe": model.img_encoder(frames[0]),
@@ -62,7 +65,14 @@ def untrained_checkpoint(out_dir: Path) -> Path:
                    "residual": model.res_encoder(frames[1] - frames[0])}
         for part in PARTS:
             qat.hyperprior_forward(part, hyperprior(model, part), latents[part])
-    return export_integer_checkpoint(model, qat, out_dir, "gpu-check", {"quality": None, "note": "untrained"})
+        if pixel_exact:
+            inputs = {"img": latents["keyframe"], "motion": latents["motion"],
+                      "res": torch.cat((latents["residual"], latents["motion"]), dim=1)}
+            for name, attr in SYNTHESIS_ATTR.items():
+                y = torch.round(inputs[name] * 256) / 256  # the 2**-8 grid of decoded latents
+                qat.synthesis.decoder_forward(name, getattr(model, attr), y)
+    name = "gpu-check-pixel" if pixel_exact else "gpu-check"
+    return export_integer_checkpoint(model, qat, out_dir, name, {"quality": None, "note": "untrained"})
 
 
 @torch.no_grad()
@@ -150,6 +160,12 @@ def main() -> int:
             print("4. timings:")
             _run([sys.executable, "benchmarks/decode_speed.py", "--checkpoint", str(checkpoint), "--device", args.device,
                   "--height", "1024", "--width", "1920"], 300)
+            # Exact convolution by GEMM path (int8 / float32 / float64) against float32 cuDNN,
+            # and the pixel-exact decode on each path against the float synthesis, at 1080p.
+            _run([sys.executable, "benchmarks/synthesis_conv_speed.py", "--size", "1080p", "--rounds", "3",
+                  "--device", args.device], 300)
+            _run([sys.executable, "benchmarks/pixel_decode_speed.py", "--checkpoint", "untrained", "--sizes", "1080p",
+                  "--rounds", "2", "--paths", "int8", "float32", "float64", "--device", args.device], 600)
             if importlib.util.find_spec("lightning"):
                 for extra in ([], ["--bf16"]):
                     _run([sys.executable, "benchmarks/train_step.py", "--device", args.device, "--batch-size", "8",

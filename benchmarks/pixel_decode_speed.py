@@ -5,7 +5,9 @@ stream is then decoded by
 
 - ``float synthesis``: the same checkpoint's integer hyperprior with its float synthesis
   decoders and float warp (what a hyperprior-scope checkpoint runs: the "float decoder");
-- ``pixel-exact``: integer synthesis, integer volume and warp, integer reconstruction.
+- ``pixel-exact``: integer synthesis, integer volume and warp, integer reconstruction, with
+  its exact convolutions on each GEMM path of ``--paths`` (int8 by default; float32 and
+  float64 to compare: the frames are asserted identical on every path).
 
 Same input bytes, same entropy decoding, same output (frames in memory) on both sides. Each
 job runs once untimed (warm-up), then ``--rounds`` timed rounds in alternating order; the
@@ -13,7 +15,10 @@ median, the spread and the per-round ratio range are reported. A breakdown of on
 of the pixel path (each integer decoder, volume + warp) follows, median of the rounds.
 
     .venv/bin/python benchmarks/pixel_decode_speed.py --checkpoint runs/demo/ssf-pixel.ckpt \\
-        --sizes 720p 1080p --rounds 3 [--device cuda] [--json OUT]
+        --sizes 720p 1080p --rounds 3 [--paths int8 float64] [--device cuda] [--json OUT]
+
+``--checkpoint untrained`` exports a freshly initialised, calibrated pixel-exact SSF first
+(same layer shapes and activation formats as a trained one).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ SIZES = {"1080p": (1080, 1920), "720p": (720, 1280), "512p": (512, 768)}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="a pixel-exact integer checkpoint (format 3)")
+    ap.add_argument("--checkpoint", required=True, help="a pixel-exact integer checkpoint (format 3), or 'untrained'")
+    ap.add_argument("--paths", nargs="+", default=["int8"], choices=["int8", "float32", "float64"],
+                    help="GEMM paths of the exact convolutions to time")
     ap.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=list(SIZES))
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
@@ -46,6 +53,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = args.device
+    if args.checkpoint == "untrained":
+        import tempfile
+        from pathlib import Path
+
+        from gpu_check import untrained_checkpoint
+
+        args.checkpoint = untrained_checkpoint(Path(tempfile.mkdtemp()), pixel_exact=True)
     ck = load_integer_checkpoint(args.checkpoint, device=dev)
     codec = ck.codec.eval()
     if not codec.pixel_exact:
@@ -57,10 +71,11 @@ def main() -> None:
         h, w = SIZES[name]
         clip = [pad_frame(f).to(dev) for f in synthetic_clip(31337, args.frames, h, w)]
         coded, _ = codec.compress(clip)
-        jobs = {"float synthesis": lambda: twin.decompress(coded, dev),
-                "pixel-exact": lambda: codec.decompress(coded, dev)}
-        for fn in jobs.values():
-            fn()
+        jobs = {"float synthesis": lambda: twin.decompress(coded, dev)}
+        for path in args.paths:
+            jobs[f"pixel-exact {path}"] = lambda path=path: codec.set_gemm_path(path).decompress(coded, dev)
+        md5s = {k: [f.md5 for f in fn()] for k, fn in jobs.items()}  # warm-up
+        assert len({tuple(v) for k, v in md5s.items() if k != "float synthesis"}) == 1, "paths disagree"
         times = {k: [] for k in jobs}
         order = list(jobs)
         for r in range(args.rounds):
@@ -72,11 +87,14 @@ def main() -> None:
                          "min_s": round(min(ts), 3), "max_s": round(max(ts), 3), "runs": [round(t, 3) for t in ts]})
             print(f"{name:6} {k:16} median {med:7.2f} s per {args.frames} frames (min {min(ts):.2f}, max {max(ts):.2f})",
                   flush=True)
-        ratios = [p / f for p, f in zip(times["pixel-exact"], times["float synthesis"])]
-        rows.append({"size": name, "job": "pixel-exact / float synthesis", "time_ratio_median": round(statistics.median(ratios), 3),
-                     "time_ratio_min": round(min(ratios), 3), "time_ratio_max": round(max(ratios), 3)})
-        print(f"{name:6} pixel-exact / float synthesis ×{statistics.median(ratios):.3f} "
-              f"(per-round {min(ratios):.3f}–{max(ratios):.3f})", flush=True)
+        for path in args.paths:
+            ratios = [p / f for p, f in zip(times[f"pixel-exact {path}"], times["float synthesis"])]
+            rows.append({"size": name, "job": f"pixel-exact {path} / float synthesis",
+                         "time_ratio_median": round(statistics.median(ratios), 3),
+                         "time_ratio_min": round(min(ratios), 3), "time_ratio_max": round(max(ratios), 3)})
+            print(f"{name:6} pixel-exact {path} / float synthesis ×{statistics.median(ratios):.3f} "
+                  f"(per-round {min(ratios):.3f}–{max(ratios):.3f})", flush=True)
+        codec.set_gemm_path(args.paths[0])
 
         # Where the pixel path's time goes, on the first P-frame.
         px = codec.pixels

@@ -173,6 +173,20 @@ class IntegerSSF(nn.Module):
     def pixel_exact(self) -> bool:
         return self.pixels is not None
 
+    def set_gemm_path(self, path: str | None) -> "IntegerSSF":
+        """Run every exact convolution on GEMM path ``path`` ("int8", "float32", "float64"; None:
+        the device's default, see :func:`nvc_train.quant.exact_conv.default_path`). The
+        decoded integers are the same on every path; only the speed differs."""
+        from nvc_train.quant.exact_conv import PATHS
+        from nvc_train.quant.frozen import FrozenLayers
+
+        if path is not None and path not in PATHS:
+            raise ValueError(f"GEMM path must be one of {', '.join(PATHS)}, got {path!r}")
+        for module in self.modules():
+            if isinstance(module, FrozenLayers):
+                module.gemm_path = path
+        return self
+
     def compress(self, frames: list[Tensor], gop: int | None = None) -> tuple[list[CodedFrame], list[DecodedFrame]]:
         """Encode frames (each (1, 3, H, W), H and W multiples of 128) as I P P … (a keyframe
         every ``gop`` frames). Returns the coded frames and the encoder-side reconstructions

@@ -42,8 +42,6 @@ MULTIPLIER_BITS = 31
 WEIGHT_QMAX = 127
 """Weights are symmetric int8 in [-127, 127] (-128 unused, so negation is closed)."""
 
-# SSF's hyper-decoders: ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1).
-DECONV_STRIDE, DECONV_PADDING, DECONV_OUTPUT_PADDING = 2, 2, 1
 
 class FixedPoint(NamedTuple):
     """Per-channel requantization ``out = clamp((acc * multiplier + 2**(shift-1)) >> shift)``.
@@ -241,9 +239,7 @@ def accumulator_bound(weight_int: Tensor, bias_int: Tensor, input_bound: int) ->
     channels and the four parity classes, of ``Σ|w| · input_bound + |bias|``. An interior
     output of a signed input attains it (the stress conformance record does).
     """
-    magnitude = weight_int.detach().abs().long()
-    per_class = torch.stack([magnitude[:, :, py::DECONV_STRIDE, px::DECONV_STRIDE].sum(dim=(0, 2, 3))
-                             for py in range(DECONV_STRIDE) for px in range(DECONV_STRIDE)])  # (4, C_out)
+    per_class = exact_conv.parity_class_sums(weight_int.detach().abs().long()).reshape(4, -1)  # (4, C_out)
     worst = per_class.amax(dim=0) * int(input_bound) + bias_int.abs().to(per_class.device)
     return int(worst.max().item())
 

@@ -36,6 +36,7 @@ from nvc_train.codec.integer_codec import IntegerSSF
 from nvc_train.errors import UserError
 from nvc_train.models.ssf import PARTS
 from nvc_train.quant import arith, exact_conv
+from nvc_train.quant.exact_conv import parity_class_sums
 from nvc_train.quant.config import SYMBOL_LIMIT
 from nvc_train.quant.fake_quant import ROLES, input_bound, integer_hyper_input
 from nvc_train.quant.frozen import FrozenLayers
@@ -151,9 +152,8 @@ def stress_pattern(weight_int: Tensor, bias_int: Tensor, signed: bool, grid: tup
     b = bias_int.detach().cpu().long()
     c_in = w.shape[0]
     # Reach and sign of every (parity class, output channel); classes in (py, px) order.
-    taps = [w[:, :, py::2, px::2] for py in range(2) for px in range(2)]
-    positive = torch.stack([t.clamp(min=0).sum(dim=(0, 2, 3)) for t in taps])  # (4, C_out)
-    negative = torch.stack([(-t).clamp(min=0).sum(dim=(0, 2, 3)) for t in taps])
+    positive = parity_class_sums(w.clamp(min=0)).reshape(4, -1)  # (4 classes in (py, px) order, C_out)
+    negative = parity_class_sums((-w).clamp(min=0)).reshape(4, -1)
     if signed:
         reach = positive + negative
         sign = torch.where(b >= 0, 1, -1).expand_as(reach)
@@ -289,20 +289,16 @@ def run_checks(codec: IntegerSSF, conf: Conformance, device: torch.device | str 
 
 
 def reference_accumulators(x: Tensor, weight_int: Tensor, bias_int: Tensor) -> Tensor:
-    """``conv_transpose(x, w) + b`` as 25 tap products on the host, sharing nothing with the
-    GEMM paths (no digits, no column matrix): the self-test's reference. Each tap's products
-    are float64 matrix products, exact because :func:`bound_problems` has proven every sum
-    below 2**53 first; rounded, then added in int64. (N, C_in, h, w) → (N, C_out, 2h, 2w)."""
-    x, w = x.detach().cpu(), weight_int.detach().cpu()
+    """``conv_transpose(x, w) + b`` on the host as one float64 GEMM and ``fold`` (col2im),
+    sharing nothing with the GEMM paths (no digits, no shifted views): the self-test's
+    reference, exact because :func:`bound_problems` has proven every sum below 2**53 first;
+    rounded, never truncated. (N, C_in, h, w) → (N, C_out, 2h, 2w) int64."""
+    x, w = x.detach().cpu().to(torch.float64), weight_int.detach().cpu().to(torch.float64)
     n, c_in, h, wd = x.shape
     c_out = w.shape[1]
-    rows = x.permute(0, 2, 3, 1).reshape(-1, c_in).to(torch.float64)
-    full = torch.zeros(n, c_out, 2 * h + 4, 2 * wd + 4, dtype=torch.int64)
-    for ky in range(5):
-        for kx in range(5):
-            taps = torch.round(rows @ w[:, :, ky, kx].to(torch.float64)).long()
-            full[:, :, ky:ky + 2 * h:2, kx:kx + 2 * wd:2] += taps.view(n, h, wd, c_out).permute(0, 3, 1, 2)
-    return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd] + bias_int.detach().cpu().long().view(1, -1, 1, 1)
+    cols = torch.matmul(w.reshape(c_in, c_out * 25).t(), x.reshape(n, c_in, h * wd))
+    acc = torch.nn.functional.fold(cols, (2 * h, 2 * wd), kernel_size=5, stride=2, padding=2)
+    return torch.round(acc).long() + bias_int.detach().cpu().long().view(1, -1, 1, 1)
 
 
 def device_paths(device: torch.device) -> list[str]:

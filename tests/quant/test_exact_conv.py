@@ -198,3 +198,29 @@ def test_frozen_decoder_output_is_the_same_on_every_path(frozen):
     for path in PATHS:
         dec.gemm_path = path
         assert torch.equal(dec(z), want), path
+
+
+@pytest.mark.gpu
+def test_every_path_on_cuda_equals_the_cpu_at_1080p(cuda_flags_restored):
+    """The synthesis decoders' frame-sized layers at 1920×1088 on CUDA with cuDNN autotuning
+    and TF32 on: every GEMM path (int8 via ``torch._int_mm`` if its probe passes there, the
+    float32 fallback with TF32 allowed, float64) gives the CPU's integers; PyTorch's float32
+    convolution is the control that differs between the devices."""
+    torch.backends.cudnn.enabled = torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    g = torch.Generator().manual_seed(11)
+    moved = 0
+    for c_in, c_out, h, w, hi in ((192, 128, 68, 120, 2**23), (128, 128, 272, 480, 2**16 - 1),
+                                  (128, 3, 544, 960, 2**16 - 1)):
+        wt = torch.randint(-127, 128, (c_in, c_out, 5, 5), generator=g)
+        x = torch.randint(-hi if hi > 2**16 else 0, hi, (1, c_in, h, w), generator=g)
+        x[:, :, :12, :15] = stress_inputs(wt, hi, signed=hi > 2**16)
+        want = exact_conv.conv_transpose_exact(x, wt, path="int8")
+        for path in PATHS:
+            got = exact_conv.conv_transpose_exact(x.cuda(), wt.cuda(), path=path)
+            assert torch.equal(got.cpu(), want), (path, c_out)
+        xf, wf = x.float() / 2**16, wt.float() / 127
+        moved += int((F.conv_transpose2d(xf.cuda(), wf.cuda(), stride=2, padding=2, output_padding=1).cpu()
+                      != F.conv_transpose2d(xf, wf, stride=2, padding=2, output_padding=1)).sum())
+    assert moved > 0, "the float32 control must differ between CPU and GPU"
+    print(f"torch._int_mm on CUDA: {'used' if exact_conv.int_mm_works('cuda', 0) else 'probe failed: float32 path'}")

@@ -192,8 +192,10 @@ def test_pixel_checkpoint_checks_frame_md5s_and_catches_a_changed_synthesis_weig
 
     bad = load_integer_checkpoint(rewrite_checkpoint(pixel_checkpoint, tmp_path / "bad.ckpt", nudge))
     failed = [c.item for c in run_checks(bad.codec, bad.conformance) if not c.ok]
-    # Every frame's pixels (the keyframe is every P-frame's reference); the latents still pass.
-    assert sorted(failed) == sorted(c.item for c in pixel_checks), failed
+    # Every frame's pixels (the keyframe is every P-frame's reference) and the image decoder's
+    # stress checks of that layer and of its output; the latents still pass.
+    want = [c.item for c in pixel_checks] + ["synth.img layer 3", "synth.img output"]
+    assert sorted(failed) == sorted(want), failed
 
 
 @pytest.mark.gpu
