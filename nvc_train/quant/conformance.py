@@ -275,7 +275,7 @@ def run_checks(codec: IntegerSSF, conf: Conformance, device: torch.device | str 
             yield from _bitstream_checks(codec, conf, rec, device)
             continue
         expected = {(c["decoder"], c["layer"]) for c in rec["checks"]}
-        # Checkpoints exported before 0.9 have no synthesis stress checks; the load-time
+        # Format-3 checkpoints have no synthesis stress checks; the load-time
         # self-test still drives their synthesis layers to their bounds.
         with_synthesis = any(d.startswith("synth.") for d, _ in expected)
         missing = {(d, layer) for d, dec in _decoders(codec, with_synthesis)

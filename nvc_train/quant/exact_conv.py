@@ -15,7 +15,7 @@ it with GEMMs whose every result is an exact integer on any machine, in one of t
   exact in all of them); chunks are summed in int32. For any backend without an integer GEMM
   (Apple MPS, NPUs) or where ``torch._int_mm`` fails its probe.
 * ``float64`` — one float64 GEMM of the undivided values, exact while ``acc_bound < 2**53``
-  (the pre-0.9 path), kept selectable for comparison (``NVC_TRAIN_EXACT_GEMM=float64``).
+  (the path before integer GEMMs), kept selectable for comparison (``NVC_TRAIN_EXACT_GEMM=float64``).
 
 Algorithm (one for every layer size): output pixel (2m + p, 2n + q) sums input rows
 m−1..m+1 (row parity p = 0: 3 taps) or m..m+1 (p = 1: 2 taps), likewise columns. The input,

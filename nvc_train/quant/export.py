@@ -47,11 +47,14 @@ from nvc_train.quant.integer_warp import COORD_FRAC_BITS, KERNEL_BITS, SAMPLE_FR
 from nvc_train.quant.synthesis import DECODERS, MOTION_FRAC_BITS, convert_synthesis
 
 MAGIC = b"NVCTRAIN-INT"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 HYPERPRIOR_FORMAT_VERSION = 2
 """Hyperprior-scope checkpoints are still written as format 2 (older nvc-train reads them);
 format 3 adds the integer synthesis decoders (``int.synth.*``), which a format-2 reader
-would silently ignore and decode with float pixels: it refuses the version instead."""
+would silently ignore and decode with float pixels: it refuses the version instead.
+Format 4 (pixel-exact) adds the synthesis decoders' stress checks to the
+stress record, which a format-3 reader cannot run: it refuses the version too. Formats 1–3
+still load."""
 _HEADER = struct.Struct(">12sIQ32s")
 
 
@@ -135,9 +138,11 @@ def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig, flow_re
 def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: bool = True) -> IntegerCheckpoint:
     """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`.
 
-    With ``self_check`` (the default) the stress record's layer-0 checks run on ``device``
-    and a machine that does not reproduce them is refused (``nvc-train conformance`` turns
-    it off to report every check instead).
+    With ``self_check`` (the default) :func:`nvc_train.quant.conformance.self_test` runs on
+    ``device``: accumulator bounds recomputed from the stored integers, every layer at a
+    bound-reaching input on every GEMM path the device may use, the stored layer-0 hashes; a
+    checkpoint or machine that fails is refused with one line naming the layers
+    (``nvc-train conformance`` turns it off to report every check instead).
     """
     path = require_file(path, "checkpoint")
     data = path.read_bytes()

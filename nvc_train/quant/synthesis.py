@@ -70,8 +70,11 @@ def synthesis_layers(decoder: nn.Module) -> list[nn.ConvTranspose2d]:
 
 
 def latent_integers(y_hat: Tensor) -> Tensor:
-    """Decoded latents ``symbol + mean`` (float32 on the 2**-8 grid, exact) → int64 y_int."""
-    return torch.round(y_hat.double() * 2**MEAN_FRAC_BITS).long()
+    """Decoded latents ``symbol + mean`` (float32 on the 2**-8 grid, exact) → int64 y_int.
+
+    Scaling by a power of two is exact in float32 and the product is an integer below 2**24,
+    so no float64 is needed (backends such as MPS have none)."""
+    return torch.round(y_hat.float() * 2**MEAN_FRAC_BITS).long()
 
 
 class FakeQuantSynthesis(nn.Module):

@@ -181,7 +181,7 @@ def test_pixel_checkpoint_checks_frame_md5s_and_catches_a_changed_synthesis_weig
     from tests.quant.test_export import rewrite_checkpoint
 
     ck = load_integer_checkpoint(pixel_checkpoint)
-    assert ck.metadata["format_version"] == FORMAT_VERSION == 3 and ck.codec.pixel_exact
+    assert ck.metadata["format_version"] == FORMAT_VERSION == 4 and ck.codec.pixel_exact
     checks = list(run_checks(ck.codec, ck.conformance))
     pixel_checks = [c for c in checks if "MD5" in c.item]
     assert len(pixel_checks) == 6 and all(c.ok for c in checks)
