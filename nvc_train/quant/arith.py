@@ -224,11 +224,12 @@ def scale_indexes(acc: Tensor, thresholds: Tensor) -> Tensor:
     Returns:
         (N, C, H, W) int32 indexes in [0, L-1].
     """
-    thr = thresholds.to(acc.device)
-    index = torch.zeros_like(acc, dtype=torch.int32)
-    for i in range(thr.shape[1]):
-        index += (acc > thr[:, i].view(1, -1, 1, 1)).int()
-    return index
+    # Thresholds rise with the table, so the count is a binary search per channel (one pass
+    # instead of L - 1 comparisons over the frame); equal thresholds are counted each.
+    n, c = acc.shape[:2]
+    per_channel = acc.transpose(0, 1).reshape(c, -1)
+    index = torch.searchsorted(thresholds.to(acc.device).contiguous(), per_channel, out_int32=True)
+    return index.view(c, n, *acc.shape[2:]).transpose(0, 1).contiguous()
 
 
 def accumulator_bound(weight_int: Tensor, bias_int: Tensor, input_bound: int) -> int:
