@@ -141,11 +141,10 @@ def _shifts(parity: int) -> list[int]:
 
 def parity_class_sums(w: Tensor) -> Tensor:
     """(2, 2, C_out) sums of (C_in, C_out, 5, 5) weights over input channels and the taps of
-    each output parity class [py][px] (taps ky ≡ py, kx ≡ px mod 2), in one reduction."""
-    c_in, c_out = w.shape[:2]
-    padded = torch.cat([w, w.new_zeros(c_in, c_out, 1, KERNEL)], dim=2)
-    padded = torch.cat([padded, padded.new_zeros(c_in, c_out, KERNEL + 1, 1)], dim=3)  # 6×6
-    return padded.view(c_in, c_out, 3, 2, 3, 2).sum(dim=(0, 2, 4)).permute(1, 2, 0)
+    each output parity class [py][px] (taps ky ≡ py, kx ≡ px mod 2)."""
+    per_tap = w.sum(dim=0)  # (C_out, 5, 5): one contiguous reduction first
+    return torch.stack([torch.stack([per_tap[:, py::STRIDE, px::STRIDE].sum(dim=(1, 2)) for px in (0, 1)])
+                        for py in (0, 1)])
 
 
 def digit_span(count: int) -> tuple[int, int]:
@@ -300,16 +299,17 @@ def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str |
         raise ValueError(f"a {c_in}-channel layer's int8 plane sums may exceed 2**31")
     digits = w64.unsqueeze(0) if path == "float64" else weight_digits(w64)
     dtype = {"int8": torch.int8, "float32": torch.float32, "float64": torch.float64}[path]
-    per_digit = [_matrices(w, algorithm) for w in digits]
+    # Operands are built in their own dtype (int8 digits: 8× less to move than int64).
+    per_digit = [_matrices(w.to(dtype), algorithm) for w in digits]
     groups = []
     for g in range(len(per_digit[0])):
         chunks_j = []
         for mats in per_digit:
             a = mats[g]
-            padded = torch.zeros(max(32, _round_up(a.shape[0], PITCH_ALIGN)), a.shape[1], dtype=torch.int64)
+            padded = a.new_zeros(max(32, _round_up(a.shape[0], PITCH_ALIGN)), a.shape[1])
             padded[:a.shape[0]] = a
-            cuts = [0, *(_float32_cuts(padded) if path == "float32" else []), a.shape[1]]
-            chunks_j.append(tuple(Chunk(k0, k1, padded[:, k0:k1].to(device=device, dtype=dtype).contiguous())
+            cuts = [0, *(_float32_cuts(padded.long()) if path == "float32" else []), a.shape[1]]
+            chunks_j.append(tuple(Chunk(k0, k1, padded[:, k0:k1].to(device).contiguous())
                                   for k0, k1 in zip(cuts[:-1], cuts[1:])))
         groups.append(tuple(chunks_j))
     c_pad = padded_channels(c_in)
