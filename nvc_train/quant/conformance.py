@@ -40,7 +40,6 @@ from nvc_train.quant.exact_conv import parity_class_sums
 from nvc_train.quant.config import SYMBOL_LIMIT
 from nvc_train.quant.fake_quant import ROLES, input_bound, integer_hyper_input
 from nvc_train.quant.frozen import FrozenLayers
-from nvc_train.quant.integer import IntegerHyperDecoder
 from nvc_train.quant.synthesis import INPUT_BOUND
 
 CLIP_RECORDS = {"small": (128, 128), "realistic": (512, 768)}

@@ -17,7 +17,7 @@ it with GEMMs whose every result is an exact integer on any machine, in one of t
 * ``float64`` — one float64 GEMM of the undivided values, exact while ``acc_bound < 2**53``
   (the path before integer GEMMs), kept selectable for comparison (``NVC_TRAIN_EXACT_GEMM=float64``).
 
-Algorithm (one for every layer size): output pixel (2m + p, 2n + q) sums input rows
+Algorithms. *Gather* (every layer with more than 15 outputs): output pixel (2m + p, 2n + q) sums input rows
 m−1..m+1 (row parity p = 0: 3 taps) or m..m+1 (p = 1: 2 taps), likewise columns. The input,
 offset by a constant ``c`` and zero-padded by one pixel (the pad holding ``−c``), is laid out
 with a row pitch a multiple of 8; the nine shifted views of it, stacked, form a column
@@ -25,8 +25,10 @@ matrix (9·C_in, rows·pitch) built by nine block copies, and two GEMMs give all
 classes: ``A_p (2·C_out, K_p) @ cols[K_p]`` with K_0 = all nine shifts and K_1 = the six
 with dy ≥ 0 (a contiguous block). Because every output then reads all taps of its class
 (inside the frame or on the ``−c`` pad), the offset adds back as one constant per class and
-channel, ``c · Σ_class w``, folded into the bias. Work runs in bands of input rows, so no
-25× column matrix or frame-sized int32 is ever held.
+channel, ``c · Σ_class w``, folded into the bias. *Scatter* (the 3-channel last layers):
+one GEMM ``W_taps (25·C_out, C_in) @ x`` over the padded planes and 25 shifted int64 adds.
+Both work in bands of input rows, so no 25× column matrix or frame-sized int32 is held; a
+:class:`PlaneSink` requantizes each band straight into the next layer's planes.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ DIGIT_MIN, DIGIT_MAX = -(RADIX // 2), RADIX // 2 - 1
 
 INT32_LIMIT = 2**31
 FLOAT32_EXACT = 2**24
-FLOAT64_EXACT = 2**53
 
 KERNEL, STRIDE, PADDING = 5, 2, 2
 ROW_SHIFTS = (-1, 0, 1)
@@ -63,7 +64,6 @@ PITCH_ALIGN = 8
 BAND_BYTES = 2**24
 """Target size of one band's column matrix (int8 bytes): 16 MiB keeps the int32 results of
 a band in the tens of MiB at 1080p."""
-
 
 SCATTER_MAX_CHANNELS = 15
 """Layers with at most this many output channels (the synthesis decoders' 3-channel last
@@ -437,7 +437,6 @@ def conv_transpose_planes(planes: Planes, weights: PreparedWeights, path: PathNa
     """
     if planes.channels != weights.c_in:
         raise ValueError(f"input has {planes.channels} channels, the layer {weights.c_in}")
-    n, h, w, c_out = planes.padded.shape[1], planes.height, planes.width, weights.c_out
     const = weights.class_sums * planes.offset  # (2, 2, C_out): offset correction, bias, per class
     if bias_int is not None:
         const = const + bias_int.to(const.device).view(1, 1, -1)
