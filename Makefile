@@ -30,7 +30,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Every GPU check and figure in one command (needs CUDA; 6.5 minutes on an H100, 2026-11-27).
+# Every GPU check and figure in one command (needs CUDA; 6.5 minutes on an H100, 2026-11-27,
+# before the GEMM-path timings were added: allow about 10).
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
 

@@ -224,3 +224,26 @@ def test_every_path_on_cuda_equals_the_cpu_at_1080p(cuda_flags_restored):
                       != F.conv_transpose2d(xf, wf, stride=2, padding=2, output_padding=1)).sum())
     assert moved > 0, "the float32 control must differ between CPU and GPU"
     print(f"torch._int_mm on CUDA: {'used' if exact_conv.int_mm_works('cuda', 0) else 'probe failed: float32 path'}")
+
+
+def test_float_results_are_rounded_never_truncated(monkeypatch):
+    """Audit finding 4: a float GEMM whose results come back a quarter below the exact integers
+    (as an inexact but close GEMM might) still gives the exact accumulators on the float32
+    and float64 paths, because every float result is rounded; truncating them (``.long()``,
+    the former code) would not."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(0, 2**16, (1, 16, 5, 6), generator=g)
+    wt = torch.randint(-127, 128, (16, 20, 5, 5), generator=g)
+    want = native_float64(x, wt)
+    real_mm = torch.mm
+    truncated_differs = []
+
+    def low_mm(a, b):
+        out = real_mm(a, b) - 0.25
+        truncated_differs.append(bool((out.long() != real_mm(a, b).long()).any()))
+        return out
+
+    monkeypatch.setattr(torch, "mm", low_mm)
+    for path in ("float32", "float64"):
+        assert torch.equal(exact_conv.conv_transpose_exact(x, wt, path=path), want), path
+    assert any(truncated_differs), "the nudge must change truncated results"
