@@ -43,6 +43,9 @@ from torch import Tensor
 PATHS = ("int8", "float32", "float64")
 """GEMM paths, fastest first; every one gives the same integers."""
 
+PATH_DTYPES = {"int8": torch.int8, "float32": torch.float32, "float64": torch.float64}
+"""Element type of each path's digit planes and GEMM operands."""
+
 PATH_ENV = "NVC_TRAIN_EXACT_GEMM"
 """Environment variable that picks a path for every exact convolution (for comparisons)."""
 
@@ -194,7 +197,7 @@ def empty_planes(n: int, c: int, h: int, w: int, lo: int, hi: int, path: PathNam
     """Planes for an (N, C, H, W) tensor with values in [lo, hi], every digit set to the pad's
     (value 0): the caller writes the interior."""
     count, offset = choose_digits(lo, hi, path)
-    dtype = {"int8": torch.int8, "float32": torch.float32, "float64": torch.float64}[path]
+    dtype = PATH_DTYPES[path]
     pad = torch.empty(count, 1, dtype=dtype)
     write_digits(pad, torch.zeros(1, dtype=torch.int64), offset, path)
     pitch = _round_up(w + 2, PITCH_ALIGN)
@@ -298,7 +301,7 @@ def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str |
     if path == "int8" and plane_bound(w64) >= INT32_LIMIT:
         raise ValueError(f"a {c_in}-channel layer's int8 plane sums may exceed 2**31")
     digits = w64.unsqueeze(0) if path == "float64" else weight_digits(w64)
-    dtype = {"int8": torch.int8, "float32": torch.float32, "float64": torch.float64}[path]
+    dtype = PATH_DTYPES[path]
     # Operands are built in their own dtype (int8 digits: 8× less to move than int64).
     per_digit = [_matrices(w.to(dtype), algorithm) for w in digits]
     groups = []
