@@ -10,8 +10,9 @@ Sections, each printing its figures and a verdict:
    CPU decode, every conformance record on both devices, and the stock SSF control.
 3. ``pytest -m gpu`` over the test modules that hold GPU tests (skipped, with the reason, where
    pytest or Lightning is missing).
-4. timings: ``decode_speed.py`` on the GPU, ``train_step.py --device cuda`` fp32 and bf16
-   (the latter needs Lightning).
+4. timings: ``decode_speed.py`` on the GPU, the exact GEMM paths and the pixel-exact decode
+   at 1080p, ``train_step.py --device cuda`` fp32 and bf16, and ``qat_step.py`` (the last two
+   need Lightning).
 
 Sections 1-2 need only torch, compressai and nvc-train's codec modules (no W&B, datasets,
 PyAV or Lightning). Without ``--checkpoint`` it exports an untrained, calibrated model (the
@@ -170,6 +171,9 @@ def main() -> int:
                 for extra in ([], ["--bf16"]):
                     _run([sys.executable, "benchmarks/train_step.py", "--device", args.device, "--batch-size", "8",
                           "--crop", "256", "--steps", "20", *extra], 300)
+                # QAT step vs float step (hyper-decoders, whole decoder), one process, same batch.
+                _run([sys.executable, "benchmarks/qat_step.py", "--device", args.device, "--batch-size", "8",
+                      "--crop", "256", "--rounds", "10"], 300)
             else:
                 print("  train_step.py SKIPPED: Lightning is not installed")
     print("summary: " + "; ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in verdicts.items())

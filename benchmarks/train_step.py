@@ -49,8 +49,9 @@ each round); ``--steps`` measured steps per loop are split over the rounds, and 
 first does its own ``--warmup`` steps. The table shows the median over all measured steps
 of a loop and the largest peak memory of its runs; "overhead" is ours vs bare on those
 medians. The spread between the bare loop's per-run medians is printed as a noise floor:
-an overhead smaller than it is not resolved. ``--profile`` instead runs both loops in this
-process under cProfile (measured steps only) and prints the top functions.
+an overhead smaller than it is not resolved. ``--profile`` instead runs both loops (and the QAT
+loops with ``--qat``) in this process under cProfile (measured steps only) and prints the top
+functions and own time per package.
 
 On a 2-core CPU one step of the defaults (batch 4, 3 frames of 128×128) takes a few
 seconds, so the default run (2 rounds × 2 loops × (3 + 10) steps) takes ~3–4 minutes.
@@ -343,7 +344,8 @@ def profile(args) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     by_package = {}
-    for loop in ("bare", "lightning"):
+    loops = ("bare", "lightning") + (("lightning-qat", "lightning-qat-decoder") if args.qat else ())
+    for loop in loops:
         prof = cProfile.Profile()
         LOOPS[loop][1](args, device, prof)
         print(f"\n===== {loop}: {args.steps} measured steps, top {args.profile_top} by own time =====")
@@ -355,12 +357,12 @@ def profile(args) -> None:
 
     print("\n===== own (tottime) ms per measured step, by where the Python function lives =====")
     packages = sorted(set().union(*by_package.values()) - {"TOTAL"}, key=lambda k: -max(d.get(k, 0) for d in by_package.values()))
-    print("| package | bare | lightning | difference |")
-    print("|---|---:|---:|---:|")
+    print("| package | " + " | ".join(loops) + " |")
+    print("|---|" + "---:|" * len(loops))
     for pkg in packages + ["TOTAL"]:
-        a, b = (1e3 * by_package[loop].get(pkg, 0.0) / args.steps for loop in ("bare", "lightning"))
-        if pkg == "TOTAL" or max(a, b) >= 0.05:
-            print(f"| {pkg} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+        ms = [1e3 * by_package[loop].get(pkg, 0.0) / args.steps for loop in loops]
+        if pkg == "TOTAL" or max(ms) >= 0.05:
+            print(f"| {pkg} | " + " | ".join(f"{v:.2f}" for v in ms) + " |")
 
 
 def _own_time_by_package(stats) -> dict[str, float]:

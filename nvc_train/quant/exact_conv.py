@@ -393,14 +393,16 @@ def _group_accumulators(group, digit_matrices: list[Tensor], k_start: int, rows:
 
 class AccumulatorSink:
     """Collects (N, C, 2H, 2W) int64 results; ``transform`` (e.g. requantization, in place on
-    an (N', C, h, w) int64 block) is applied to each block before it is stored."""
+    an (N', C, h, w) int64 block, possibly a strided view) is applied to each block before it
+    is stored."""
 
     def __init__(self, n: int, c: int, h: int, w: int, device, transform=None):
         self.out = torch.empty(n, c, 2 * h, 2 * w, dtype=torch.int64, device=device)
         self.transform = transform
 
-    def write(self, b: int, rows: slice, cols: slice, values: Tensor) -> None:
-        self.out[b, :, rows, cols] = values
+    def write(self, images: slice, rows: slice, cols: slice, values: Tensor) -> None:
+        """Store ``values`` (N', C, h, w) at ``[images, :, rows, cols]``."""
+        self.out[images, :, rows, cols] = values
 
     def result(self) -> Tensor:
         return self.out
@@ -414,9 +416,10 @@ class PlaneSink:
         self.planes = empty_planes(n, c, 2 * h, 2 * w, lo, hi, path, device)
         self.path, self.transform = path, transform
 
-    def write(self, b: int, rows: slice, cols: slice, values: Tensor) -> None:
+    def write(self, images: slice, rows: slice, cols: slice, values: Tensor) -> None:
+        """Write ``values`` (N', C, h, w) as digits at ``[images, :, rows, cols]``."""
         ring = lambda s: slice(s.start + 1, s.stop + 1, s.step)  # noqa: E731 (inside the pad ring)
-        dst = self.planes.padded[:, b, :values.shape[0], ring(rows), ring(cols)]
+        dst = self.planes.padded[:, images, :values.shape[1], ring(rows), ring(cols)]
         write_digits(dst, values, self.planes.offset, self.path)
 
     def result(self) -> Planes:
@@ -450,62 +453,79 @@ def conv_transpose_planes(planes: Planes, weights: PreparedWeights, path: PathNa
     return sink.result()
 
 
+def _batches(n: int, h: int, bytes_per_row: int, band_bytes: int) -> tuple[int, int]:
+    """(images, rows) per band: bands of ``rows`` input rows of one image (frames), or, where
+    a whole image fits, ``images`` whole images side by side in one GEMM (training batches
+    of small crops: fewer, larger GEMMs)."""
+    rows = max(1, min(h, band_bytes // bytes_per_row))
+    images = max(1, min(n, band_bytes // (bytes_per_row * h))) if rows == h else 1
+    return images, rows
+
+
 def _gather(planes: Planes, weights: PreparedWeights, path: PathName, sink, const: Tensor, band_bytes: int) -> None:
-    """Nine shifted views → column matrix → one GEMM per output row parity, by row bands."""
+    """Nine shifted views → column matrix → one GEMM per output row parity, by bands."""
     padded = planes.padded
     count, n, c_pad, _, pitch = padded.shape
     h, w, c_out = planes.height, planes.width, weights.c_out
     flat = padded.view(count, n, c_pad, -1)
     k_all = len(ROW_SHIFTS) ** 2 * c_pad
-    rows = max(1, min(h, band_bytes // (k_all * count * pitch * padded.element_size())))
+    images, rows = _batches(n, h, k_all * count * pitch * padded.element_size(), band_bytes)
     shifts = [(dy, dx) for dy in ROW_SHIFTS for dx in ROW_SHIFTS]
-    buffers: dict[int, Tensor] = {}
-    for b in range(n):
+    buffers: dict[tuple[int, int], Tensor] = {}
+    for b0 in range(0, n, images):
+        nb = min(images, n - b0)
+        batch = slice(b0, b0 + nb)
         for r0 in range(0, h, rows):
             bh = min(rows, h - r0)
             length = bh * pitch
-            if bh not in buffers:
-                buffers[bh] = torch.empty(count, k_all, length, dtype=padded.dtype, device=padded.device)
-            cols = buffers[bh]
+            if (nb, bh) not in buffers:
+                buffers[nb, bh] = torch.empty(count, k_all, nb, length, dtype=padded.dtype, device=padded.device)
+            cols = buffers[nb, bh]
             for s, (dy, dx) in enumerate(shifts):
                 start = (r0 + 1 + dy) * pitch + (1 + dx)
-                cols[:, s * c_pad:(s + 1) * c_pad] = flat[:, b, :, start:start + length]
+                cols[:, s * c_pad:(s + 1) * c_pad] = flat[:, batch, :, start:start + length].transpose(1, 2)
+            matrices = list(cols.view(count, k_all, nb * length))
             for p in (0, 1):
-                acc = _group_accumulators(weights.groups[p], list(cols), weights.k_starts[p], 2 * c_out, path)
-                acc = acc.view(2, c_out, bh, pitch).add_(const[p].view(2, c_out, 1, 1))
-                if sink.transform is not None:
-                    acc = sink.transform(acc)
+                acc = _group_accumulators(weights.groups[p], matrices, weights.k_starts[p], 2 * c_out, path)
+                acc = acc.view(2, c_out, nb, bh, pitch).add_(const[p].view(2, c_out, 1, 1, 1))
                 for q in (0, 1):
-                    sink.write(b, slice(2 * r0 + p, 2 * (r0 + bh), 2), slice(q, 2 * w, 2), acc[q, :, :, :w])
+                    block = acc[q].transpose(0, 1)  # (nb, C_out, bh, pitch), a view
+                    if sink.transform is not None:
+                        block = sink.transform(block)
+                    sink.write(batch, slice(2 * r0 + p, 2 * (r0 + bh), 2), slice(q, 2 * w, 2), block[..., :w])
 
 
 def _scatter(planes: Planes, weights: PreparedWeights, path: PathName, sink, const: Tensor, band_bytes: int) -> None:
     """One GEMM ``W_taps @ x`` over the padded input (ring included, so every output gets all
-    taps of its class), then 25 shifted adds into a canvas, by row bands."""
+    taps of its class), then 25 shifted adds into a canvas, by bands."""
     padded = planes.padded
     count, n, c_pad, h_pad, pitch = padded.shape
     h, w, c_out = planes.height, planes.width, weights.c_out
     taps = KERNEL * KERNEL
     # Padded row r (input row r − 1) reaches output row 2(r − 1) − 2 + ky = 2r − 4 + ky.
-    rows = max(1, min(h + 2, band_bytes // (taps * c_out * count * pitch * 4)))
-    for b in range(n):
-        canvas = torch.zeros(c_out, 2 * (h + 2) + KERNEL, 2 * pitch + KERNEL, dtype=torch.int64, device=padded.device)
+    images, rows = _batches(n, h + 2, taps * c_out * count * pitch * 4, band_bytes)
+    for b0 in range(0, n, images):
+        nb = min(images, n - b0)
+        canvas = torch.zeros(c_out, nb, 2 * (h + 2) + KERNEL, 2 * pitch + KERNEL, dtype=torch.int64,
+                             device=padded.device)
         for r0 in range(0, h + 2, rows):  # padded rows 0 … h + 1
             bh = min(rows, h + 2 - r0)
             length = bh * pitch
-            mats = list(padded[:, b, :, r0:r0 + bh].reshape(count, c_pad, length))
+            band = padded[:, b0:b0 + nb, :, r0:r0 + bh]  # (P, nb, C_pad, bh, pitch)
+            mats = list(band.transpose(1, 2).reshape(count, c_pad, nb * length))
             acc = _group_accumulators(weights.groups[0], mats, 0, taps * c_out, path)
-            acc = acc.view(KERNEL, KERNEL, c_out, bh, pitch)
+            acc = acc.view(KERNEL, KERNEL, c_out, nb, bh, pitch)
             for ky in range(KERNEL):
                 for kx in range(KERNEL):
-                    canvas[:, 2 * r0 + ky:2 * (r0 + bh) + ky:2, kx:2 * pitch + kx:2] += acc[ky, kx]
-        out = canvas[:, 4:4 + 2 * h, 4:4 + 2 * w]
+                    canvas[:, :, 2 * r0 + ky:2 * (r0 + bh) + ky:2, kx:2 * pitch + kx:2] += acc[ky, kx]
+        out = canvas[:, :, 4:4 + 2 * h, 4:4 + 2 * w]
         for p in (0, 1):
             for q in (0, 1):
-                out[:, p::2, q::2] += const[p, q].view(-1, 1, 1)
+                out[:, :, p::2, q::2] += const[p, q].view(-1, 1, 1, 1)
+        out = out.transpose(0, 1)  # (nb, C_out, 2h, 2w), a view
         if sink.transform is not None:
-            out = sink.transform(out.unsqueeze(0))[0]
-        sink.write(b, slice(0, 2 * h), slice(0, 2 * w), out)
+            out = sink.transform(out)
+        sink.write(slice(b0, b0 + nb), slice(0, 2 * h), slice(0, 2 * w), out)
 
 
 def conv_transpose_exact(x_int: Tensor, weight_int: Tensor, bias_int: Tensor | None = None,

@@ -135,6 +135,24 @@ def _codec_from_tensors(tensors: dict[str, Tensor], config: QuantConfig, flow_re
     return build_integer_ssf(model, int_tensors, config.input_frac_bits).eval()
 
 
+def _float_checkpoint_advice(path: Path) -> str:
+    """What to do with a PyTorch file given where an integer checkpoint is needed: a QAT
+    training checkpoint is exported, a float model or float training checkpoint is quantized
+    first (PTQ, or QAT then export)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 (any unreadable file gets the general advice)
+        ckpt = None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if isinstance(hparams, dict) and hparams.get("qat"):
+        return (f"{path} is a QAT training checkpoint, not an integer one: "
+                f"run `nvc-train export-integer {path} --out-dir checkpoints/` and use the .ckpt it writes")
+    kind = "float training checkpoint" if isinstance(hparams, dict) else "float model"
+    return (f"{path} is a {kind}, not an integer checkpoint: quantize it with `nvc-train ptq {path} --out-dir DIR`"
+            f"{' --quality Q' if hparams is None else ''}, or train with QAT (`nvc-train fit --config "
+            f"configs/qat.yaml --model.init_weights {path}`) and `nvc-train export-integer` the result")
+
+
 def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: bool = True) -> IntegerCheckpoint:
     """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`.
 
@@ -148,7 +166,7 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
     data = path.read_bytes()
     if len(data) < _HEADER.size or not data.startswith(MAGIC):
         if data[:2] == b"PK" or data[:1] == b"\x80":
-            raise UserError(f"{path} is a float PyTorch checkpoint, not an integer one: run `nvc-train export-integer` on it first")
+            raise UserError(_float_checkpoint_advice(path))
         raise UserError(f"{path} is not an nvc-train integer checkpoint (bad magic)")
     _, version, length, digest = _HEADER.unpack_from(data)
     if version > FORMAT_VERSION:

@@ -2,11 +2,12 @@
 
 Neither torch.ao nor torchao offers QAT for ConvTranspose2d, so this module implements it.
 The forward value of every fake-quant layer is *computed by the integer arithmetic itself*
-(:mod:`nvc_train.quant.arith`): the hyper-decoders see during training exactly the means
-and scales the frozen integer model produces at inference. Gradients come from a float32
-twin of the same computation through straight-through estimators: per-channel weight fake
-quant (STE), bias at the accumulator scale (STE), and LSQ activation scales (Esser et al.,
-ICLR 2020) with their gradient scaling.
+(:mod:`nvc_train.quant.arith`, :mod:`nvc_train.quant.qat_conv`): the hyper-decoders see
+during training exactly the means and scales the frozen integer model produces at
+inference, and no float forward convolution runs beside it. Gradients are those of the
+float32 computation the integers stand for, through straight-through estimators:
+per-channel weight fake quant (STE), bias at the accumulator scale (STE), and LSQ
+activation scales (Esser et al., ICLR 2020) with their gradient scaling.
 
 The fake-quant modules hold only quantization state (activation scales, calibration flag)
 in parameters and buffers, so it survives checkpoints and DDP; the float weights stay in
@@ -16,11 +17,11 @@ the stock ScaleSpaceFlow and are passed in at call time.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from compressai.layers.layers import QReLU
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from nvc_train.models.ssf import PARTS
 from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, QRELU_MAX, SYMBOL_LIMIT, QuantConfig
+from nvc_train.quant.qat_conv import LayerCache, conv_transpose_qat, fake_quant_lsq
 from nvc_train.quant.synthesis import SynthesisQAT
 
 ROLES = ("mean", "scale")
@@ -121,6 +123,7 @@ class FakeQuantHyperDecoder(nn.Module):
         self.act_scale = nn.Parameter(torch.ones(2), requires_grad=config.act_range == "learned")
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("act_scale_format", torch.tensor(ACT_SCALE_FORMAT))
+        self._layers = LayerCache()  # quantized weights per optimizer step, not state
 
     @property
     def step_per_parameter(self) -> float:
@@ -192,13 +195,12 @@ class FakeQuantHyperDecoder(nn.Module):
         x, x_int = z_hat, z_int
         s_in: Tensor = torch.tensor(2.0**-self.config.input_frac_bits)
         for i, conv in enumerate(layers):
-            w_int, s_w = self.weight_quant(i, conv.weight)
-            w_fq = conv.weight + (w_int * s_w.view(1, -1, 1, 1) - conv.weight).detach()
-            acc_scale = arith.accumulator_scale(s_in, s_w)
+            layer = self._layers.get(i, conv.weight, partial(self.weight_quant, i))
+            acc_scale = arith.accumulator_scale(s_in, layer.weight_scale)
             b_int = arith.quantize_bias(conv.bias, acc_scale)
-            b_fq = conv.bias + ((b_int.double() * acc_scale).float() - conv.bias).detach()
-            y = F.conv_transpose2d(x, w_fq, b_fq, stride=2, padding=2, output_padding=1)
-            acc = arith.add_bias(arith.conv_transpose_exact(x_int, w_int), b_int)
+            # One exact integer convolution gives the value (acc) and, through y = acc·S,
+            # the float convolution's gradients: no second, float forward.
+            y, acc = conv_transpose_qat(x, x_int, conv.weight, conv.bias, layer, b_int, acc_scale)
 
             if i < len(layers) - 1:
                 if calibrate:
@@ -207,7 +209,7 @@ class FakeQuantHyperDecoder(nn.Module):
                 fp = arith.fixed_point(arith.requantization_multiplier(acc_scale, s_out), max(abs(lo), abs(hi)))
                 a_int = arith.requantize(acc, fp, lo, hi)
                 s_lsq = arith.lsq_grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
-                a_float = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq
+                a_float = fake_quant_lsq(y, s_lsq, lo, hi)
                 x = a_float + (a_int.float() * s_out - a_float).detach()
                 x_int, s_in = a_int, s_out.detach()
             elif self.role == "mean":

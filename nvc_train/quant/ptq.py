@@ -97,6 +97,7 @@ class ObservedHyperDecoder(FakeQuantHyperDecoder):
     def calibrate(self, decoder: nn.Module, inputs: list[Tensor]) -> None:
         """Observe weights, then the float activations on ``inputs`` (z_hat tensors)."""
         layers = hyper_decoder_layers(decoder)
+        self._layers.clear()  # weight_quant's answer changes here
         cls, per_channel = WEIGHT_OBSERVERS[self.choice.weight_observer]
         for i, conv in enumerate(layers):
             kwargs = {"ch_axis": 1} if per_channel else {}

@@ -16,7 +16,11 @@ Training (:class:`FakeQuantSynthesis`) simulates the integer model in float32 wi
 straight-through estimators (per-channel weight fake quant, bias at the accumulator scale,
 LSQ activation scales): these decoders decide pixels, not which probability table the range
 decoder reads, so a float32 simulation that rounds differently in rare ties costs nothing
-in decodability (the hyper-decoders' training runs the exact integers instead).
+in decodability (the hyper-decoders' training runs the exact integers instead). Running the
+exact integers here too was built and measured: at training sizes an int8 layer costs about
+what PyTorch's float convolution does and the int64 requantization comes on top, so a QAT
+step took 1.50× a float step at 128² crops and 1.81× at 256², where this simulation takes
+1.20× and 1.17× (BENCHMARKS.md, "QAT step").
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer_warp import SAMPLE_FRAC_BITS, round_shift
+from nvc_train.quant.qat_conv import LayerCache, fake_quant_lsq
 
 DECODERS = SYNTHESIS_ATTR
 """Synthesis decoders by short name → ScaleSpaceFlow attribute."""
@@ -99,6 +104,7 @@ class FakeQuantSynthesis(nn.Module):
         self.config = config
         self.act_range = nn.Parameter(torch.ones(NUM_LAYERS - 1), requires_grad=config.act_range == "learned")
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self._layers = LayerCache()  # quantized weights per optimizer step, not state
 
     def extra_repr(self) -> str:
         return f"name={self.name}, activation_bits={self.config.decoder_activation_bits}"
@@ -142,9 +148,9 @@ class FakeQuantSynthesis(nn.Module):
         s_in: Tensor = torch.tensor(2.0**-MEAN_FRAC_BITS)
         layers = synthesis_layers(decoder)
         for i, conv in enumerate(layers):
-            w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
-            w_fq = conv.weight + (w_int * s_w.view(1, -1, 1, 1) - conv.weight).detach()
-            acc_scale = arith.accumulator_scale(s_in, s_w)
+            layer = self._layers.get(i, conv.weight, arith.quantize_weight_per_channel, prepare=False)
+            w_fq = conv.weight + (layer.weight_value - conv.weight).detach()
+            acc_scale = arith.accumulator_scale(s_in, layer.weight_scale)
             b_int = arith.quantize_bias(conv.bias, acc_scale)
             b_fq = conv.bias + ((b_int.double() * acc_scale).float() - conv.bias).detach()
             y = F.conv_transpose2d(x, w_fq, b_fq, stride=2, padding=2, output_padding=1)
@@ -155,7 +161,7 @@ class FakeQuantSynthesis(nn.Module):
                 self._calibrate(i, y)
             s_out, lo, hi = self.act_spec(i)
             s_lsq = arith.lsq_grad_scale(s_out, 1.0 / math.sqrt(y[0].numel() * (hi - lo)))
-            x = torch.clamp(quantize_ste(y / s_lsq), lo, hi) * s_lsq
+            x = fake_quant_lsq(y, s_lsq, lo, hi)
             s_in = s_out.detach()
         raise AssertionError("unreachable")
 

@@ -30,6 +30,7 @@ def native_float64(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = No
 
 CASES = [  # (name, N, C_in, C_out, H, W, input range, weight range)
     ("signed 2**20 inputs", 2, 16, 16, 9, 11, (-2**20, 2**20), 127),
+    ("three images, 16-bit", 3, 8, 12, 4, 5, (0, 65535), 127),
     ("16-bit activations", 1, 24, 3, 10, 7, (0, 65535), 127),
     ("8-bit activations, odd channels", 2, 11, 17, 5, 4, (0, 255), 127),
     ("latent bound (symbols ±2**15 on the 2**-8 grid)", 1, 16, 20, 3, 5, (-(2**23 + 2**23 - 1), 2**23 + 2**23 - 1), 127),
@@ -38,6 +39,19 @@ CASES = [  # (name, N, C_in, C_out, H, W, input range, weight range)
     ("PTQ affine weights ±255", 1, 5, 7, 4, 9, (-3, 100), 255),
     ("positive weights only", 1, 9, 20, 6, 7, (0, 499), 200),
 ]
+
+
+def _image_bands(x: np.ndarray, c_out: int, path: str, algorithm: str) -> tuple[int, int]:
+    """Band sizes holding exactly one and exactly two whole images of ``x`` for this layer."""
+    n, c_in, h, w = x.shape
+    count = exact_conv.choose_digits(int(x.min()), int(x.max()), path)[0]
+    pitch = exact_conv.empty_planes(1, 1, 1, w, 0, 0, path, "cpu").padded.shape[-1]
+    size = exact_conv.PATH_DTYPES[path].itemsize
+    if algorithm == "gather":
+        per_image = 9 * exact_conv.padded_channels(c_in) * count * pitch * size * h
+    else:
+        per_image = 25 * c_out * count * pitch * 4 * (h + 2)
+    return per_image, 2 * per_image
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -51,7 +65,9 @@ def test_every_path_algorithm_and_band_split_equals_int64_tap_loops(case):
     want = reference.conv_transpose(x, wt) + bias.reshape(1, -1, 1, 1)
     for path in PATHS:
         for algorithm in ALGORITHMS:
-            for band_bytes in (exact_conv.BAND_BYTES, 1):  # one band, and one input row per band
+            # All images in one GEMM; one image per band (a band of bytes_per_image); two
+            # images then one (three images); one input row per band.
+            for band_bytes in (exact_conv.BAND_BYTES, *_image_bands(x, c_out, path, algorithm), 1):
                 got = exact_conv.conv_transpose_exact(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias),
                                                       path=path, band_bytes=band_bytes, algorithm=algorithm)
                 np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{path} {algorithm} {band_bytes}")
