@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_required(args)
         try:
             return args.run(args) or 0
+        except BrokenPipeError:
+            return _closed_stdout()
         except OSError as exc:  # an unwritable or vanished output, a full disk: the system's word, one line
             raise UserError(_os_error(exc)) from None
     except UserError as exc:
@@ -84,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nvc-train: interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (``nvc-train info --per-frame | head``): end quietly, as
+    ``cat`` does. stdout is pointed at /dev/null first, so the interpreter's own flush at exit
+    does not fail a second time; 141 is the shell's status for SIGPIPE."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _silence_library_noise() -> None:

@@ -167,3 +167,34 @@ def test_old_spellings_work_for_one_release_and_say_what_replaces_them(argv, war
     assert any(warning in line and "goes in 0.3" in line for line in warnings), lines
     assert lines[-1].startswith("nvc-train: error: ") and error.replace("{tmp}", str(files)) in lines[-1], lines
     assert len(lines) == len(warnings) + 1
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_named_with_what_to_run(tmp_path, capsys):
+    """Each kind of file given where another is needed gets advice that fits it (before: a float
+    model given to `encode` was told to run `export-integer`, which takes a QAT run; an integer
+    checkpoint given to `export-float` was "not a readable PyTorch checkpoint")."""
+    import torch
+
+    from nvc_train.quant.export import MAGIC
+
+    (tmp_path / "in.mp4").write_text("x")
+    float_model = tmp_path / "float.pth.tar"
+    torch.save({"conv.weight": torch.zeros(1)}, float_model)
+    float_run = tmp_path / "float.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"quality": 3, "qat": None}}, float_run)
+    qat_run = tmp_path / "qat.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"quality": 3, "qat": {"scope": "decoder"}}}, qat_run)
+    integer = tmp_path / "ssf-int.ckpt"
+    integer.write_bytes(MAGIC + bytes(60))
+    encode = ["encode", tmp_path / "in.mp4", "-o", tmp_path / "o.nvc", "--checkpoint"]
+
+    line = one_line_error([*encode, float_model], capsys)
+    assert "is a float model, not an integer checkpoint: quantize it with `nvc-train ptq" in line
+    assert "--quality Q" in line and "configs/qat.yaml --model.init_weights" in line
+    line = one_line_error([*encode, float_run], capsys)
+    assert "is a float training checkpoint" in line and "--quality Q" not in line
+    line = one_line_error([*encode, qat_run], capsys)
+    assert f"is a QAT training checkpoint, not an integer one: run `nvc-train export-integer {qat_run}" in line
+    line = one_line_error(["export-float", integer, "-o", tmp_path / "f.pth.tar"], capsys)
+    assert "is an integer checkpoint (from `nvc-train export-integer`)" in line and "last.ckpt" in line
+    assert not (tmp_path / "o.nvc").exists() and not (tmp_path / "f.pth.tar").exists()

@@ -16,6 +16,7 @@ from nvc_train.commands.common import (
     add_overwrite,
     add_quiet,
     check_gop_frames,
+    checked_input_options,
     checkpoint_path,
     device,
     input_options,
@@ -103,7 +104,16 @@ def add_md5(parser, what: str) -> None:
                         help=f"print the MD5 of {what}, one line per frame: index, type (I/P), MD5 of the "
                              "R, G, B planes at the output's bit depth (the source's; one byte per sample at 8 "
                              "bits, two little-endian above), identical on every machine for pixel-exact "
-                             "checkpoints; `nvc-train compare` reads these lines; --quiet keeps them")
+                             "checkpoints. They are the only lines on stdout (the summary goes to stderr), so "
+                             "`> a.txt` writes what `nvc-train compare` reads; --quiet keeps them")
+
+
+def summary_stream(args):
+    """Where encode/decode print their human-readable lines: stderr with ``--md5``, so that
+    ``decode … --md5 > a.txt`` writes exactly the lines ``nvc-train compare`` reads."""
+    import sys
+
+    return sys.stderr if args.md5 else sys.stdout
 
 
 def print_md5(report, checkpoint_is_pixel_exact: bool) -> None:
@@ -119,13 +129,14 @@ def print_md5(report, checkpoint_is_pixel_exact: bool) -> None:
 def encode(args) -> int:
     """Video file → .nvc bitstream with an integer checkpoint."""
     check_gop_frames(args)
-    options = input_options(args)
+    checked_input_options(args)  # options before files, and neither needs torch
     check_input_path(args.input)
     out = check_output_path(args.output, args.overwrite)
     if out.suffix != ".nvc":
         raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
     dev = device(args.device)
     checkpoint = checkpoint_path(args.checkpoint)
+    options = input_options(args)  # checks the options, then imports the video module (and torch)
     # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
     from nvc_train.codec.files import encode_video
     from nvc_train.io.video import open_video
@@ -135,11 +146,12 @@ def encode(args) -> int:
     with open_video(args.input, options) as reader:
         if not args.quiet:
             info = reader.info
-            print(f"input: {args.input}: {info.width}x{info.height} @ {float(info.fps):.3f} fps, {info.description}")
+            print(f"input: {args.input}: {info.width}x{info.height} @ {float(info.fps):.3f} fps, {info.description}",
+                  file=summary_stream(args))
         report = encode_video(reader, out, ck, gop=args.gop, device=dev, max_frames=args.frames,
                               progress=not args.quiet, md5=args.md5)
     if not args.quiet:
-        print(report.summary(f"encoded {out}:"))
+        print(report.summary(f"encoded {out}:"), file=summary_stream(args))
     if args.md5:
         print_md5(report, report.pixel_exact)
     return 0
@@ -189,7 +201,7 @@ def decode(args) -> int:
         if reference is not None:
             reference.close()
     if not args.quiet:
-        print(report.summary(f"decoded {args.bitstream}{' → ' + str(out) if out else ''}:"))
+        print(report.summary(f"decoded {args.bitstream}{' → ' + str(out) if out else ''}:"), file=summary_stream(args))
     if args.md5:
         print_md5(report, report.pixel_exact)
     return 0

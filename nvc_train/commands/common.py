@@ -114,6 +114,14 @@ def add_input_options(s: argparse.ArgumentParser, what: str, output: bool = Fals
 def input_options(args):
     """The parsed :func:`add_input_options` as :class:`nvc_train.io.video.InputOptions`
     (checked first; the import of the video module, and so of torch, comes last)."""
+    width, height, fps = checked_input_options(args)
+    from nvc_train.io.video import InputOptions
+
+    return InputOptions(width, height, fps, getattr(args, "bits", None), args.matrix, args.range)
+
+
+def checked_input_options(args) -> tuple[int | None, int | None, Fraction | None]:
+    """(width, height, fps) of :func:`add_input_options`, checked, without importing anything."""
     width = height = None
     if getattr(args, "size", None):
         try:
@@ -130,6 +138,4 @@ def input_options(args):
             raise UserError(f"--fps {args.fps!r}: expected a number or a ratio like 30000/1001") from None
         if fps <= 0:
             raise UserError(f"--fps {args.fps!r}: must be positive")
-    from nvc_train.io.video import InputOptions
-
-    return InputOptions(width, height, fps, getattr(args, "bits", None), args.matrix, args.range)
+    return width, height, fps

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nvc_train.errors import UserError, require_file
+from nvc_train.quant.export import MAGIC as INTEGER_MAGIC
 
 PACKAGES = ("nvc-train", "torch", "compressai", "lightning", "numpy")
 
@@ -32,6 +33,10 @@ def package_versions() -> dict[str, str]:
 def read_lightning_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint as a dict, with one-line errors for missing or foreign files."""
     path = require_file(path, "checkpoint")
+    with open(path, "rb") as f:
+        if f.read(len(INTEGER_MAGIC)) == INTEGER_MAGIC:
+            raise UserError(f"{path} is an integer checkpoint (from `nvc-train export-integer`); this command takes the "
+                            "training checkpoint it came from (runs/<preset>/checkpoints/last.ckpt of `nvc-train fit`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

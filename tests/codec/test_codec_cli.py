@@ -128,10 +128,14 @@ def test_info_and_argument_errors_answer_without_importing_torch(nvc):
     reported before any heavy import: neither loads torch (which takes seconds)."""
     probe = ("import sys; from nvc_train.cli import main; codes = [main(a) for a in sys.argv[1:3]]; "
              "print(codes, sorted(m for m in ('torch', 'lightning', 'compressai') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", probe.replace("sys.argv[1:3]", repr([["info", str(nvc)],
-                           ["encode", "x.mp4", "-o", "y.nvc", "--checkpoint", "c", "--gop", "-1"]]))],
+    calls = [["info", str(nvc)], ["encode", "x.mp4", "-o", "y.nvc", "--checkpoint", "c", "--gop", "-1"],
+             # a missing input with valid options (before: reported after torch's import, 6.7 s)
+             ["encode", "missing.mp4", "-o", "y.nvc", "--checkpoint", "c"],
+             ["encode", str(nvc), "-o", "y.nvc", "--checkpoint", "missing.ckpt", "--fps", "25"]]
+    proc = subprocess.run([sys.executable, "-c", probe.replace("sys.argv[1:3]", repr(calls))],
                           capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip().splitlines()[-1] == "[0, 2] []", proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 2, 2, 2] []", proc.stdout + proc.stderr
+    assert "input not found: missing.mp4" in proc.stderr and "checkpoint not found: missing.ckpt" in proc.stderr
 
 
 def test_raw_yuv_10_bit_and_png_inputs_encode(int_checkpoint, tmp_path, capsys):
@@ -281,3 +285,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nvc_train.cli", "info", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("nvc-train: error:") and "Traceback" not in proc.stderr
+
+
+def test_a_closed_pipe_ends_quietly(nvc):
+    """``info --per-frame | true``: the reader is gone before the first line is written. The
+    command ends without a word (before: "nvc-train: error: Broken pipe"), with the shell's
+    SIGPIPE status."""
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m nvc_train.cli info {nvc} --per-frame "
+                                         "| true"], capture_output=True, text=True)
+    assert proc.stderr == "" and proc.returncode == 141
