@@ -154,10 +154,41 @@ def _summarise_argument_error(message: str) -> str:
                     break
                 detail.append(nested)
             text = " ".join(detail)
+            class_path = re.search(r"class_path '([\w.]+)'", line)
+            option = re.fullmatch(r"Option '(\w+)' is not accepted", text)
+            if key and class_path and option:
+                return _unaccepted_option(key.group(1), class_path.group(1), option.group(1))
             if key:  # 'Parser key "crop": Expected …' → '--data.crop: Expected …'
                 text = re.sub(r'Parser key "([\w.]+)":', lambda m: f"--{key.group(1)}.{m.group(1)}:", text)
             return text or lines[0]
     return lines[0]
+
+
+def _unaccepted_option(group: str, class_path: str, option: str) -> str:
+    """``--data.val_size`` given to a class without it: name the class, its options, a close
+    spelling, and the project's classes of that group that do take it."""
+    import difflib
+    import importlib
+    import inspect
+
+    module_name, _, class_name = class_path.rpartition(".")
+
+    def options_of(cls) -> list[str]:
+        return [n for n, p in inspect.signature(cls.__init__).parameters.items()
+                if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    try:
+        module = importlib.import_module(module_name)
+        accepted = options_of(getattr(module, class_name))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return f"--{group}.{option}: {class_name} takes no option {option}"
+    others = [name for name, cls in vars(module).items()
+              if inspect.isclass(cls) and name != class_name and cls.__module__ == module_name
+              and name.endswith("DataModule") and option in options_of(cls)]
+    close = [] if others else difflib.get_close_matches(option, accepted, n=1, cutoff=0.75)
+    hint = (f"; did you mean --{group}.{close[0]}?" if close else "") + \
+        (f"; {option} is an option of {' and '.join(others)}, not of the one this config uses" if others else "")
+    return f"--{group}.{option}: {class_name} takes no option {option} (its options: {', '.join(accepted)}){hint}"
 
 
 def _os_error(exc: OSError) -> str:

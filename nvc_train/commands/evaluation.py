@@ -97,7 +97,8 @@ def evaluate(args) -> int:
     table = _eval_table(per_model)
     atomic_write_bytes(out / "summary.md", table.encode())
     _log_eval_to_wandb(out, per_model, per_sequence, curves, args)
-    print(table)
+    if not args.quiet:
+        print(table)
     print(f"wrote {', '.join(str(out / f'{f}.json') for f in curves)}, {out / 'rd.png'}, {out / 'sequences'}/")
     mismatches = [(name, r["sequence"], f["index"]) for name, rs in per_sequence.items() for r in rs
                   for f in r["frames"] if f.get("latents_match") == 0.0]
@@ -176,13 +177,15 @@ def bdrate(args) -> int:
 
     anchor_name, ar, aq = load(args.anchor)
     quality = (lambda q: [-10 * math.log10(max(1 - v, 1e-12)) for v in q]) if "ms-ssim" in args.metric else (lambda q: q)
-    print(f"anchor: {anchor_name} ({args.anchor}); rate = {args.rate}, quality = {args.metric}"
-          f"{' in dB' if 'ms-ssim' in args.metric else ''}")
+    rows = []  # every pair is computed before anything is printed: an error is the only line
     for test in args.test:
         name, tr, tq = load(test)
         try:
             rate, delta = bd_rate(ar, quality(aq), tr, quality(tq)), bd_psnr(ar, quality(aq), tr, quality(tq))
         except ValueError as exc:
             raise UserError(f"{test} vs {args.anchor}: {exc}") from None
-        print(f"{name}: BD-rate {rate:+.2f} %  BD-{args.metric} {delta:+.3f} dB  ({test})")
+        rows.append(f"{name}: BD-rate {rate:+.2f} %  BD-{args.metric} {delta:+.3f} dB  ({test})")
+    print(f"anchor: {anchor_name} ({args.anchor}); rate = {args.rate}, quality = {args.metric}"
+          f"{' in dB' if 'ms-ssim' in args.metric else ''}")
+    print("\n".join(rows))
     return 0

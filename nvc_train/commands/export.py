@@ -37,8 +37,12 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("export-integer", aliases=["export"],
                        help="QAT Lightning checkpoint → integer checkpoint <name>-<sha8>.ckpt + model card",
-                       description="Freeze the hyper-decoders of a QAT run into exact integers, store conformance "
-                                   "records decoded on this machine, and write <name>-<sha8>.ckpt with its model card "
+                       description="Freeze a QAT run into exact integers as it was trained: with qat.scope=hyperprior "
+                                   "(configs/qat.yaml, finetune/footage_qat.yaml) the six hyper-decoders (identical "
+                                   "latents on every machine); with qat.scope=decoder (configs/qat_decoder.yaml, "
+                                   "finetune/footage_qat_decoder.yaml) the whole decoder (pixel-exact: identical frames). "
+                                   "It says which before it starts, stores conformance "
+                                   "records decoded on this machine, and writes <name>-<sha8>.ckpt with its model card "
                                    "(<name>-<sha8>.md) into --out-dir. The content hash in the name means an export "
                                    "never replaces a different one. `export` is the old name of this command.")
     s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")
@@ -113,13 +117,26 @@ def export_integer(args) -> int:
     out = check_output_dir(args.out_dir, True, (), flag="--out-dir")
     from nvc_train.lit.checkpoints import export_integer_from_lightning
 
-    if not args.quiet:
-        print(f"exporting {args.checkpoint}: integer hyper-decoders, then the conformance records "
-              f"(small, realistic, stress) decoded on this machine …")
-    path = export_integer_from_lightning(args.checkpoint, out, args.name)
-    print(f"wrote {path}")
+    kinds = []
+
+    def announce(pixel_exact: bool) -> None:
+        kinds.append(SCOPE_KINDS[pixel_exact])
+        if not args.quiet:
+            print(f"exporting {args.checkpoint} ({kinds[0][1]}), then the conformance records (small, realistic, "
+                  f"stress) decoded on this machine …")
+
+    path = export_integer_from_lightning(args.checkpoint, out, args.name, announce)
+    print(f"wrote {path}" + ("" if args.quiet else f" ({kinds[0][0]} checkpoint)"))
     print(f"wrote {path.with_suffix('.md')}")
     return 0
+
+
+SCOPE_KINDS = {
+    False: ("integer hyperprior",
+            "qat.scope=hyperprior: integer hyper-decoders, identical latents everywhere; float synthesis"),
+    True: ("pixel-exact", "qat.scope=decoder: the whole decoder integer, identical frames (MD5) everywhere"),
+}
+"""What export-integer makes of a run, by whether it was trained with ``qat.scope: decoder``."""
 
 
 def ptq(args) -> int:

@@ -408,6 +408,11 @@ def not_prepared_message(root: str | Path) -> str:
     """What to say of a --data.root without a manifest: prepare it into a folder of its own
     (``prepare-footage`` refuses to write inside its source)."""
     root = Path(root)
+    if not root.exists():
+        return (f"--data.root {root} does not exist (give the folder `nvc-train prepare-footage … --out-dir` "
+                "wrote, or an hf://datasets/OWNER/NAME)")
+    if not root.is_dir():
+        return f"--data.root {root} is a file, not a folder prepared by `nvc-train prepare-footage`"
     out = root.with_name(f"{root.name}-prepared")
     return (f"{root} is not prepared footage (no {MANIFEST}): if it holds your videos, run "
             f"`nvc-train prepare-footage {root} --out-dir {out}` and train with `--data.root {out}`")

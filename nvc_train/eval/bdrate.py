@@ -18,8 +18,12 @@ from scipy.interpolate import PchipInterpolator
 
 def _validate(rate, quality, label: str) -> tuple[np.ndarray, np.ndarray]:
     r, q = np.asarray(rate, dtype=np.float64), np.asarray(quality, dtype=np.float64)
-    if r.shape != q.shape or r.ndim != 1 or len(r) < 2:
-        raise ValueError(f"{label}: need at least 2 (rate, quality) points of equal count")
+    if r.shape != q.shape or r.ndim != 1:
+        raise ValueError(f"{label}: rate and quality lists differ in length")
+    if len(r) < 2:
+        raise ValueError(f"the {label} curve has {len(r)} point{'s' * (len(r) != 1)}: BD-rate compares two curves over the rates "
+                         "both cover, so each needs at least 2 points; evaluate models of 2 or more qualities "
+                         "(e.g. q1 and q4) of that kind")
     if np.any(r <= 0) or not np.all(np.isfinite(r)) or not np.all(np.isfinite(q)):
         raise ValueError(f"{label}: rates must be positive and all values finite")
     order = np.argsort(q)

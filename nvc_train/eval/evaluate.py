@@ -34,13 +34,15 @@ from nvc_train.io.video import CONTAINER_SUFFIXES, InputOptions, SourceFrame, op
 from nvc_train.errors import UserError, require_file
 from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
 
-FAMILIES = ("float", "ptq", "qat")
+FAMILIES = ("float", "ptq", "qat", "pixel-exact")
+"""One RD curve per kind of model: float, PTQ, QAT integer hyperprior, pixel-exact (whole
+decoder integer): integer kinds differ in what they guarantee, so their points never share a line."""
 VIDEO_SUFFIXES = CONTAINER_SUFFIXES + (".y4m", ".yuv")
 
 
 @dataclass
 class EvalModel:
-    """A model under evaluation: ``family`` is float, ptq or qat (one RD curve each)."""
+    """A model under evaluation: ``family`` is one of :data:`FAMILIES` (one RD curve each)."""
 
     name: str
     family: str
@@ -62,7 +64,8 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
         magic = f.read(len(MAGIC))
     if magic == MAGIC:
         ck = load_integer_checkpoint(path, device=device)
-        family = "ptq" if "ptq" in (ck.metadata.get("config") or {}) else "qat"
+        family = "ptq" if "ptq" in (ck.metadata.get("config") or {}) else (
+            "pixel-exact" if ck.codec.pixel_exact else "qat")
         quality = ck.metadata.get("quality")
         return EvalModel(path.stem, family, path, integer=ck, quality=int(quality) if quality else None)
     if path.suffix == ".ckpt":
@@ -289,14 +292,17 @@ def aggregate(sequence_results: list[dict]) -> dict[str, float]:
 
 
 def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
-    """CompressAI results files, one per family: lists over that family's models sorted by rate.
+    """CompressAI results files, one per family: lists over that family's models sorted by
+    quality (λ preset) where every member's is known, else by rate.
 
-    ``per_model`` maps model name → {"family": ..., "results": aggregated metrics}.
+    ``per_model`` maps model name → {"family": ..., "quality": int or None, "results": aggregated metrics}.
     """
     curves = {}
     for family in FAMILIES:
-        members = sorted(((name, m) for name, m in per_model.items() if m["family"] == family),
-                         key=lambda nm: nm[1]["results"]["bpp"])
+        members = [(name, m) for name, m in per_model.items() if m["family"] == family]
+        by_quality = all(m.get("quality") is not None for _, m in members)
+        members.sort(key=lambda nm: (nm[1]["quality"], nm[1]["results"]["bpp"]) if by_quality
+                     else (nm[1]["results"]["bpp"],))
         if not members:
             continue
         keys = [k for k in members[0][1]["results"] if all(k in m["results"] for _, m in members)]
@@ -334,13 +340,16 @@ def rd_figure(curves: dict[str, dict]):
     if all("ms-ssim-rgb" in c["results"] for c in curves.values()):
         metrics.append(("ms-ssim-rgb", "MS-SSIM-RGB [dB]"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
-    styles = {"float": "o-", "ptq": "s--", "qat": "^-"}
+    styles = {"float": "o-", "ptq": "s--", "qat": "^-", "pixel-exact": "D-"}
     for ax, (metric, label) in zip(axes[0], metrics):
         for family, curve in curves.items():
             ys = np.array(curve["results"][metric])
             if metric.startswith("ms-ssim"):
                 ys = -10 * np.log10(np.maximum(1 - ys, 1e-12))
-            ax.plot(curve["results"]["bpp"], ys, styles.get(family, "o-"), label=family, linewidth=1.2, markersize=6)
+            xs = curve["results"]["bpp"]
+            ax.plot(xs, ys, styles.get(family, "o-"), label=family, linewidth=1.2, markersize=6)
+            for x, y, name in zip(xs, ys, curve["results"].get("model", [])):  # which model each point is
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, alpha=0.8)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
         ax.grid(alpha=0.4)

@@ -9,6 +9,7 @@ import platform
 import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -100,14 +101,18 @@ def save_float_state_dict(model, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def export_integer_from_lightning(checkpoint: str | Path, out_dir: Path, name: str) -> Path:
-    """``out_dir/<name>-<sha8>.ckpt`` (+ model card) from a QAT run's Lightning checkpoint."""
+def export_integer_from_lightning(checkpoint: str | Path, out_dir: Path, name: str,
+                                  announce: Callable[[bool], None] | None = None) -> Path:
+    """``out_dir/<name>-<sha8>.ckpt`` (+ model card) from a QAT run's Lightning checkpoint;
+    ``announce(pixel_exact)`` is called once the run's QAT scope is known, before the export."""
     from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.integer import ExportError
 
     module, ckpt = lit_module_from_checkpoint(checkpoint)
     if module.qat is None:
         raise UserError(f"{checkpoint} was trained without QAT (model.qat is unset): fine-tune it with a qat config first")
+    if announce is not None:
+        announce(module.qat.config.pixel_exact)
     hp = dict(ckpt["hyper_parameters"])
     meta = {
         "quality": hp.get("quality"), "lmbda": module.lmbda, "config": {"model": hp, "data": ckpt.get("datamodule_hyper_parameters")},

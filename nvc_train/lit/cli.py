@@ -6,7 +6,7 @@ abbreviated options, constructor errors as one line, and Slurm requeue at a safe
 
 from __future__ import annotations
 
-from nvc_train.lit.wandb_files import configure_wandb_env
+from nvc_train.lit.wandb_files import configure_wandb_env, remove_if_empty
 
 
 def run_lightning(args: list[str] | None) -> None:
@@ -38,7 +38,7 @@ def make_cli(args: list[str] | None, run: bool = True):
         def before_instantiate_classes(self):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             follow_default_root_dir(cfg.trainer)
-            configure_wandb_env(cfg.trainer.default_root_dir or "runs/default")
+            created.extend(configure_wandb_env(cfg.trainer.default_root_dir or "runs/default"))
 
         def instantiate_classes(self):
             # Constructors validate their arguments (quality, QuantConfig, crop sizes);
@@ -58,6 +58,12 @@ def make_cli(args: list[str] | None, run: bool = True):
                     logger._wandb_init.pop("anonymous", None)
 
         def before_fit(self):
+            # CompressAI's zoo weights now, before Lightning starts the run: a missing file is
+            # reported before the model summary and the W&B run.
+            from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+            self.model.load_zoo_weights(resuming=self.config[self.subcommand].get("ckpt_path") is not None,
+                                        progress=rank_zero_only.rank == 0)
             # Every run folder records where the run came from, once per (re)start (issue #7).
             from nvc_train.lit.provenance import RunProvenance
 
@@ -73,9 +79,14 @@ def make_cli(args: list[str] | None, run: bool = True):
                 env.auto_requeue = False
                 self.trainer.callbacks.append(SlurmRequeue(env.requeue_signal))
 
-    return NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
-                       save_config_kwargs={"overwrite": True},
-                       parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, seed_everything_default=0)
+    created: list = []  # folders made for this run; a run refused before it starts takes them back
+    try:
+        return NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+                           save_config_kwargs={"overwrite": True},
+                           parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, seed_everything_default=0)
+    except BaseException:
+        remove_if_empty(created)
+        raise
 
 
 def follow_default_root_dir(trainer) -> None:

@@ -135,18 +135,52 @@ class SSFLitModule(L.LightningModule):
         """Load the zoo weights once, unless the trainer restored a checkpoint (a resume)."""
         if not self._zoo_pending:
             return
+        self.load_zoo_weights(resuming=self.trainer.ckpt_path is not None, progress=self.trainer.is_global_zero)
+
+    def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
+        """Load the zoo weights now (once; not on a resume, whose checkpoint brings its own).
+        ``nvc-train fit`` calls this before Lightning starts the run, so a zoo file that is
+        neither cached nor downloadable is one line before any banner, summary or W&B run."""
+        if not self._zoo_pending:
+            return
         self._zoo_pending = False
-        if self.trainer.ckpt_path is not None:
+        if resuming:
             return
         from nvc_train.models.ssf import load_ssf_state_dict
 
-        state_dict = zoo_weights(self.zoo, progress=self.trainer.is_global_zero)
+        state_dict = zoo_weights(self.zoo, progress=progress)
         device = next(self.model.parameters()).device
         load_ssf_state_dict(self.model, state_dict, source=f"CompressAI's {self.zoo.name}")
         self.model.to(device)
 
     def on_fit_start(self) -> None:
         self._start_from_zoo()
+        from lightning.pytorch.utilities import rank_zero_info
+
+        # The model summary names only the module types; say what the exported checkpoint will be.
+        rank_zero_info(f"QAT: {self.describe_qat()}")
+
+    def on_fit_end(self) -> None:
+        # The run's result in one line, where the progress bar ended: the last validation RD.
+        from lightning.pytorch.utilities import rank_zero_info
+
+        metrics = self.trainer.callback_metrics
+        if all(f"val/{k}" in metrics for k in ("bpp", "psnr", "loss")):
+            rank_zero_info(f"validation after step {self.global_step}: {float(metrics['val/bpp']):.4f} bpp, "
+                           f"PSNR {float(metrics['val/psnr']):.2f} dB, RD loss {float(metrics['val/loss']):.4f} "
+                           f"(λ={self.lmbda})")
+
+    def describe_qat(self) -> str:
+        """One line: which decoders train through their integer arithmetic, and what
+        ``export-integer`` will make of this run."""
+        if self.qat is None:
+            return "off (float training; export-float writes the model, `nvc-train ptq` quantizes it)"
+        start = f", from step {self.hparams.qat_start_step}" if self.hparams.qat_start_step else ""
+        if self.qat.config.pixel_exact:
+            return (f"qat.scope=decoder{start}: hyper-decoders and image/motion/residual decoders integer; "
+                    "export-integer writes a pixel-exact checkpoint (identical frames everywhere)")
+        return (f"qat.scope=hyperprior{start}: the six hyper-decoders integer; export-integer writes an integer "
+                "hyperprior checkpoint (identical latents everywhere, float synthesis)")
 
     def on_validation_start(self) -> None:
         self._start_from_zoo()

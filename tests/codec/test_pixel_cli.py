@@ -78,4 +78,6 @@ def test_eval_checks_every_decoded_frame_against_the_encoders(pixel_checkpoint, 
                             "--out-dir", tmp_path / "eval", "--quiet"], capsys)
     assert code == 0 and "MISMATCH" not in out
     (curve,) = (json.loads(p.read_text()) for p in (tmp_path / "eval").glob("*.json"))
+    assert curve["name"] == "pixel-exact"  # its own curve, never on the integer hyperprior's line
+    assert "| model |" not in out  # --quiet: the summary table is in summary.md, not printed
     assert curve["results"]["frames_match"] == [1.0] and curve["results"]["latents_match"] == [1.0]

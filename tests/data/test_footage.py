@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -432,6 +433,37 @@ def test_fit_on_footage_with_ddp_decoding_in_workers(prepared, tmp_path):
     assert ranks[0]["val"] == padded[0::2] and ranks[1]["val"] == padded[1::2]
     # --trainer.default_root_dir moved the preset's whole run folder, W&B files included
     assert list(tmp_path.glob("run/wandb/offline-run-*/run-*.wandb")) and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_footage_to_pixel_exact_recipe_from_an_empty_folder(prepared, tmp_path):
+    """The README's footage → pixel-exact lines, shrunk (no zoo: random weights), run from an
+    empty folder: `fit` says the QAT scope at its start, `export-integer` says it writes a
+    pixel-exact checkpoint, and the checkpoint is one (format 4, whole decoder integer)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "WANDB_MODE": "offline"}
+    fit = subprocess.run(
+        [sys.executable, "-m", "nvc_train.cli", "fit", "--config", "configs/finetune/footage_qat_decoder.yaml",
+         "--model.pretrained", "false", "--data.root", str(prepared), "--data.use_cache", "false",
+         "--data.crop", "128", "--data.batch_size", "1", "--data.num_workers", "0", "--data.val_crop_limit", "128",
+         "--data.max_val_clips", "1", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "QAT: qat.scope=decoder: hyper-decoders and image/motion/residual decoders integer" in fit.stderr + fit.stdout
+    assert re.search(r"validation after step 2: [\d.]+ bpp, PSNR [\d.]+ dB", fit.stderr + fit.stdout)
+    last = tmp_path / "runs/footage-qat-decoder/checkpoints/last.ckpt"
+    export = subprocess.run([sys.executable, "-m", "nvc_train.cli", "export-integer", str(last), "--out-dir",
+                             "checkpoints", "--name", "ssf-footage-pixel"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert "(qat.scope=decoder: the whole decoder integer" in export.stdout
+    assert "(pixel-exact checkpoint)" in export.stdout
+    from nvc_train.quant.export import FORMAT_VERSION, load_integer_checkpoint
+
+    (written,) = (tmp_path / "checkpoints").glob("ssf-footage-pixel-*.ckpt")
+    assert load_integer_checkpoint(written).codec.pixel_exact
+    assert int.from_bytes(written.read_bytes()[12:16], "big") == FORMAT_VERSION  # header: magic (12), version u32
 
 
 def test_eval_takes_the_held_out_files_of_prepared_footage(prepared):

@@ -127,6 +127,37 @@ def test_bdrate_cli_errors(tmp_path, capsys):
         assert code == 2 and message in err, err
     code, _, err = run_cli(["bdrate", a, a, "--metric", "psnr-yuv"], capsys)
     assert code == 2 and "no 'psnr-yuv' results" in err
+    # A one-model "curve" is explained in plain words, and nothing is printed before the error
+    # (before: "need at least 2 (rate, quality) points of equal count" after an "anchor:" header).
+    one = _curve(tmp_path / "one.json", "qat", [0.15], [31.0])
+    code, out, err = run_cli(["bdrate", a, one], capsys)
+    assert code == 2 and out == ""
+    assert "one.json vs " in err and "the test curve has 1 point: BD-rate compares two curves" in err and "2 or more qualities" in err
+
+
+def test_curves_keep_kinds_apart_sort_by_quality_and_label_their_points():
+    """Float, PTQ, integer-hyperprior and pixel-exact models are four curves; a curve's points are
+    in quality order where every quality is known (before: by rate, which zig-zags when a
+    higher quality codes smaller), and each marker is labelled with its model's name."""
+    import matplotlib.pyplot as plt
+
+    from nvc_train.eval.evaluate import family_curves, rd_figure
+
+    def model(family, q, bpp, psnr):
+        return {"family": family, "quality": q, "results": {"bpp": bpp, "psnr-rgb": psnr}}
+
+    per_model = {"f-q4": model("float", 4, 0.30, 33.0), "f-q1": model("float", 1, 0.35, 30.0),
+                 "int-q2": model("qat", 2, 0.2, 31.0), "px-q2": model("pixel-exact", 2, 0.21, 30.9),
+                 "px-q5": model("pixel-exact", None, 0.5, 34.0), "px-q3": model("pixel-exact", None, 0.3, 32.0)}
+    curves = family_curves(per_model)
+    assert sorted(curves) == ["float", "pixel-exact", "qat"]
+    assert curves["float"]["results"]["model"] == ["f-q1", "f-q4"]  # by quality, not by rate
+    assert curves["float"]["results"]["q"] == [1, 4]
+    assert curves["pixel-exact"]["results"]["model"] == ["px-q2", "px-q3", "px-q5"]  # a quality unknown: by rate
+    fig = rd_figure(curves)
+    labels = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert set(per_model) <= labels
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- compare

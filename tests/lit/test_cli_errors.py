@@ -50,6 +50,9 @@ def test_invalid_values_caught_by_constructors(tmp_path):
     assert_one_line_error(cli("fit", "--config", qat, "--model.qat.activation_bits", "12", cwd=tmp_path),
                           "activation_bits must be 8 or 16")
     assert_one_line_error(cli("fit", "--config", DEMO, "--data.init_args.crop", "100", cwd=tmp_path), "multiple of 128")
+    assert_one_line_error(cli("fit", "--config", qat, "--model.qat.scope", "everything", cwd=tmp_path),
+                          "scope must be one of")
+    assert not (tmp_path / "runs").exists(), "a refused fit must leave no run folder behind"
 
 
 def test_data_roots_that_cannot_be_used(tmp_path):
@@ -63,3 +66,13 @@ def test_data_roots_that_cannot_be_used(tmp_path):
                           "sep_trainlist.txt not found")
     assert_one_line_error(cli("fit", "--config", footage, "--data.root", "hf://datasets/x", cwd=tmp_path),
                           "not a Hugging Face dataset name")
+    # an option of another DataModule names the class in use, its options and the one that has it
+    # (before: "Option 'val_size' is not accepted"), and a typo gets its spelling
+    assert_one_line_error(cli("fit", "--config", footage, "--data.root", "x", "--data.val_size", "8", cwd=tmp_path),
+                          "--data.val_size: FootageDataModule takes no option val_size (its options: root, num_frames")
+    assert_one_line_error(cli("fit", "--config", footage, "--data.root", "x", "--data.crops", "8", cwd=tmp_path),
+                          "did you mean --data.crop?")
+    # a mistyped folder is named as missing (before: advice to prepare-footage it)
+    assert_one_line_error(cli("fit", "--config", footage, "--data.root", "data/footge", cwd=tmp_path),
+                          "--data.root data/footge does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused fit must leave nothing behind"

@@ -165,6 +165,10 @@ def test_offline_without_the_file_the_qat_preset_says_which_file_and_where(tmp_p
     assert_one_line_error(result, "ssf2020-mse-5: ssf2020-mse-5-1dd7d574.pth.tar is not in the torch hub cache")
     assert str(tmp_path / "empty-torch-home" / "hub" / "checkpoints") in result.stderr
     assert "https://compressai.s3.amazonaws.com/models/v1/ssf2020-mse-5-1dd7d574.pth.tar" in result.stderr
+    # before Lightning starts the run (before: after the model summary, ~25 s) and leaving no
+    # run folder behind (before: runs/qat/ with empty .wandb-* folders)
+    assert "Total params" not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
 
 
 def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_path, monkeypatch, float_checkpoint):
