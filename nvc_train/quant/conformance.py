@@ -74,7 +74,10 @@ class Conformance(NamedTuple):
                              f"{''.join(f['type'] for f in rec['frames'])})")
             else:
                 share = min(c["peak"] / c["bound"] for c in rec["checks"] if c["layer"] == 0)
-                parts.append(f"{rec['name']} ({len(rec['checks'])} checks of the six hyper-decoders; layer-0 "
+                synth = sum(c["decoder"].startswith("synth.") for c in rec["checks"])
+                which = "the six hyper-decoders" + (f" ({len(rec['checks']) - synth}) and the three synthesis "
+                                                    f"decoders ({synth})" if synth else "")
+                parts.append(f"{rec['name']} ({len(rec['checks'])} checks of {which}; layer-0 "
                              f"accumulators reach ≥ {share:.1%} of the bound proven at export)")
         return "; ".join(parts)
 
