@@ -236,7 +236,7 @@ def test_float_checkpoint_where_integer_needed(tmp_path):
 
     path = tmp_path / "float.pth.tar"
     torch.save(ScaleSpaceFlow().state_dict(), path)
-    assert_one_line_error(cli("conformance", str(path)), "float PyTorch checkpoint")
+    assert_one_line_error(cli("conformance", str(path)), "is a float model, not an integer checkpoint: quantize it with `nvc-train ptq")
 
 
 def test_verify_prints_hashes_and_refuses_other_checkpoints(int_checkpoint, tmp_path):
