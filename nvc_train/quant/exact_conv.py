@@ -543,7 +543,14 @@ def conv_transpose_exact(x_int: Tensor, weight_int: Tensor, bias_int: Tensor | N
         (N, C_out, 2H, 2W) int64 accumulators, the same on every path, algorithm and device.
     """
     path = path or default_path(x_int.device)
-    n, _, h, w = x_int.shape
     weights = prepare_weights(weight_int, path, x_int.device, algorithm)
+    return accumulators(x_int, weights, path, bias_int, band_bytes)
+
+
+def accumulators(x_int: Tensor, weights: PreparedWeights, path: PathName, bias_int: Tensor | None = None,
+                 band_bytes: int = BAND_BYTES) -> Tensor:
+    """(N, C_out, 2H, 2W) int64 accumulators (bias included) of an integer (N, C_in, H, W)
+    input with weights already prepared for ``path``."""
+    n, _, h, w = x_int.shape
     sink = AccumulatorSink(n, weights.c_out, h, w, x_int.device)
     return conv_transpose_planes(to_planes(x_int, path), weights, path, sink, bias_int, band_bytes)

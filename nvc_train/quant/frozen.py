@@ -72,10 +72,7 @@ class FrozenLayers(nn.Module):
     def layer_accumulator(self, i: int, x: Tensor, path: str | None = None) -> Tensor:
         """Exact int64 accumulators (bias included) of layer ``i``: (N, C, h, w) → (N, C, 2h, 2w)."""
         path = path or self.path_for(x.device)
-        weights = self.prepared_weights(i, path, x.device)
-        n, _, h, w = x.shape
-        sink = exact_conv.AccumulatorSink(n, weights.c_out, h, w, x.device)
-        return exact_conv.conv_transpose_planes(exact_conv.to_planes(x, path), weights, path, sink, self.layer_bias(i))
+        return exact_conv.accumulators(x, self.prepared_weights(i, path, x.device), path, self.layer_bias(i))
 
     def run_layers(self, x: Tensor, last: Callable[[Tensor], Tensor] | None, path: str | None = None) -> Tensor:
         """All layers on integer input ``x`` (N, C, h, w): intermediate activations requantized

@@ -124,10 +124,7 @@ def conv_transpose_qat(x: Tensor, x_int: Tensor, weight: Tensor, bias: Tensor | 
         the frozen model computes them; ``y`` (N, C_out, 2h, 2w) float32 ``acc · acc_scale``,
         whose gradients are those of ``conv_transpose2d(x, w_int·s_w, b_int·acc_scale)``.
     """
-    n, _, h, w = x_int.shape
-    sink = exact_conv.AccumulatorSink(n, layer.prepared.c_out, h, w, x_int.device)
-    planes = exact_conv.to_planes(x_int, layer.path)
-    acc = exact_conv.conv_transpose_planes(planes, layer.prepared, layer.path, sink, bias_int)
+    acc = exact_conv.accumulators(x_int, layer.prepared, layer.path, bias_int)
     return _ValueOfIntegers.apply(x, weight, bias, acc, acc_scale, layer.weight_value), acc
 
 
