@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first (default 2)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: leave torch's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--profile", action="store_true",
+                   help="after the table, torch.profiler over 3 steps of each loop: top ops by self device/CPU time")
     args = p.parse_args()
     if args.crop % 128 or args.rounds < 2:
         p.error("--crop must be a multiple of 128 and --rounds at least 2")
@@ -99,6 +101,20 @@ def main() -> None:
         q = statistics.quantiles(ratios, n=4)
         print(f"| {n} | {1e3 * statistics.median(times[n]):.1f} | {statistics.median(times[n]) / base:.3f} "
               f"| {q[0]:.3f}–{q[2]:.3f} |")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        for n in names:
+            with profile(activities=activities) as prof:
+                for _ in range(3):
+                    step(n)
+            print(f"\n===== {n}: 3 steps, top 25 ops by {key} =====")
+            print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+            if device.type == "cuda":
+                print(f"===== {n}: top 15 by self_cpu_time_total =====")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
 if __name__ == "__main__":

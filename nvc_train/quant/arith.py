@@ -94,7 +94,12 @@ def accumulator_scale(input_scale: Tensor | float, weight_scale: Tensor) -> Tens
 def requantization_multiplier(acc_scale: Tensor, out_scale: Tensor | float) -> Tensor:
     """``acc_scale / out_scale`` (C,) float64, divided on the host: one IEEE division, the
     same value whichever device trained the model."""
-    return acc_scale.detach().double().cpu() / torch.as_tensor(out_scale, dtype=torch.float64).detach().cpu()
+    acc = acc_scale.detach().double()
+    out = torch.as_tensor(out_scale, dtype=torch.float64).detach()
+    if acc.dim() == 1 and out.numel() == 1:  # the usual case: one device-to-host copy of both
+        host = torch.cat((acc, out.reshape(1).to(acc.device))).cpu()
+        return host[:-1] / host[-1]
+    return acc.cpu() / out.cpu()
 
 
 def quantize_bias(bias: Tensor, acc_scale: Tensor) -> Tensor:
@@ -132,8 +137,9 @@ def fixed_point(real_multiplier: Tensor, out_bound: int) -> FixedPoint:
         shifts.append(shift)
         # Smallest |acc| whose output is already beyond out_bound, plus one.
         saturations.append(-(-((out_bound + 1) << shift) // multiplier) + 1)
-    as_tensor = lambda v: torch.tensor(v, dtype=torch.int64, device=real_multiplier.device)  # noqa: E731
-    return FixedPoint(as_tensor(multipliers), as_tensor(shifts), as_tensor(saturations))
+    # One host-to-device copy of all three.
+    packed = torch.tensor([multipliers, shifts, saturations], dtype=torch.int64).to(real_multiplier.device)
+    return FixedPoint(*packed.unbind(0))
 
 
 def check_fixed_point(fp: FixedPoint) -> None:

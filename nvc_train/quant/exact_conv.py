@@ -210,26 +210,43 @@ def to_planes(x_int: Tensor, path: PathName) -> Planes:
     the fewest digits that hold the data (more digits would be all zero: same result)."""
     n, c, h, w = x_int.shape
     x = x_int.long()
-    lo, hi = (int(v) for v in torch.aminmax(x)) if x.numel() else (0, 0)
+    lo, hi = _span(x)
     planes = empty_planes(n, c, h, w, lo, hi, path, x.device)
     write_digits(planes.padded[:, :, :c, 1:h + 1, 1:w + 1], x, planes.offset, path)
     return planes
 
 
 def weight_digits(weight_int: Tensor) -> Tensor:
-    """(J, C_in, C_out, 5, 5) int64 balanced base-256 digits of integer weights, lowest first:
-    J = 1 for int8 weights, 2 for PTQ's affine weights in [−255, 255]."""
-    rest = weight_int.detach().long().cpu()
-    if int(rest.min()) >= DIGIT_MIN and int(rest.max()) <= DIGIT_MAX:
+    """(J, C_in, C_out, 5, 5) int64 balanced base-256 digits of integer weights, lowest first,
+    on the weights' device: J = 1 for int8 weights, 2 for PTQ's affine weights in [−255, 255]."""
+    rest = weight_int.detach().long()
+    lo, hi = _span(rest)
+    if lo >= DIGIT_MIN and hi <= DIGIT_MAX:
         return rest.unsqueeze(0)  # int8 weights are their own single digit
     count = 1  # no offset for weights (it would need a data-dependent correction)
-    while not (digit_span(count)[0] <= int(rest.min()) and int(rest.max()) <= digit_span(count)[1]):
+    while not (digit_span(count)[0] <= lo and hi <= digit_span(count)[1]):
         count += 1
-    out = torch.empty((count, *rest.shape), dtype=torch.int64)
+    out = torch.empty((count, *rest.shape), dtype=torch.int64, device=rest.device)
     for k in range(count):
         out[k] = torch.bitwise_and(rest + RADIX // 2, RADIX - 1) - RADIX // 2
         rest = (rest - out[k]).bitwise_right_shift_(DIGIT_BITS)
     return out
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """(min, max) of an integer-valued tensor as Python ints: one host round trip."""
+    if not t.numel():
+        return 0, 0
+    lo, hi = torch.aminmax(t)
+    return tuple(int(v) for v in torch.stack((lo, hi)).tolist())
+
+
+@lru_cache(maxsize=None)
+def _gather_taps(p: int) -> tuple[tuple[int, ...], ...]:
+    """(2, S) kernel tap (ky·5 + kx, or 25: none) of each column-parity q and shift of row parity p."""
+    none = KERNEL * KERNEL
+    return tuple(tuple((_tap(dy, p) * KERNEL + _tap(dx, q)) if _tap(dx, q) is not None else none
+                       for dy in _shifts(p) for dx in ROW_SHIFTS) for q in (0, 1))
 
 
 def gather_matrix(w: Tensor, p: int, c_in_padded: int) -> Tensor:
@@ -239,9 +256,7 @@ def gather_matrix(w: Tensor, p: int, c_in_padded: int) -> Tensor:
     c_in, c_out = w.shape[:2]
     taps = torch.cat([w.permute(1, 2, 3, 0).reshape(c_out, KERNEL * KERNEL, c_in),
                       w.new_zeros(c_out, 1, c_in)], dim=1)  # tap 25: none
-    none = KERNEL * KERNEL
-    index = torch.tensor([[(_tap(dy, p) * KERNEL + _tap(dx, q)) if _tap(dx, q) is not None else none
-                           for dy in _shifts(p) for dx in ROW_SHIFTS] for q in (0, 1)])  # (2, S)
+    index = torch.tensor(_gather_taps(p), device=w.device)  # (2, S)
     blocks = taps[:, index]  # (C_out, 2, S, C_in)
     if c_in_padded > c_in:
         blocks = torch.cat([blocks, blocks.new_zeros(*blocks.shape[:3], c_in_padded - c_in)], dim=3)
@@ -275,6 +290,17 @@ def plane_bound(weight_int: Tensor) -> int:
     return max(int(parity_class_sums(w.abs()).max()) for w in weight_digits(weight_int)) * -DIGIT_MIN
 
 
+CLASS_TAPS = 9
+"""The most taps one output parity class reads (3 × 3 of the 5 × 5 kernel)."""
+
+
+def plane_bound_ceiling(c_in: int) -> int:
+    """:func:`plane_bound` of any single-digit (int8) weights of ``c_in`` input channels is at
+    most ``c_in · 9 · 128 · 128``: below 2**31 for up to 14,563 channels, so such layers need
+    no look at their values."""
+    return c_in * CLASS_TAPS * -DIGIT_MIN * -DIGIT_MIN
+
+
 def _float32_cuts(a: Tensor) -> list[int]:
     """Column indexes where the float32 path cuts ``a`` (int64) so that every row's
     Σ|a| · 128 over one chunk stays below 2**24 (greedy: each chunk as long as it can be)."""
@@ -292,18 +318,29 @@ def _float32_cuts(a: Tensor) -> list[int]:
 
 
 def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str | None = None) -> PreparedWeights:
-    """GEMM operands of one layer's (C_in, C_out, 5, 5) integer weights for ``path``."""
+    """GEMM operands of one layer's (C_in, C_out, 5, 5) integer weights for ``path``, built on
+    ``device``.
+
+    QAT prepares every layer once per optimizer step, so the work stays on the weights'
+    device (no host round trip of GPU-trained weights) and int8 weights, the usual case, are
+    never widened to int64: one (min, max) read decides that they are a single digit, and
+    :func:`plane_bound_ceiling` proves the int8 path exact for them without a data-dependent
+    bound.
+    """
     if path not in PATHS:
         raise ValueError(f"exact GEMM path must be one of {', '.join(PATHS)}, got {path!r}")
-    w64 = weight_int.detach().long().cpu()
-    c_in, c_out = w64.shape[:2]
+    w = weight_int.detach()
+    c_in, c_out = w.shape[:2]
     algorithm = algorithm or algorithm_for(c_out)
-    if path == "int8" and plane_bound(w64) >= INT32_LIMIT:
+    lo, hi = _span(w)
+    single = DIGIT_MIN <= lo and hi <= DIGIT_MAX
+    if path == "int8" and not (single and plane_bound_ceiling(c_in) < INT32_LIMIT) \
+            and plane_bound(w) >= INT32_LIMIT:
         raise ValueError(f"a {c_in}-channel layer's int8 plane sums may exceed 2**31")
-    digits = w64.unsqueeze(0) if path == "float64" else weight_digits(w64)
+    digits = [w] if single or path == "float64" else list(weight_digits(w))
     dtype = PATH_DTYPES[path]
     # Operands are built in their own dtype (int8 digits: 8× less to move than int64).
-    per_digit = [_matrices(w.to(dtype), algorithm) for w in digits]
+    per_digit = [_matrices(d.to(dtype).to(device), algorithm) for d in digits]
     groups = []
     for g in range(len(per_digit[0])):
         chunks_j = []
@@ -312,12 +349,15 @@ def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str |
             padded = a.new_zeros(max(32, _round_up(a.shape[0], PITCH_ALIGN)), a.shape[1])
             padded[:a.shape[0]] = a
             cuts = [0, *(_float32_cuts(padded.long()) if path == "float32" else []), a.shape[1]]
-            chunks_j.append(tuple(Chunk(k0, k1, padded[:, k0:k1].to(device).contiguous())
+            chunks_j.append(tuple(Chunk(k0, k1, padded[:, k0:k1].contiguous())
                                   for k0, k1 in zip(cuts[:-1], cuts[1:])))
         groups.append(tuple(chunks_j))
     c_pad = padded_channels(c_in)
     k_starts = (0,) if algorithm == "scatter" else (0, (len(ROW_SHIFTS) - len(_shifts(1))) * len(ROW_SHIFTS) * c_pad)
-    return PreparedWeights(algorithm, tuple(groups), k_starts, parity_class_sums(w64).to(device), c_in, c_out)
+    # int32 sums are exact for single-digit weights (|Σ| ≤ 128 · 25 · C_in); int64 otherwise.
+    sums_dtype = torch.int32 if single and c_in * KERNEL * KERNEL * -DIGIT_MIN < INT32_LIMIT else torch.int64
+    class_sums = parity_class_sums(w.to(device=device, dtype=sums_dtype)).long()
+    return PreparedWeights(algorithm, tuple(groups), k_starts, class_sums, c_in, c_out)
 
 
 PROBE_SHAPES = ((32, 48, 8), (32, 72, 64), (264, 1152, 968))
@@ -467,10 +507,9 @@ def _gather(planes: Planes, weights: PreparedWeights, path: PathName, sink, cons
     padded = planes.padded
     count, n, c_pad, _, pitch = padded.shape
     h, w, c_out = planes.height, planes.width, weights.c_out
-    flat = padded.view(count, n, c_pad, -1)
+    flat = padded.contiguous().view(count, n, c_pad, -1)  # the windows below assume this layout
     k_all = len(ROW_SHIFTS) ** 2 * c_pad
     images, rows = _batches(n, h, k_all * count * pitch * padded.element_size(), band_bytes)
-    shifts = [(dy, dx) for dy in ROW_SHIFTS for dx in ROW_SHIFTS]
     buffers: dict[tuple[int, int], Tensor] = {}
     for b0 in range(0, n, images):
         nb = min(images, n - b0)
@@ -481,9 +520,14 @@ def _gather(planes: Planes, weights: PreparedWeights, path: PathName, sink, cons
             if (nb, bh) not in buffers:
                 buffers[nb, bh] = torch.empty(count, k_all, nb, length, dtype=padded.dtype, device=padded.device)
             cols = buffers[nb, bh]
-            for s, (dy, dx) in enumerate(shifts):
-                start = (r0 + 1 + dy) * pitch + (1 + dx)
-                cols[:, s * c_pad:(s + 1) * c_pad] = flat[:, batch, :, start:start + length].transpose(1, 2)
+            # The nine shifted windows (dy, dx) of the band as one strided view of the planes,
+            # [digit, dy, dx, channel, image, position] (read overlapping, never written):
+            # one copy instead of nine. Window (dy, dx) starts at (r0 + 1 + dy)·pitch + 1 + dx.
+            windows = flat.as_strided(
+                (count, len(ROW_SHIFTS), len(ROW_SHIFTS), c_pad, nb, length),
+                (flat.stride(0), pitch, 1, flat.stride(2), flat.stride(1), 1),
+                flat.storage_offset() + b0 * flat.stride(1) + r0 * pitch)
+            cols.view(count, len(ROW_SHIFTS), len(ROW_SHIFTS), c_pad, nb, length).copy_(windows)
             matrices = list(cols.view(count, k_all, nb * length))
             for p in (0, 1):
                 acc = _group_accumulators(weights.groups[p], matrices, weights.k_starts[p], 2 * c_out, path)

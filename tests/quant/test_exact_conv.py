@@ -178,6 +178,23 @@ def test_int8_plane_sums_are_proven_below_2_31():
     assert exact_conv.plane_bound(w) == 9 * 192 * 127 * 128 < 2**31
     with pytest.raises(ValueError, match="2\\*\\*31"):
         exact_conv.prepare_weights(torch.full((16000, 16, 5, 5), 127), "int8", "cpu")
+    # The value-free ceiling (9 · 128 · 128 per input channel) proves small layers without a
+    # look at the weights; where it cannot (16,000 channels), their actual sums still decide.
+    assert exact_conv.plane_bound_ceiling(192) >= exact_conv.plane_bound(w)
+    assert exact_conv.plane_bound_ceiling(16000) >= 2**31
+    exact_conv.prepare_weights(torch.ones(16000, 16, 5, 5), "int8", "cpu")  # 9 · 16000 · 128 < 2**31
+
+
+@pytest.mark.parametrize("lo, hi", [(-127, 127), (-255, 255)])
+def test_prepared_class_sums_are_the_int64_sums_on_every_path(lo, hi):
+    """The offset correction's per-class weight sums, taken in int32 for int8 weights and in
+    int64 otherwise, equal int64 sums of the weights as given (float32, as QAT passes them)."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randint(lo, hi + 1, (40, 24, 5, 5), generator=g)
+    for path in exact_conv.PATHS:
+        prepared = exact_conv.prepare_weights(w.float(), path, "cpu")
+        assert prepared.class_sums.dtype == torch.int64
+        assert torch.equal(prepared.class_sums, exact_conv.parity_class_sums(w.long())), path
 
 
 def test_int_mm_probe_and_path_selection(monkeypatch):
