@@ -37,9 +37,11 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 def preset(name: str) -> str:
-    """How to name preset ``name`` (e.g. "finetune/footage.yaml") in a hint: the path from the
-    working folder if it is there, else the absolute path of this installation's preset."""
+    """How to name preset ``name`` (e.g. "finetune/footage.yaml") in a hint: ``configs/NAME``,
+    as the README writes it (it names the preset from any folder, :func:`resolve_config`),
+    unless another file of that path exists here; then the preset's absolute path."""
     relative = Path("configs") / name
-    if relative.is_file() or not (CONFIGS / name).is_file():
-        return str(relative)
-    return str(CONFIGS / name)
+    shipped = CONFIGS / name
+    if relative.exists() and shipped.is_file() and relative.resolve() != shipped.resolve():
+        return str(shipped)
+    return str(relative)

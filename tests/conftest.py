@@ -153,7 +153,7 @@ def float_weights(float_module, tmp_path_factory):
     from nvc_train.lit.checkpoints import save_float_state_dict
 
     path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
-    save_float_state_dict(copy.deepcopy(float_module.model), path)
+    save_float_state_dict(copy.deepcopy(float_module.model), path, float_module.hparams.quality, float_module.lmbda)
     return path
 
 

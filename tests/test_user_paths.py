@@ -84,9 +84,17 @@ def test_the_prepare_footage_hint_names_a_preset_that_exists_from_here(tmp_path,
 
     from nvc_train.presets import preset
 
+    from nvc_train.presets import CONFIGS, resolve_config
+
     monkeypatch.chdir(tmp_path)
+    hint = preset("finetune/footage.yaml")  # from an empty folder: the README's spelling, which resolves
+    assert hint == "configs/finetune/footage.yaml"
+    assert Path(resolve_config(hint)) == CONFIGS / "finetune/footage.yaml"
+    # a file of that path here would win over the preset: the hint then names the preset itself
+    (tmp_path / "configs/finetune").mkdir(parents=True)
+    (tmp_path / "configs/finetune/footage.yaml").write_text("{}")
     hint = preset("finetune/footage.yaml")
-    assert Path(hint).is_absolute() and Path(hint).is_file()
+    assert Path(hint).is_absolute() and Path(hint) == CONFIGS / "finetune/footage.yaml"
 
 
 def test_one_option_moves_a_presets_whole_run_folder(tmp_path, monkeypatch):

@@ -76,6 +76,9 @@ def add_parsers(sub) -> None:
     s.add_argument("bitstream")
     s.add_argument("--per-frame", action="store_true", help="one line per frame: type, bytes, bpp")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--checkpoint", help="an integer checkpoint (file or hf://): say whether the stream was encoded "
+                                        "with it and what it decodes (pixel-exact frames, or latents); read "
+                                        "from its header, without torch")
     s.set_defaults(run=info)
 
     s = sub.add_parser("hashes", aliases=["verify"],
@@ -235,10 +238,22 @@ def info(args) -> int:
         read_header,
     )
 
+    from nvc_train.quant.header import read_checkpoint_header
+
     path = require_file(args.bitstream, "bitstream")
     with open(path, "rb") as f:
         header = read_header(f)
         frames = [(cf.frame_type, frame_record_size(cf)) for cf in iter_frames(f, header)]
+    # What the stream needs: the checkpoint of the SHA-256 it records. Its kind is in that
+    # checkpoint's header (the stream's format is the same for both kinds).
+    needs = "the integer checkpoint of checkpoint_sha256 (--checkpoint CKPT says whether a file is it, and its kind)"
+    if args.checkpoint:
+        ckpt = checkpoint_path(args.checkpoint)
+        ck = read_checkpoint_header(ckpt)
+        if header.checkpoint_sha256 not in (EMBEDDED, ck.sha256):
+            raise UserError(f"{path} was encoded with checkpoint {header.checkpoint_sha256.hex()[:8]}, not "
+                            f"{ck.sha256.hex()[:8]} ({ckpt}): it needs the checkpoint of that SHA-256")
+        needs = f"{ckpt}: {ck.kind}, format {ck.version}"
     size = path.stat().st_size
     pixels = header.width * header.height
     summary = {
@@ -247,7 +262,10 @@ def info(args) -> int:
         "width": header.width, "height": header.height, "fps": f"{header.fps_num}/{header.fps_den}",
         "frames": header.frames, "gop": header.gop, "colour": header.colour_name(),
         "source_bits": header.bits, "keyframes": sum(t == "I" for t, _ in frames), "bpp": round(8 * size / (pixels * header.frames), 6),
+        "needs": needs,
     }
+    if args.json:
+        summary["checkpoint_kind"] = None if not args.checkpoint else ("pixel-exact" if ck.pixel_exact else "hyperprior-integer")
     if args.json:
         if args.per_frame:
             summary["per_frame"] = [{"index": i, "type": t, "bytes": b, "bpp": round(8 * b / pixels, 6)}

@@ -134,7 +134,7 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
     _say(quiet, "[demo] 1/5 float SSF training (configs/demo/float.yaml)")
     float_ckpt = _fit(out, "float", float_steps, [], quiet)
     float_module, _ = lit_module_from_checkpoint(float_ckpt)
-    save_float_state_dict(float_module.model, float_pth)
+    save_float_state_dict(float_module.model, float_pth, float_module.hparams.get("quality"), float_module.lmbda)
 
     stage, name = ("qat_decoder", "ssf-pixel") if pixel_exact else ("qat", "ssf-int")
     what = "the whole decoder" if pixel_exact else "the hyper-decoders"

@@ -102,7 +102,7 @@ def export_float(args) -> int:
         path = export_zoo_file(module, Path(args.out_dir), args.quality)
         print(f"wrote {path}" + ("" if args.quiet else f" (CompressAI zoo format, λ={module.lmbda})"))
         return 0
-    save_float_state_dict(module.model, Path(args.output))
+    save_float_state_dict(module.model, Path(args.output), module.hparams.get("quality"), module.lmbda)
     print(f"wrote {args.output}" + ("" if args.quiet else f" (ScaleSpaceFlow state dict, λ={module.lmbda})"))
     return 0
 
@@ -155,7 +155,7 @@ def ptq(args) -> int:
     from nvc_train.lit.checkpoints import lit_module_from_checkpoint, package_versions
     from nvc_train.lit.wandb_files import configure_wandb_env, finish_wandb
     from nvc_train.models.loss import quality_to_lambda
-    from nvc_train.models.ssf import load_ssf
+    from nvc_train.models.ssf import read_state_dict, ssf_from_checkpoint
     from nvc_train.quant import ptq as P
     from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.integer import ExportError
@@ -170,9 +170,12 @@ def ptq(args) -> int:
     source = checkpoint_path(args.model)
     if source.suffix == ".ckpt":
         module, _ = lit_module_from_checkpoint(source)
-        model, lmbda = module.model, module.lmbda
+        model, lmbda, quality = module.model, module.lmbda, module.hparams.get("quality")
     else:
-        model, lmbda = load_ssf(source), None
+        record = read_state_dict(source)  # export-float and zoo-named files record their rate point
+        model, quality = ssf_from_checkpoint(record, None, str(source)), record.quality
+        lmbda = record.lmbda if record.lmbda is not None else (
+            quality_to_lambda(record.quality) if record.quality is not None else None)
     if args.lmbda is None and args.quality is None and lmbda is None:
         raise UserError(f"{source.name} does not record its λ: pass --quality Q (the model's quality, 1..9) "
                         f"or --lmbda, so candidates are ranked by the model's own rate-distortion cost")
@@ -213,7 +216,9 @@ def ptq(args) -> int:
     best = rows[0]
     if best.point is None:
         raise UserError("no PTQ candidate could be frozen into exact integers")
-    meta = {"quality": args.quality, "lmbda": lmbda, "config": {"ptq": dataclasses.asdict(best.choice), "source": str(source)},
+    if args.quality is not None or args.lmbda is not None:
+        quality = args.quality  # what was asked for, not the file's record
+    meta = {"quality": quality, "lmbda": lmbda, "config": {"ptq": dataclasses.asdict(best.choice), "source": str(source)},
             "packages": package_versions(), "training_data": "PTQ calibration: synthetic clips"}
     path = export_integer_checkpoint(model, P.ptq_quantizer(model, best.choice, latents, config), out, args.name, meta)
     print(f"best candidate: {best.choice.name}")

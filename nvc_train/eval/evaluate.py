@@ -56,7 +56,7 @@ class EvalModel:
 
 def load_eval_model(path: str | Path, device: str) -> EvalModel:
     """An integer checkpoint (family from its metadata) or a float ScaleSpaceFlow state dict."""
-    from nvc_train.models.ssf import load_ssf
+    from nvc_train.models.ssf import read_state_dict, ssf_from_checkpoint
     from nvc_train.quant.export import MAGIC, load_integer_checkpoint
 
     path = require_file(path, "checkpoint")
@@ -71,11 +71,13 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
     if path.suffix == ".ckpt":
         raise UserError(f"{path} is a Lightning checkpoint: evaluate `nvc-train export-integer` or "
                         "`nvc-train export-float` (float) output")
-    model = load_ssf(path).to(device).eval()
+    record = read_state_dict(path)  # export-float records the quality; zoo files name it
+    model = ssf_from_checkpoint(record, None, str(path)).to(device).eval()
     model.update(force=True)
     name = path.name.removesuffix(".tar").removesuffix(".pth")
     zoo_name = re.fullmatch(r"ssf2020-mse-([1-9])(-[0-9a-f]{8})?", name)
-    return EvalModel(name, "float", path, float_model=model, quality=int(zoo_name.group(1)) if zoo_name else None)
+    quality = record.quality if record.quality is not None else (int(zoo_name.group(1)) if zoo_name else None)
+    return EvalModel(name, "float", path, float_model=model, quality=quality)
 
 
 def collect_sequences(paths: list[str | Path]) -> list[Path]:

@@ -52,7 +52,9 @@ def lit_module_from_checkpoint(path: str | Path):
     from nvc_train.lit.module import SSFLitModule
 
     ckpt = read_lightning_checkpoint(path)
-    hparams = {**ckpt["hyper_parameters"], "init_weights": None}  # weights come from the checkpoint
+    # The weights come from the checkpoint, and its hyper-parameters record the rate point and
+    # flow reference in effect: no parent to read or to compare with.
+    hparams = {**ckpt["hyper_parameters"], "init_weights": None, "pretrained": False}
     module = SSFLitModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
@@ -79,20 +81,25 @@ def export_zoo_file(module, out_dir: Path, quality: int | None) -> Path:
     return write_zoo_file(module.model, out_dir, "mse", quality)
 
 
-def save_float_state_dict(model, path: Path) -> None:
+def save_float_state_dict(model, path: Path, quality: int | None = None, lmbda: float | None = None) -> None:
     """Entropy tables computed (``update``), then the state dict written atomically.
 
-    A model with a flow reference is written as ``{"state_dict", "flow_reference"}``, which
-    CompressAI's ``eval_model`` also loads (it reads the state dict and ignores the rest), with
-    a warning: CompressAI's stock SSF evaluates it with resolution-dependent flow.
+    Written as ``{"state_dict", "flow_reference", "quality", "lmbda"}`` (what is known of the
+    three), which CompressAI's ``eval_model`` also loads (it reads the state dict and ignores
+    the rest) and from which a fine-tuning run (``--model.init_weights``), ``ptq`` and ``eval``
+    take the model's rate point. A model with a flow reference gets a warning: CompressAI's
+    stock SSF evaluates it with resolution-dependent flow.
     """
     from nvc_train.io.atomic import atomic_write_bytes
 
     model.update(force=True)
     obj = model.state_dict()
     flow_reference = getattr(model, "flow_reference", None)
+    record = {k: v for k, v in (("flow_reference", flow_reference), ("quality", quality),
+                                ("lmbda", None if lmbda is None else float(lmbda))) if v is not None}
+    if record:
+        obj = {"state_dict": obj, **record}
     if flow_reference is not None:
-        obj = {"state_dict": obj, "flow_reference": flow_reference}
         print(f"nvc-train: warning: {path.name} records flow_reference={flow_reference}; CompressAI's stock "
               f"ScaleSpaceFlow ignores it and moves by the flow in units of half the frame, so its results "
               f"differ from nvc-train's except on {flow_reference}×{flow_reference} frames", file=sys.stderr)

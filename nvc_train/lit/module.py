@@ -23,15 +23,48 @@ from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.models.loss import quality_to_lambda, rd_loss
 from nvc_train.models.ssf import (
     HYPERPRIOR_ATTR,
+    FloatCheckpoint,
     build_ssf,
     float_hyperprior_forward,
-    load_ssf,
+    read_state_dict,
     resize_entropy_buffers,
     ssf_forward,
+    ssf_from_checkpoint,
 )
-from nvc_train.models.zoo import zoo_entry, zoo_weights
+from nvc_train.models.zoo import ZOO_FLOW_REFERENCE, zoo_entry, zoo_weights
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
+
+
+DEFAULT_QUALITY = 3
+"""The quality of a run that neither names one nor starts from a model that records one."""
+
+
+def _rate_point(quality: int | None, lmbda: float | None, parent: FloatCheckpoint | None,
+                parent_name: str | None) -> tuple[int | None, float, str]:
+    """(quality, λ, description) of a run: what was set, else the parent's record, else the
+    default quality; a set value that differs from the parent's record is warned about."""
+    if lmbda is not None or quality is not None:
+        value = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
+        said = f"quality {quality} (λ={value})" if lmbda is None else f"λ={value}"
+        known = parent.lmbda if parent is not None and parent.lmbda is not None else (
+            quality_to_lambda(parent.quality) if parent is not None and parent.quality is not None else None)
+        if known is not None and known != value:
+            was = f"quality {parent.quality} (λ={known})" if parent.quality is not None else f"λ={known}"
+            keep = "--model.quality null" + (" --model.lmbda null" if lmbda is not None else "")
+            warnings.warn(f"training at {said} as set, but the parent {parent_name} was trained at {was}; "
+                          f"{keep} keeps the parent's", stacklevel=3)
+            return quality, value, f"{said}, as set (the parent: {was})"
+        return quality, value, f"{said}" + (f", the parent's ({parent_name})" if known is not None else "")
+    if parent is not None and parent.lmbda is not None:
+        said = f"quality {parent.quality} (λ={parent.lmbda})" if parent.quality is not None else f"λ={parent.lmbda}"
+        return parent.quality, parent.lmbda, f"{said}, the parent's ({parent_name})"
+    if parent is not None and parent.quality is not None:
+        value = quality_to_lambda(parent.quality)
+        return parent.quality, value, f"quality {parent.quality} (λ={value}), the parent's ({parent_name})"
+    value = quality_to_lambda(DEFAULT_QUALITY)
+    why = f"{parent_name} records none" if parent is not None else "no quality set"
+    return DEFAULT_QUALITY, value, f"quality {DEFAULT_QUALITY} (λ={value}), the default: {why}; --model.quality sets it"
 
 
 def is_aux_parameter(name: str) -> bool:
@@ -43,7 +76,10 @@ class SSFLitModule(L.LightningModule):
     """Scale-Space Flow training.
 
     Args:
-        quality: preset 1–9 mapped to λ (see ``models.loss.QUALITY_LAMBDAS``).
+        quality: preset 1–9 mapped to λ (see ``models.loss.QUALITY_LAMBDAS``). ``None``
+            (the fine-tuning presets): the parent's — the λ and quality that ``init_weights``
+            records, or the zoo model's quality — else 3. A value that differs from the
+            parent's record is stated in one warning.
         lmbda: explicit λ, overrides ``quality``.
         learning_rate: Adam learning rate of the network (and QAT scales).
         aux_learning_rate: Adam learning rate of the entropy-bottleneck quantiles.
@@ -68,8 +104,9 @@ class SSFLitModule(L.LightningModule):
         real_coding_clips: validation clips that are also really compressed and decoded.
         flow_reference: crop size (pixels) at which the model's flow units are defined; the
             decoded flow is rescaled to every frame so a vector means the same pixel motion
-            at any size (CompressAI issue #307). ``None``: CompressAI's behaviour, or the
-            value recorded in ``init_weights``. Frames of this size are unaffected, so set it
+            at any size (CompressAI issue #307). ``None``: the parent's — the value recorded
+            in ``init_weights``, :data:`~nvc_train.models.zoo.ZOO_FLOW_REFERENCE` for a zoo
+            start — else CompressAI's behaviour. Frames of this size are unaffected, so set it
             to the training crop (CompressAI's video training example crops 256²).
         train_scope: "all" trains every parameter; "hyperpriors" freezes the analysis and
             synthesis transforms and trains only the three hyperpriors (hyper-encoders,
@@ -80,7 +117,7 @@ class SSFLitModule(L.LightningModule):
 
     def __init__(
         self,
-        quality: int = 3,
+        quality: int | None = None,
         lmbda: float | None = None,
         learning_rate: float = 1e-4,
         aux_learning_rate: float = 1e-3,
@@ -98,30 +135,38 @@ class SSFLitModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
-        # Resolved now (a bad name fails before any training starts), loaded at the start.
-        self.zoo = None if init_weights else zoo_entry(pretrained, quality)
-        if self.zoo is not None and self.zoo.quality != quality and lmbda is None:
-            warnings.warn(f"starting from {self.zoo.name} but training at quality {quality} "
-                          f"(λ={quality_to_lambda(quality)}); set --model.quality {self.zoo.quality} to keep its rate",
-                          stacklevel=2)
-        # What the run started from, recorded by name (an exported card names it as base model).
-        self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
-        self._zoo_pending = self.zoo is not None
+        # The parent (init_weights, else the zoo model) decides what is left unset (None).
+        parent = None
         if init_weights:
             from nvc_train.hf.refs import resolve_checkpoint  # a file, or hf://OWNER/NAME/FILE
 
             weights = resolve_checkpoint(init_weights)
-            self.model = load_ssf(weights, flow_reference)
+            parent = read_state_dict(weights)
+            self.model = ssf_from_checkpoint(parent, flow_reference, str(init_weights))
             if not str(init_weights).startswith("hf://"):  # a relative path means nothing in a model card
                 from nvc_train.io.digest import sha256_file
 
                 self.hparams["_init_weights_resolved"] = str(Path(weights).resolve())
                 self.hparams["_init_weights_sha256"] = sha256_file(weights)
-        else:
+        # Resolved now (a bad name fails before any training starts), loaded at the start.
+        self.zoo = None if init_weights else zoo_entry(pretrained, quality if quality is not None else DEFAULT_QUALITY)
+        if self.zoo is not None:
+            parent = FloatCheckpoint({}, ZOO_FLOW_REFERENCE, self.zoo.quality, None)
+            self.model = build_ssf(flow_reference if flow_reference is not None else ZOO_FLOW_REFERENCE)
+        elif parent is None:
             self.model = build_ssf(flow_reference)
+        parent_name = str(init_weights) if init_weights else (self.zoo.name if self.zoo else None)
+        quality, self.lmbda, self.start_note = _rate_point(quality, lmbda, parent, parent_name)
+        self.hparams.quality, self.hparams.lmbda = quality, self.lmbda
+        # What the run started from, recorded by name (an exported card names it as base model).
+        self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
+        self._zoo_pending = self.zoo is not None
         # The value in effect (possibly read from init_weights) is what checkpoints record.
         self.hparams.flow_reference = self.model.flow_reference
+        if parent is not None and flow_reference is None:
+            ref = self.model.flow_reference
+            self.start_note += (f"; flow_reference {ref}, the parent's" if ref is not None
+                                else "; CompressAI's flow units (the parent records no flow_reference)")
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
             qat = QuantConfig(**qat)
         self.qat = HyperpriorQAT(qat) if qat is not None else None
@@ -157,7 +202,9 @@ class SSFLitModule(L.LightningModule):
         self._start_from_zoo()
         from lightning.pytorch.utilities import rank_zero_info
 
-        # The model summary names only the module types; say what the exported checkpoint will be.
+        # The model summary names only the module types; say what the run trains at and what
+        # the exported checkpoint will be.
+        rank_zero_info(f"training at {self.describe_start()}")
         rank_zero_info(f"QAT: {self.describe_qat()}")
 
     def on_fit_end(self) -> None:
@@ -169,6 +216,11 @@ class SSFLitModule(L.LightningModule):
             rank_zero_info(f"validation after step {self.global_step}: {float(metrics['val/bpp']):.4f} bpp, "
                            f"PSNR {float(metrics['val/psnr']):.2f} dB, RD loss {float(metrics['val/loss']):.4f} "
                            f"(λ={self.lmbda})")
+
+    def describe_start(self) -> str:
+        """One line: the rate point (quality, λ) and flow reference the run trains at, and
+        whether they are the parent's."""
+        return self.start_note
 
     def describe_qat(self) -> str:
         """One line: which decoders train through their integer arithmetic, and what

@@ -10,6 +10,7 @@ parameters out of reduced-precision autocast.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -222,10 +223,20 @@ def resize_entropy_buffers(model: ScaleSpaceFlow, state_dict: dict[str, Tensor],
 
 
 class FloatCheckpoint(NamedTuple):
-    """A float ScaleSpaceFlow file: its state dict and, if it records one, its flow reference."""
+    """A float ScaleSpaceFlow file: its state dict and what it records of its training.
+
+    Attributes:
+        state_dict: the ScaleSpaceFlow weights and entropy tables.
+        flow_reference: the flow reference it was trained with (pixels), or None.
+        quality: its quality 1..9 (a fit run's, ``export-float``'s record, or the zoo file
+            name ``ssf2020-mse-<q>-<sha8>``), or None.
+        lmbda: its rate-distortion λ (a fit run's or ``export-float``'s record), or None.
+    """
 
     state_dict: dict[str, Tensor]
     flow_reference: int | None
+    quality: int | None = None
+    lmbda: float | None = None
 
 
 def read_state_dict(path: str | Path) -> FloatCheckpoint:
@@ -243,20 +254,28 @@ def read_state_dict(path: str | Path) -> FloatCheckpoint:
     except Exception as exc:  # torch raises many types for corrupt files
         raise UserError(f"{path} is not a readable ScaleSpaceFlow state dict ({type(exc).__name__}); if it is a "
                         f"Lightning checkpoint, run `nvc-train export-float` on it first") from None
-    flow_reference = None
+    record: dict = {}
     if isinstance(obj, dict) and "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
         # A float run's last.ckpt: the model's weights are its "model." entries.
         hparams = obj.get("hyper_parameters")
-        flow_reference = hparams.get("flow_reference") if isinstance(hparams, dict) else None
+        record = hparams if isinstance(hparams, dict) else {}
         obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        flow_reference = obj.get("flow_reference")
+        record = obj
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
+    flow_reference, quality, lmbda = (record.get(k) for k in ("flow_reference", "quality", "lmbda"))
     if flow_reference is not None and not (isinstance(flow_reference, int) and flow_reference >= 1):
         raise UserError(f"{path} records an invalid flow_reference {flow_reference!r}")
-    return FloatCheckpoint(obj, flow_reference)
+    if quality is None:
+        # CompressAI's zoo naming (``update_model``, ``export-float --zoo``): the MSE model of quality q.
+        named = re.fullmatch(r"ssf2020-mse-([1-9])-[0-9a-f]{8}\.pth\.tar", Path(path).name)
+        quality = int(named.group(1)) if named else None
+    if not (isinstance(quality, int) and 1 <= quality <= 9):
+        quality = None  # unreadable records are ignored: they only inform defaults
+    lmbda = float(lmbda) if isinstance(lmbda, (int, float)) and lmbda > 0 else None
+    return FloatCheckpoint(obj, flow_reference, quality, lmbda)
 
 
 def load_ssf_state_dict(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], source: str = "state dict") -> None:
@@ -289,10 +308,15 @@ def load_ssf(path: str | Path, flow_reference: int | None = None) -> FlowReferen
     ``flow_reference`` given here wins over one recorded in the file (with a warning if they
     differ: the weights were trained for the file's); ``None`` takes the file's, if any.
     """
-    ckpt = read_state_dict(path)
+    return ssf_from_checkpoint(read_state_dict(path), flow_reference, str(path))
+
+
+def ssf_from_checkpoint(ckpt: FloatCheckpoint, flow_reference: int | None = None,
+                        source: str = "state dict") -> FlowReferenceSSF:
+    """:func:`load_ssf` of a file already read (``source`` names it in messages)."""
     if flow_reference is not None and ckpt.flow_reference not in (None, flow_reference):
-        warnings.warn(f"{path} records flow_reference={ckpt.flow_reference} but {flow_reference} was asked for; "
-                      f"using {flow_reference}", stacklevel=2)
+        warnings.warn(f"{source} records flow_reference={ckpt.flow_reference} but {flow_reference} was asked for; "
+                      f"using {flow_reference}", stacklevel=3)
     model = build_ssf(flow_reference if flow_reference is not None else ckpt.flow_reference)
-    load_ssf_state_dict(model, ckpt.state_dict, source=str(path))
+    load_ssf_state_dict(model, ckpt.state_dict, source=source)
     return model

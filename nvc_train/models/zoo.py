@@ -42,6 +42,12 @@ DOWNLOAD_TIMEOUT_S = 60
 """Socket timeout of a zoo download: a firewall that drops packets fails in a minute, not hours."""
 
 
+ZOO_FLOW_REFERENCE = 256
+"""The flow reference a run starting from a zoo model takes unless one is set: 256, the crop
+of CompressAI's video training example (``examples/train_video.py``), so that the zoo model's
+motion is unchanged at that size and means the same pixel motion at every other."""
+
+
 class ZooEntry(NamedTuple):
     """One file of CompressAI's model zoo."""
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -42,20 +41,11 @@ from nvc_train.models.ssf import PARTS, build_ssf, hyperprior, load_ssf_state_di
 from nvc_train.quant.conformance import Conformance, build_records, from_payload, self_test, to_payload
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
+from nvc_train.quant.header import FORMAT_VERSION, HYPERPRIOR_FORMAT_VERSION, MAGIC  # noqa: F401 (re-exported)
+from nvc_train.quant.header import HEADER as _HEADER
 from nvc_train.quant.integer import convert_decoder
 from nvc_train.quant.integer_warp import COORD_FRAC_BITS, KERNEL_BITS, SAMPLE_FRAC_BITS
 from nvc_train.quant.synthesis import DECODERS, MOTION_FRAC_BITS, convert_synthesis
-
-MAGIC = b"NVCTRAIN-INT"
-FORMAT_VERSION = 4
-HYPERPRIOR_FORMAT_VERSION = 2
-"""Hyperprior-scope checkpoints are still written as format 2 (older nvc-train reads them);
-format 3 adds the integer synthesis decoders (``int.synth.*``), which a format-2 reader
-would silently ignore and decode with float pixels: it refuses the version instead.
-Format 4 (pixel-exact) adds the synthesis decoders' stress checks to the
-stress record, which a format-3 reader cannot run: it refuses the version too. Formats 1–3
-still load."""
-_HEADER = struct.Struct(">12sIQ32s")
 
 
 class IntegerCheckpoint(NamedTuple):

@@ -113,28 +113,40 @@ def test_the_output_matrix_does_not_change_how_the_reference_is_read(nvc, source
     assert reported("--reference-matrix", "bt601") != default
 
 
-def test_info_reports_header_and_frames(nvc, capsys):
+def test_info_reports_header_and_frames(nvc, int_checkpoint, tmp_path, capsys):
     code, out, _ = run_cli(["info", nvc, "--json", "--per-frame"], capsys)
     assert code == 0
     data = json.loads(out)
     assert (data["width"], data["height"], data["frames"], data["keyframes"], data["fps"]) == (WIDTH, HEIGHT, FRAMES, 2, "30000/1001")
     assert sum(f["bytes"] for f in data["per_frame"]) + 68 == data["bytes"]  # 64-byte header + its CRC
+    assert data["checkpoint_kind"] is None and "--checkpoint CKPT says whether" in data["needs"]
     code, out, _ = run_cli(["info", nvc], capsys)
     assert "checkpoint_sha256" in out and "bt709/limited" in out
+    # With the checkpoint: whether the stream needs it and what it decodes (its header's format).
+    code, out, _ = run_cli(["info", nvc, "--checkpoint", int_checkpoint, "--json"], capsys)
+    assert code == 0 and json.loads(out)["checkpoint_kind"] == "hyperprior-integer"
+    other = tmp_path / "other.ckpt"  # same header but another payload hash
+    data = int_checkpoint.read_bytes()
+    other.write_bytes(data[:24] + bytes(32) + data[56:])
+    code, _, err = run_cli(["info", nvc, "--checkpoint", other], capsys)
+    assert code == 2 and f"was encoded with checkpoint {data[24:28].hex()}, not 00000000" in err
+    code, _, err = run_cli(["info", nvc, "--checkpoint", nvc], capsys)
+    assert code == 2 and "is not an nvc-train integer checkpoint" in err
 
 
-def test_info_and_argument_errors_answer_without_importing_torch(nvc):
+def test_info_and_argument_errors_answer_without_importing_torch(nvc, int_checkpoint):
     """`info` reads the header with the standard library alone, and an argument error is
     reported before any heavy import: neither loads torch (which takes seconds)."""
     probe = ("import sys; from nvc_train.cli import main; codes = [main(a) for a in sys.argv[1:3]]; "
              "print(codes, sorted(m for m in ('torch', 'lightning', 'compressai') if m in sys.modules))")
-    calls = [["info", str(nvc)], ["encode", "x.mp4", "-o", "y.nvc", "--checkpoint", "c", "--gop", "-1"],
+    calls = [["info", str(nvc)], ["info", str(nvc), "--checkpoint", str(int_checkpoint)],
+             ["encode", "x.mp4", "-o", "y.nvc", "--checkpoint", "c", "--gop", "-1"],
              # a missing input with valid options (before: reported after torch's import, 6.7 s)
              ["encode", "missing.mp4", "-o", "y.nvc", "--checkpoint", "c"],
              ["encode", str(nvc), "-o", "y.nvc", "--checkpoint", "missing.ckpt", "--fps", "25"]]
     proc = subprocess.run([sys.executable, "-c", probe.replace("sys.argv[1:3]", repr(calls))],
                           capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip().splitlines()[-1] == "[0, 2, 2, 2] []", proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 0, 2, 2, 2] []", proc.stdout + proc.stderr
     assert "input not found: missing.mp4" in proc.stderr and "checkpoint not found: missing.ckpt" in proc.stderr
 
 

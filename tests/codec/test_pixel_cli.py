@@ -61,6 +61,9 @@ def test_decoder_outputs_the_encoders_reconstruction_md5_for_md5(pixel_checkpoin
     (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
     code, out, _ = run_cli(["compare", tmp_path / "a.txt", tmp_path / "c.txt"], capsys)
     assert code == 1 and "frame 2 (P): pixels differ" in out and f"pixels: {FRAMES - 1} of {FRAMES}" in out
+    # `info` says what the stream needs: this checkpoint, pixel-exact (read from its header).
+    code, out, _ = run_cli(["info", nvc, "--checkpoint", pixel_checkpoint], capsys)
+    assert code == 0 and f"{pixel_checkpoint}: pixel-exact (the whole decoder integer" in out
 
 
 def test_md5_of_a_float_synthesis_checkpoint_comes_with_a_note(int_checkpoint, source, tmp_path, capsys):

@@ -437,20 +437,30 @@ def test_fit_on_footage_with_ddp_decoding_in_workers(prepared, tmp_path):
 
 @pytest.mark.slow
 def test_footage_to_pixel_exact_recipe_from_an_empty_folder(prepared, tmp_path):
-    """The README's footage → pixel-exact lines, shrunk (no zoo: random weights), run from an
-    empty folder: `fit` says the QAT scope at its start, `export-integer` says it writes a
-    pixel-exact checkpoint, and the checkpoint is one (format 4, whole decoder integer)."""
+    """The README's footage → pixel-exact lines, shrunk, run from an empty folder and from a
+    float parent as `export-float` writes it (random weights, recorded as q5 trained on 128²
+    crops): `fit` keeps the parent's quality and flow reference and says so, says the QAT scope
+    at its start, `export-integer` says it writes a pixel-exact checkpoint, and the checkpoint
+    is one (format 4, whole decoder integer) of the parent's λ."""
+    from nvc_train.lit.checkpoints import save_float_state_dict
+    from nvc_train.models.loss import quality_to_lambda
+    from nvc_train.models.ssf import build_ssf
+
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "WANDB_MODE": "offline"}
+    save_float_state_dict(build_ssf(128), tmp_path / "footage-float.pth.tar", 5, quality_to_lambda(5))
     fit = subprocess.run(
         [sys.executable, "-m", "nvc_train.cli", "fit", "--config", "configs/finetune/footage_qat_decoder.yaml",
-         "--model.pretrained", "false", "--data.root", str(prepared), "--data.use_cache", "false",
+         "--model.init_weights", "footage-float.pth.tar", "--data.root", str(prepared), "--data.use_cache", "false",
          "--data.crop", "128", "--data.batch_size", "1", "--data.num_workers", "0", "--data.val_crop_limit", "128",
          "--data.max_val_clips", "1", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "QAT: qat.scope=decoder: hyper-decoders and image/motion/residual decoders integer" in fit.stderr + fit.stdout
+    assert (f"training at quality 5 (λ={quality_to_lambda(5)}), the parent's (footage-float.pth.tar); "
+            "flow_reference 128, the parent's") in fit.stderr + fit.stdout
+    assert "records flow_reference" not in fit.stderr and "as set, but the parent" not in fit.stderr
     assert re.search(r"validation after step 2: [\d.]+ bpp, PSNR [\d.]+ dB", fit.stderr + fit.stdout)
     last = tmp_path / "runs/footage-qat-decoder/checkpoints/last.ckpt"
     export = subprocess.run([sys.executable, "-m", "nvc_train.cli", "export-integer", str(last), "--out-dir",
@@ -463,6 +473,7 @@ def test_footage_to_pixel_exact_recipe_from_an_empty_folder(prepared, tmp_path):
 
     (written,) = (tmp_path / "checkpoints").glob("ssf-footage-pixel-*.ckpt")
     assert load_integer_checkpoint(written).codec.pixel_exact
+    assert load_integer_checkpoint(written).metadata["lmbda"] == quality_to_lambda(5)
     assert int.from_bytes(written.read_bytes()[12:16], "big") == FORMAT_VERSION  # header: magic (12), version u32
 
 

@@ -37,6 +37,7 @@ def test_eval_writes_compressai_results_per_family_and_sequence(evaluation, int_
             assert len(curve["results"][key]) == 1, key
     assert qat["results"]["model"] == [Path(int_checkpoint).stem]
     assert qat["results"]["q"] == [5]  # the quality the checkpoint records
+    assert flt["results"]["q"] == [5]  # the quality the export-float file records (before: null)
     assert qat["results"]["latents_match"] == [1.0] and "latents_match" not in flt["results"]
     names = sorted(p.name for p in (out / "sequences").iterdir())
     assert names == sorted(f"{s}-{m}.json" for s in ("pan", "walk") for m in (Path(int_checkpoint).stem, "ssf-float"))

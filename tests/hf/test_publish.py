@@ -287,7 +287,8 @@ def test_a_float_parent_on_the_hub_is_a_starting_point_for_training(hub_cache, f
     assert result.returncode == 0, result.stderr[-2000:]
     import torch
 
-    loaded, want = torch.load(out, weights_only=True), torch.load(float_weights, weights_only=True)
+    # export-float's format: the state dict beside the recorded quality, λ and flow reference
+    loaded, want = torch.load(out, weights_only=True), torch.load(float_weights, weights_only=True)["state_dict"]
     assert all(torch.equal(loaded[k], want[k]) for k in want)
 
 

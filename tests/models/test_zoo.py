@@ -75,7 +75,9 @@ def test_update_model_names_files_by_the_sha256_of_their_bytes(zoo_file):
 
 def test_fit_starts_from_the_zoo_weights_and_a_resume_never_reads_them(zoo_file, tmp_path):
     seen = {}
-    frames = [torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(t)) for t in range(2)]
+    # 256²: a zoo start's flow reference (ZOO_FLOW_REFERENCE), where its flow rescaling is × 1.0
+    # and the model must equal CompressAI's own bit for bit.
+    frames = [torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(t)) for t in range(2)]
 
     class FirstForward(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -86,6 +88,7 @@ def test_fit_starts_from_the_zoo_weights_and_a_resume_never_reads_them(zoo_file,
 
     module = SSFLitModule(quality=3, pretrained=True, real_coding_clips=0)
     assert module.hparams.pretrained == "ssf2020-mse-3"
+    assert module.model.flow_reference == zoo.ZOO_FLOW_REFERENCE == 256
     trainer = _fit(module, tmp_path, max_steps=2, callbacks=[FirstForward()])
     cached = zoo.zoo_cache_dir() / zoo_file.name
     assert cached.read_bytes() == zoo_file.read_bytes()  # torch.hub put it in TORCH_HOME

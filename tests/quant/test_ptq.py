@@ -65,17 +65,19 @@ def test_ptq_codes_close_to_float(model, latents):
     assert 0.7 < point.bpp / float_point.bpp < 1.3
 
 
-def test_ptq_cli_single_candidate(float_module, tmp_path):
-    src = tmp_path / "float.pth.tar"
+def test_ptq_cli_single_candidate(float_module, float_weights, tmp_path):
+    src = tmp_path / "float.pth.tar"  # a plain state dict: records no λ
     m = copy.deepcopy(float_module.model)
     m.update(force=True)
     torch.save(m.state_dict(), src)
     out = tmp_path / "ptq"
-    result = cli("ptq", str(src), "--out-dir", str(out), "--size", "128", "--num-frames", "2", "--calib-clips", "1",
-                 "--val-clips", "1", "--quality", "5", "--quiet", cwd=tmp_path)
+    # export-float's file records the model's quality and λ: no --quality needed
+    result = cli("ptq", str(float_weights), "--out-dir", str(out), "--size", "128", "--num-frames", "2",
+                 "--calib-clips", "1", "--val-clips", "1", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "ptq_report.json").read_text())
     assert len(report["candidates"]) == 1 and report["candidates"][0]["bpp"] > 0
+    assert report["lmbda"] == float_module.lmbda
     assert list(out.glob("ssf-ptq-*.ckpt")) and (out / "ptq_report.md").is_file()
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     conf = cli("conformance", str(next(out.glob("ssf-ptq-*.ckpt"))))
