@@ -266,7 +266,6 @@ def info(args) -> int:
     }
     if args.json:
         summary["checkpoint_kind"] = None if not args.checkpoint else ("pixel-exact" if ck.pixel_exact else "hyperprior-integer")
-    if args.json:
         if args.per_frame:
             summary["per_frame"] = [{"index": i, "type": t, "bytes": b, "bpp": round(8 * b / pixels, 6)}
                                     for i, (t, b) in enumerate(frames)]

@@ -15,7 +15,6 @@ frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +74,7 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
     model = ssf_from_checkpoint(record, None, str(path)).to(device).eval()
     model.update(force=True)
     name = path.name.removesuffix(".tar").removesuffix(".pth")
-    zoo_name = re.fullmatch(r"ssf2020-mse-([1-9])(-[0-9a-f]{8})?", name)
-    quality = record.quality if record.quality is not None else (int(zoo_name.group(1)) if zoo_name else None)
-    return EvalModel(name, "float", path, float_model=model, quality=quality)
+    return EvalModel(name, "float", path, float_model=model, quality=record.quality)
 
 
 def collect_sequences(paths: list[str | Path]) -> list[Path]:

@@ -269,8 +269,9 @@ def read_state_dict(path: str | Path) -> FloatCheckpoint:
     if flow_reference is not None and not (isinstance(flow_reference, int) and flow_reference >= 1):
         raise UserError(f"{path} records an invalid flow_reference {flow_reference!r}")
     if quality is None:
-        # CompressAI's zoo naming (``update_model``, ``export-float --zoo``): the MSE model of quality q.
-        named = re.fullmatch(r"ssf2020-mse-([1-9])-[0-9a-f]{8}\.pth\.tar", Path(path).name)
+        # CompressAI's zoo naming (``update_model``, ``export-float --zoo``; the hash and the
+        # extension optional): the MSE model of quality q.
+        named = re.fullmatch(r"ssf2020-mse-([1-9])(?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?", Path(path).name)
         quality = int(named.group(1)) if named else None
     if not (isinstance(quality, int) and 1 <= quality <= 9):
         quality = None  # unreadable records are ignored: they only inform defaults

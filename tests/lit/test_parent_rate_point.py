@@ -87,6 +87,9 @@ def test_a_plain_state_dict_records_nothing_and_a_zoo_named_one_its_quality(pare
     named = tmp_path / "ssf2020-mse-7-0123abcd.pth.tar"
     named.write_bytes(plain.read_bytes())
     assert read_state_dict(named).quality == 7
+    unhashed = tmp_path / "ssf2020-mse-6.pth.tar"  # as eval has always read zoo names
+    unhashed.write_bytes(plain.read_bytes())
+    assert read_state_dict(unhashed).quality == 6
 
 
 @pytest.mark.parametrize("preset", PARENT_PRESETS)
