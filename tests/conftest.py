@@ -30,6 +30,38 @@ def cuda_flags_restored():
      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
 
 
+# Measured peak of a whole session (`df` sampled every 3 s, 2026-12-04): 3.0 GB, most of it the
+# session's shared models and clusters; each test's own folder goes when it passes (pyproject.toml).
+SUITE_PEAK_GB = 3.0
+
+
+def _temporary_space(config) -> str:
+    """Where the temporary files go and whether they fit: a full disk otherwise shows up as
+    hundreds of unrelated `torch.save` errors."""
+    import shutil
+    import tempfile
+
+    where = str(config.option.basetemp or tempfile.gettempdir())
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    free_gb = shutil.disk_usage(where).free / 1e9
+    line = f"temporary files under {where}: {free_gb:.1f} GB free (the whole suite needs about {SUITE_PEAK_GB} GB)"
+    if free_gb < 1.5 * SUITE_PEAK_GB:
+        line += " -- TOO LITTLE: free some space or point TMPDIR elsewhere"
+    return line
+
+
+def pytest_report_header(config):
+    return _temporary_space(config)
+
+
+def pytest_sessionstart(session):
+    line = _temporary_space(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if "TOO LITTLE" in line and reporter is not None and session.config.option.verbose < 0:
+        reporter.write_line(line)  # -q hides the header
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
