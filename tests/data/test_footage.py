@@ -22,7 +22,7 @@ from nvc_train.data.footage import (FootageClips, FootageError, load_footage, pr
                                     validation_files)
 from tests.codec.video_fixtures import clip
 from tests.data.footage_fixtures import BROKEN, FOOTAGE, SINGLE_FRAME, clips_per_file, write_footage
-from tests.quant.test_export import assert_one_line_error, cli
+from tests.cli_runner import assert_one_line_error, cli
 
 USABLE = {rel: (frames, height, width, fps) for rel, frames, height, width, fps in FOOTAGE}
 
@@ -446,16 +446,13 @@ def test_footage_to_pixel_exact_recipe_from_an_empty_folder(prepared, tmp_path):
     from nvc_train.models.loss import quality_to_lambda
     from nvc_train.models.ssf import build_ssf
 
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "WANDB_MODE": "offline"}
     save_float_state_dict(build_ssf(128), tmp_path / "footage-float.pth.tar", 5, quality_to_lambda(5))
-    fit = subprocess.run(
-        [sys.executable, "-m", "nvc_train.cli", "fit", "--config", "configs/finetune/footage_qat_decoder.yaml",
-         "--model.init_weights", "footage-float.pth.tar", "--data.root", str(prepared), "--data.use_cache", "false",
-         "--data.crop", "128", "--data.batch_size", "1", "--data.num_workers", "0", "--data.val_crop_limit", "128",
-         "--data.max_val_clips", "1", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    fit = cli("fit", "--config", "configs/finetune/footage_qat_decoder.yaml", "--model.init_weights",
+              "footage-float.pth.tar", "--data.root", str(prepared), "--data.use_cache", "false", "--data.crop", "128",
+              "--data.batch_size", "1", "--data.num_workers", "0", "--data.val_crop_limit", "128",
+              "--data.max_val_clips", "1", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+              env={"WANDB_MODE": "offline"})
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "QAT: qat.scope=decoder: hyper-decoders and image/motion/residual decoders integer" in fit.stderr + fit.stdout
     assert (f"training at quality 5 (λ={quality_to_lambda(5)}), the parent's (footage-float.pth.tar); "
@@ -463,9 +460,7 @@ def test_footage_to_pixel_exact_recipe_from_an_empty_folder(prepared, tmp_path):
     assert "records flow_reference" not in fit.stderr and "as set, but the parent" not in fit.stderr
     assert re.search(r"validation after step 2: [\d.]+ bpp, PSNR [\d.]+ dB", fit.stderr + fit.stdout)
     last = tmp_path / "runs/footage-qat-decoder/checkpoints/last.ckpt"
-    export = subprocess.run([sys.executable, "-m", "nvc_train.cli", "export-integer", str(last), "--out-dir",
-                             "checkpoints", "--name", "ssf-footage-pixel"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    export = cli("export-integer", str(last), "--out-dir", "checkpoints", "--name", "ssf-footage-pixel", cwd=tmp_path)
     assert export.returncode == 0, export.stderr[-3000:]
     assert "(qat.scope=decoder: the whole decoder integer" in export.stdout
     assert "(pixel-exact checkpoint)" in export.stdout

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from nvc_train.cli import main
-from tests.quant.test_export import assert_one_line_error, rewrite_checkpoint
+from tests.cli_runner import assert_one_line_error
+from tests.quant.test_export import rewrite_checkpoint
 
 REPO = "me/ssf-q3-int"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.quant.test_export import assert_one_line_error, cli
+from tests.cli_runner import assert_one_line_error, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "configs" / "demo" / "float.yaml")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nvc_train.data.synthetic import synthetic_clip
-from tests.quant.test_export import cli
+from tests.cli_runner import cli
 
 
 def write_yuv420(path, clip: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from nvc_train.lit.module import SSFLitModule
 from tests.conftest import _fit
-from tests.quant.test_export import cli
+from tests.cli_runner import cli_process as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,9 +5,6 @@ read back by CompressAI's zoo loader and ``eval_model``."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -18,8 +15,8 @@ from compressai.models.video import ScaleSpaceFlow
 from nvc_train.errors import UserError
 from nvc_train.lit.module import SSFLitModule
 from nvc_train.models import zoo
+from tests.cli_runner import assert_one_line_error, cli
 from tests.conftest import _fit
-from tests.quant.test_export import assert_one_line_error, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,12 +156,10 @@ def test_download_failures_and_bad_names_are_one_line(zoo_file, monkeypatch):
 
 def test_offline_without_the_file_the_qat_preset_says_which_file_and_where(tmp_path):
     """The shipped QAT preset starts from the zoo; offline and uncached that is one line."""
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-torch-home"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "fit", "--config", str(ROOT / "configs/qat.yaml"),
-                             "--model.quality", "5", "--trainer.max_steps", "1", "--trainer.accelerator", "cpu",
-                             "--data.init_args.num_workers", "0", "--data.init_args.crop", "128",
-                             "--data.init_args.batch_size", "1"],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    env = {"TORCH_HOME": str(tmp_path / "empty-torch-home"), "HF_HUB_OFFLINE": "1"}
+    result = cli("fit", "--config", str(ROOT / "configs/qat.yaml"), "--model.quality", "5", "--trainer.max_steps", "1",
+                 "--trainer.accelerator", "cpu", "--data.init_args.num_workers", "0", "--data.init_args.crop", "128",
+                 "--data.init_args.batch_size", "1", cwd=tmp_path, env=env)
     assert_one_line_error(result, "ssf2020-mse-5: ssf2020-mse-5-1dd7d574.pth.tar is not in the torch hub cache")
     assert str(tmp_path / "empty-torch-home" / "hub" / "checkpoints") in result.stderr
     assert "https://compressai.s3.amazonaws.com/models/v1/ssf2020-mse-5-1dd7d574.pth.tar" in result.stderr
@@ -208,15 +203,10 @@ def test_the_qat_preset_from_the_zoo_to_an_exported_and_published_card(zoo_file,
     explicitly), `export`, `publish --dry-run`: the card names the zoo weights it started from."""
     from compressai.zoo import video
 
-    url = video.model_urls["ssf2020"]["mse"][3]
-    script = ("import sys; from compressai.zoo import video; "
-              f"video.model_urls['ssf2020']['mse'][3] = {url!r}; "
-              "from nvc_train.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    assert video.model_urls["ssf2020"]["mse"][3] == zoo_file.as_uri()  # the fixture's address, in this interpreter
 
     def nvc(*args):
-        result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                                cwd=tmp_path, env=env, timeout=900)
+        result = cli(*args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 

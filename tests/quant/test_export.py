@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,7 @@ import torch
 
 from nvc_train.errors import UserError
 from nvc_train.quant.export import _HEADER, FORMAT_VERSION, HYPERPRIOR_FORMAT_VERSION, MAGIC, load_integer_checkpoint
-
-
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nvc_train.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("nvc-train: error:")]
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+from tests.cli_runner import assert_one_line_error, cli
 
 
 def test_file_name_model_card_and_content_hash(int_checkpoint):

@@ -13,7 +13,7 @@ from nvc_train.models.ssf import PARTS, hyperprior
 from nvc_train.quant import ptq as P
 from nvc_train.quant.export import integer_tensors
 from nvc_train.quant.fake_quant import hyper_decoder
-from tests.quant.test_export import assert_one_line_error, cli
+from tests.cli_runner import assert_one_line_error, cli
 from tests.quant.helpers import integer_decoder
 
 
