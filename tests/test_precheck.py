@@ -144,3 +144,28 @@ def test_a_missing_checkpoint_in_a_config_file_is_one_line(tmp_path, capsys, mon
     code = main(["fit", "--config", DEMO, "--config", "resume.yaml", f"--trainer.default_root_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "gone.ckpt" in err[0], err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--config", str(CONFIGS / "qat.yaml")],
+    ["--config", str(CONFIGS / "qat.yaml"), "--model.quality", "5"],
+    ["--config", str(CONFIGS / "qat.yaml"), "--model.pretrained=ssf2020-mse-2", "--trainer.max_steps", "1"],
+    ["--config", str(CONFIGS / "qat.yaml"), "--config", "{model: {quality: 7}}"],
+    ["--config", str(CONFIGS / "qat.yaml"), "--model.pretrained", "false"],
+    ["--config", str(CONFIGS / "finetune.yaml"), "--model.quality", "4", "--model.pretrained", "ssf2020-mse-6"],
+    ["--config", DEMO],
+])
+def test_the_zoo_start_the_precheck_reads_is_the_one_lightningcli_builds(extra, tmp_path, monkeypatch):
+    """The pre-start zoo check reads `model.pretrained`/`model.quality` from the config files and
+    options itself (YAML, later wins); the module LightningCLI instantiates from the same command
+    line must name the same zoo file (or none)."""
+    from nvc_train.lit.cli import make_cli
+    from nvc_train.lit.precheck import model_settings
+    from nvc_train.models.zoo_files import DEFAULT_QUALITY, zoo_entry
+
+    monkeypatch.chdir(tmp_path)
+    settings = model_settings(extra)
+    quality = settings.get("quality") or DEFAULT_QUALITY
+    ours = None if settings.get("init_weights") else zoo_entry(settings.get("pretrained", False), quality)
+    cli_obj = make_cli([*extra, "--trainer.logger", "false"], run=False)
+    assert ours == cli_obj.model.zoo

@@ -32,12 +32,10 @@ from nvc_train.models.ssf import (
     ssf_from_checkpoint,
 )
 from nvc_train.models.zoo import ZOO_FLOW_REFERENCE, zoo_entry, zoo_weights
+from nvc_train.models.zoo_files import DEFAULT_QUALITY
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
 
-
-DEFAULT_QUALITY = 3
-"""The quality of a run that neither names one nor starts from a model that records one."""
 
 
 def _rate_point(quality: int | None, lmbda: float | None, parent: FloatCheckpoint | None,

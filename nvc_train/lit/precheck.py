@@ -10,7 +10,12 @@ exactly without Lightning is checked here; everything else is left to LightningC
   lists cannot go stale). ``--data.*``, ``--optimizer.*`` and ``--lr_scheduler.*`` depend
   on the class chosen and are not checked;
 - files: every ``--config``, ``--ckpt_path`` (unless ``last``, ``best``, ``hpc``, ``registry``
-  or a URL) and ``--model.init_weights`` named on the command line.
+  or a URL) and ``--model.init_weights`` named on the command line;
+- a ``fit`` that starts from CompressAI's zoo (``model.pretrained`` and ``model.quality`` as the
+  config files and options set them, no ``init_weights``, no ``ckpt_path``): the zoo name, and the
+  cached file when downloads are off or when it is there (:mod:`nvc_train.models.zoo_files`).
+  A command line this reading cannot follow (``--model FILE``, a ``--print_config``) is left
+  to the check at the start of the run.
 
 This module imports neither torch nor Lightning.
 """
@@ -131,6 +136,60 @@ def check_value(name: str, value: str) -> None:
         require_file(value, "--model.init_weights")
 
 
+def model_settings(args: list[str]) -> dict | None:
+    """``{"pretrained", "quality", "init_weights", "ckpt_path"}`` as the ``--config`` files and
+    the options after them set them (YAML values, later wins), or ``None`` where the command
+    line uses a form this reading does not follow."""
+    import yaml
+
+    settings: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, has_value, value = arg.removeprefix("--").partition("=")
+        if arg == "-c":
+            name = "config"
+        if not has_value and i + 1 < len(args) and arg.startswith(("--", "-c")) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 1
+        i += 1
+        try:
+            if name == "config":
+                data = yaml.safe_load(value if _looks_like_inline_yaml(value) else Path(value).read_text()) or {}
+                model = data.get("model") or {}
+                if not isinstance(model, dict) or "class_path" in model or "init_args" in model:
+                    return None
+                settings.update({k: model[k] for k in ("pretrained", "quality", "init_weights") if k in model})
+                if "ckpt_path" in data:
+                    settings["ckpt_path"] = data["ckpt_path"]
+            elif name in ("model.pretrained", "model.quality", "model.init_weights"):
+                settings[name.removeprefix("model.")] = yaml.safe_load(value)
+            elif name == "ckpt_path":
+                settings["ckpt_path"] = value if value.lower() not in ("null", "none") else None
+            elif name in ("model", "print_config") or name.startswith("model.init_args"):
+                return None
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None  # LightningCLI reports it in its own words
+    return settings
+
+
+def check_zoo_start(args: list[str]) -> None:
+    """A ``fit`` from CompressAI's zoo: the name is one CompressAI publishes, and its file is
+    cached intact, or may be downloaded at the start."""
+    from nvc_train.models.zoo_files import DEFAULT_QUALITY, check_cached_zoo_file, zoo_entry
+
+    settings = model_settings(args)
+    if settings is None or settings.get("init_weights") or settings.get("ckpt_path"):
+        return  # a resume never reads the zoo file; init_weights replaces it
+    quality = settings.get("quality")
+    if quality is None:
+        quality = DEFAULT_QUALITY
+    if not isinstance(quality, int) or not 1 <= quality <= 9:
+        return  # the module's own check says what is wrong with it
+    entry = zoo_entry(settings.get("pretrained", False), quality)
+    if entry is not None:
+        check_cached_zoo_file(entry)
+
+
 def precheck(argv: list[str]) -> None:
     """Raise a one-line :class:`UserError` for what is wrong in ``argv`` (``[command, *options]``,
     presets already resolved); return quietly where only LightningCLI can judge."""
@@ -153,3 +212,5 @@ def precheck(argv: list[str]) -> None:
             if has_value:
                 check_value(name, value)
         i += 1
+    if command == "fit":
+        check_zoo_start(args)

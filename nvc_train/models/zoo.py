@@ -21,23 +21,25 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import re
 import socket
 from pathlib import Path
-from typing import NamedTuple
 from urllib.error import URLError
 
 import torch
 from torch import Tensor
 
-from nvc_train.io.digest import sha256_file
 from nvc_train.errors import UserError
+from nvc_train.models.zoo_files import (  # noqa: F401  (the zoo's names, re-exported for callers)
+    ARCHITECTURE,
+    OFFLINE_VARIABLES,
+    ZooEntry,
+    check_cached_zoo_file,
+    downloads_disabled,
+    where_to_put,
+    zoo_cache_dir,
+    zoo_entry,
+)
 
-ARCHITECTURE = "ssf2020"
-_NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])$")
-_HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.")
-OFFLINE_VARIABLES = ("NVC_TRAIN_OFFLINE", "HF_HUB_OFFLINE")
 DOWNLOAD_TIMEOUT_S = 60
 """Socket timeout of a zoo download: a firewall that drops packets fails in a minute, not hours."""
 
@@ -48,76 +50,15 @@ of CompressAI's video training example (``examples/train_video.py``), so that th
 motion is unchanged at that size and means the same pixel motion at every other."""
 
 
-class ZooEntry(NamedTuple):
-    """One file of CompressAI's model zoo."""
-
-    name: str  # "ssf2020-mse-3"
-    metric: str  # "mse" or "ms-ssim"
-    quality: int  # 1..9
-    url: str  # CompressAI's download address, its file name ends in -<sha8>.pth.tar
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    @property
-    def sha8(self) -> str:
-        return _HASHED_NAME.search(self.filename).group(1)
-
-
-def zoo_entry(pretrained: bool | str | None, quality: int) -> ZooEntry | None:
-    """The zoo file that ``--model.pretrained`` names, or ``None`` when it is off.
-
-    Args:
-        pretrained: ``False``/``None`` (off), ``True`` (the MSE model of ``quality``), or a
-            name ``ssf2020-<metric>-<quality>`` as CompressAI's zoo spells it.
-        quality: the quality 1..9 that ``True`` refers to.
-    """
-    if pretrained is None or pretrained is False:
-        return None
-    if pretrained is True:
-        name = f"{ARCHITECTURE}-mse-{quality}"
-    elif isinstance(pretrained, str):
-        name = pretrained.strip().lower()
-    else:
-        raise UserError(f"--model.pretrained must be true, false or a zoo name like ssf2020-mse-3, got {pretrained!r}")
-    match = _NAME.match(name)
-    if not match:
-        raise UserError(f"--model.pretrained {pretrained!r}: not a CompressAI zoo name; use true (with --model.quality) "
-                        f"or ssf2020-mse-Q with Q in 1..9")
-    metric, q = match.group(1), int(match.group(2))
-    from compressai.zoo.video import model_urls
-
-    url = model_urls.get(ARCHITECTURE, {}).get(metric, {}).get(q)
-    if url is None or not _HASHED_NAME.search(url.rsplit("/", 1)[-1]):
-        available = ", ".join(f"{ARCHITECTURE}-{m}-{k}" for m, table in model_urls.get(ARCHITECTURE, {}).items()
-                              for k in sorted(table))
-        raise UserError(f"CompressAI publishes no weights named {name} (available: {available or 'none'})")
-    return ZooEntry(name, metric, q, url)
-
-
-def zoo_cache_dir() -> Path:
-    """Where ``torch.hub`` keeps downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def downloads_disabled() -> bool:
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on") for var in OFFLINE_VARIABLES)
-
-
 def fetch_zoo_file(entry: ZooEntry, progress: bool = True) -> Path:
     """The cached zoo file of ``entry``, downloaded by ``torch.hub`` if it is not there yet.
 
     The cached file's SHA-256 must start with the 8 hex digits of its name; a file that
     does not is refused (and left in place for the user to inspect or delete).
     """
-    path = zoo_cache_dir() / entry.filename
-    if not path.is_file():
-        where = f"put {entry.filename} into {path.parent} (from {entry.url})"
-        if downloads_disabled():
-            set_vars = " or ".join(v for v in OFFLINE_VARIABLES if os.environ.get(v))
-            raise UserError(f"{entry.name}: {entry.filename} is not in the torch hub cache and downloads are off "
-                            f"({set_vars}): {where}")
+    path = check_cached_zoo_file(entry)
+    if path is None:
+        path = zoo_cache_dir() / entry.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -125,15 +66,13 @@ def fetch_zoo_file(entry: ZooEntry, progress: bool = True) -> Path:
             torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.sha8, progress=progress)
         except (URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise UserError(f"{entry.name}: cannot download {entry.url} ({reason}); offline, {where}") from None
+            raise UserError(f"{entry.name}: cannot download {entry.url} ({reason}); offline, "
+                            f"{where_to_put(entry, path)}") from None
         except RuntimeError as exc:  # torch.hub's hash check
             raise UserError(f"{entry.name}: the download of {entry.url} failed its SHA-256 check ({exc})") from None
         finally:
             socket.setdefaulttimeout(previous)
-    actual = sha256_file(path)
-    if not actual.startswith(entry.sha8):
-        raise UserError(f"{path} has SHA-256 {actual[:8]}…, its name says {entry.sha8}: the file is corrupt or "
-                        f"not CompressAI's; delete it to download it again")
+        check_cached_zoo_file(entry)
     return path
 
 

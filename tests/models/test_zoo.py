@@ -5,6 +5,9 @@ read back by CompressAI's zoo loader and ``eval_model``."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -167,6 +170,72 @@ def test_offline_without_the_file_the_qat_preset_says_which_file_and_where(tmp_p
     # run folder behind (before: runs/qat/ with empty .wandb-* folders)
     assert "Total params" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
+
+
+ZOO_PROBE = """
+import sys
+from nvc_train.cli import main
+codes = [main(argv) for argv in {calls!r}]
+print(codes, sorted(m for m in ("torch", "lightning", "compressai") if m in sys.modules))
+"""
+
+
+def test_zoo_starts_are_refused_before_torch_is_imported(tmp_path):
+    """Offline without the file, a damaged cached file, a name CompressAI does not publish: one
+    line each from the pre-start check, which imports neither torch, Lightning nor CompressAI
+    (before: after ~10 s of imports)."""
+    from compressai.zoo.video import model_urls
+
+    real = Path(model_urls["ssf2020"]["mse"][5]).name  # CompressAI's own name of the q5 file
+    damaged = tmp_path / "damaged-home" / "hub" / "checkpoints" / real
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not the weights")
+    qat = str(ROOT / "configs" / "qat.yaml")
+    calls = [["fit", "--config", qat, "--model.quality", "5"],
+             ["fit", "--config", qat, "--model.pretrained", "ssf2020-mse-12"],
+             ["fit", "--config", qat, "--model.quality", "5", "--trainer.max_steps", "1"]]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-home"), "HF_HUB_OFFLINE": "1"}
+    script = ZOO_PROBE.format(calls=calls[:2]) + (
+        f"import os; os.environ['TORCH_HOME'] = {str(damaged.parents[2])!r}\n" + ZOO_PROBE.format(calls=calls[2:]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=120)
+    assert result.stdout.splitlines() == ["[2, 2] []", "[2] []"], result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("nvc-train: error:")]
+    assert len(errors) == 3 and "Traceback" not in result.stderr, result.stderr
+    assert f"{real} is not in the torch hub cache and downloads are off (HF_HUB_OFFLINE)" in errors[0]
+    assert "'ssf2020-mse-12': not a CompressAI zoo name" in errors[1]
+    assert f"{damaged} has SHA-256" in errors[2] and "delete it to download it again" in errors[2]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_pre_start_check_reads_the_zoo_as_compressai_and_torch_hub_do(zoo_file, monkeypatch, tmp_path):
+    """Its two torch-free readings against the libraries' own: CompressAI's URL table from the
+    package source, and torch.hub's cache folder from the environment; and an intact cached
+    file (the fixture's, under its name in the patched table) passes."""
+    from compressai.zoo.video import model_urls
+
+    from nvc_train.lit.precheck import check_zoo_start
+    from nvc_train.models import zoo_files
+
+    monkeypatch.setitem(model_urls["ssf2020"]["mse"], 3, zoo_file.as_uri())
+    assert zoo_files._model_urls_from_source()["ssf2020"]["mse"][5] == model_urls["ssf2020"]["mse"][5]
+    assert zoo_files._model_urls_from_source()["ssf2020"]["mse"][3] != zoo_file.as_uri()  # the source, unpatched
+    assert zoo_files.compressai_model_urls() is model_urls  # once imported: the live (patched) table
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        assert zoo_files.hub_dir_from_environment() == Path(torch.hub.get_dir()), env
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = zoo.zoo_cache_dir() / zoo_file.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(zoo_file.read_bytes())
+    check_zoo_start(["--config", str(ROOT / "configs" / "qat.yaml"), "--model.quality", "3"])  # passes
+    check_zoo_start(["--config", str(ROOT / "configs" / "qat.yaml"), "--model.quality", "5", "--ckpt_path", "x.ckpt"])
+    with pytest.raises(UserError, match="not in the torch hub cache"):
+        check_zoo_start(["--config", str(ROOT / "configs" / "qat.yaml"), "--model.quality", "5"])
 
 
 def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_path, monkeypatch, float_checkpoint):
