@@ -25,7 +25,10 @@ def add_parsers(sub) -> None:
     s = sub.add_parser("eval", help="rate-distortion by real encode/decode: CompressAI JSON, RD plot, W&B run",
                        description="Encode and decode every sequence with every model. Integer checkpoints are "
                                    "grouped as ptq or qat by their metadata; float ScaleSpaceFlow state dicts "
-                                   "(.pth.tar) are the float family. Writes DIR/<family>.json (CompressAI format), "
+                                   "(.pth.tar) are the float family. One curve per family and series of parents (CompressAI's "
+                                   "zoo, or the folder of the float models a family was trained or quantized "
+                                   "from): DIR/<family>.json, or <family>-1.json, -2, … for several series "
+                                   "(CompressAI format). Also "
                                    "DIR/sequences/<seq>-<model>.json (per frame), DIR/rd.png, DIR/summary.md.")
     s.add_argument("--checkpoint", nargs="+", required=True,
                    help=f"integer .ckpt and/or float .pth.tar files ({CHECKPOINT_HELP})")
@@ -88,8 +91,8 @@ def evaluate(args) -> int:
         record = {k: res[k] for k in ("name", "description", "results", "frames", "bitstream")}
         atomic_write_bytes(out / "sequences" / f"{seq.stem}-{model.name}.json", json.dumps(record, indent=2).encode())
     frames.close()
-    per_model = {m.name: {"family": m.family, "quality": m.quality, "results": E.aggregate(per_sequence[m.name])}
-                 for m in models}
+    per_model = {m.name: {"family": m.family, "quality": m.quality, "series": m.series,
+                          "results": E.aggregate(per_sequence[m.name])} for m in models}
     curves = E.family_curves(per_model)
     for family, curve in curves.items():
         atomic_write_bytes(out / f"{family}.json", json.dumps(curve, indent=2).encode())
@@ -144,7 +147,7 @@ def _log_eval_to_wandb(out: Path, per_model: dict, per_sequence: dict, curves: d
         families = list(curves)
         log["eval/rd_psnr_rgb"] = wandb.plot.line_series(
             xs=[curves[f]["results"]["bpp"] for f in families], ys=[curves[f]["results"]["psnr-rgb"] for f in families],
-            keys=families, title="RD: PSNR-RGB vs bpp", xname="bpp")
+            keys=[curves[f]["name"] for f in families], title="RD: PSNR-RGB vs bpp", xname="bpp")
     for name, rs in per_sequence.items():
         for r in rs:
             rec, src = r["first_frame"]

@@ -15,6 +15,7 @@ frame rate, ``bpp`` bits per source pixel, both from the whole bitstream.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ from nvc_train.eval.metrics import MS_SSIM_MIN_SIDE
 
 FAMILIES = ("float", "ptq", "qat", "pixel-exact")
 """One RD curve per kind of model: float, PTQ, QAT integer hyperprior, pixel-exact (whole
-decoder integer): integer kinds differ in what they guarantee, so their points never share a line."""
+decoder integer): integer kinds differ in what they guarantee, so their points never share a line.
+Within a kind, one curve per series of parents (:func:`parent_series`)."""
+_ZOO_FILE = re.compile(r"^(ssf2020-(?:mse|ms-ssim))-[1-9](?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?$")
 VIDEO_SUFFIXES = CONTAINER_SUFFIXES + (".y4m", ".yuv")
 
 
@@ -51,6 +54,35 @@ class EvalModel:
     quality: int | None = None
     """CompressAI quality 1..9 (λ preset): the integer checkpoint's record, or a zoo-style
     file name (``ssf2020-mse-3-<sha8>``); None if neither says."""
+    series: str | None = None
+    """The series of parents the model belongs to (:func:`parent_series`); None: not known."""
+
+
+def parent_series(float_file: str | Path | None = None, zoo_name: str | None = None) -> str | None:
+    """Which series of float models a model comes from, so that a curve joins one series'
+    qualities and never two fine-tunings of the same quality: ``CompressAI zoo ssf2020-mse``
+    for CompressAI's pretrained models (a zoo start, or a zoo file evaluated as float), else the
+    folder of the float file (a parent per quality, kept side by side, is one series).
+
+    Args:
+        float_file: the float model itself (float kind), or the file an integer checkpoint was
+            trained (``init_weights``) or quantized (PTQ ``source``) from.
+        zoo_name: the zoo model a run started from (``ssf2020-mse-3``).
+    """
+    for name in (zoo_name, Path(float_file).name if float_file else None):
+        match = _ZOO_FILE.match(str(name)) if name else None
+        if match:
+            return f"CompressAI zoo {match.group(1)}"
+    return str(Path(float_file).resolve().parent) if float_file else None
+
+
+def _integer_series(metadata: dict) -> str | None:
+    config = metadata.get("config") or {}
+    zoo_name = (config.get("model") or {}).get("pretrained") or None
+    source = config.get("source") or metadata.get("init_weights") or None  # PTQ's; QAT's "PATH (SHA-256 …)"
+    if source:
+        source = re.sub(r" \(SHA-256 [0-9a-f]+\)$", "", str(source))
+    return parent_series(source, zoo_name if isinstance(zoo_name, str) else None)
 
 
 def load_eval_model(path: str | Path, device: str) -> EvalModel:
@@ -66,7 +98,8 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
         family = "ptq" if "ptq" in (ck.metadata.get("config") or {}) else (
             "pixel-exact" if ck.codec.pixel_exact else "qat")
         quality = ck.metadata.get("quality")
-        return EvalModel(path.stem, family, path, integer=ck, quality=int(quality) if quality else None)
+        return EvalModel(path.stem, family, path, integer=ck, quality=int(quality) if quality else None,
+                         series=_integer_series(ck.metadata))
     if path.suffix == ".ckpt":
         raise UserError(f"{path} is a Lightning checkpoint: evaluate `nvc-train export-integer` or "
                         "`nvc-train export-float` (float) output")
@@ -74,7 +107,7 @@ def load_eval_model(path: str | Path, device: str) -> EvalModel:
     model = ssf_from_checkpoint(record, None, str(path)).to(device).eval()
     model.update(force=True)
     name = path.name.removesuffix(".tar").removesuffix(".pth")
-    return EvalModel(name, "float", path, float_model=model, quality=record.quality)
+    return EvalModel(name, "float", path, float_model=model, quality=record.quality, series=parent_series(path))
 
 
 def collect_sequences(paths: list[str | Path]) -> list[Path]:
@@ -291,25 +324,30 @@ def aggregate(sequence_results: list[dict]) -> dict[str, float]:
 
 
 def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
-    """CompressAI results files, one per family: lists over that family's models sorted by
-    quality (λ preset) where every member's is known, else by rate.
+    """CompressAI results files, one per family and series of parents: lists over those models
+    sorted by quality (λ preset) where every member's is known, else by rate.
 
-    ``per_model`` maps model name → {"family": ..., "quality": int or None, "results": aggregated metrics}.
+    ``per_model`` maps model name → {"family": ..., "quality": int or None, "series": str or None,
+    "results": aggregated metrics}. A family of one series is one curve named after the family
+    (``qat``); a family of several has ``qat-1``, ``qat-2``, … in the order of their series,
+    each recording its ``series``.
     """
     curves = {}
     for family in FAMILIES:
-        members = [(name, m) for name, m in per_model.items() if m["family"] == family]
-        by_quality = all(m.get("quality") is not None for _, m in members)
-        members.sort(key=lambda nm: (nm[1]["quality"], nm[1]["results"]["bpp"]) if by_quality
-                     else (nm[1]["results"]["bpp"],))
-        if not members:
-            continue
-        keys = [k for k in members[0][1]["results"] if all(k in m["results"] for _, m in members)]
-        # "q" is the quality, as CompressAI's results files hold it; the file names go under "model".
-        results = {"q": [m.get("quality") for _, m in members], "model": [name for name, _ in members]}
-        results.update({k: [m["results"][k] for _, m in members] for k in keys})
-        curves[family] = {"name": family, "description": f"nvc-train eval ({family} models, real coding)",
-                          "results": results}
+        series = sorted({m.get("series") for m in per_model.values() if m["family"] == family}, key=str)
+        for k, one in enumerate(series, start=1):
+            members = [(name, m) for name, m in per_model.items() if m["family"] == family and m.get("series") == one]
+            by_quality = all(m.get("quality") is not None for _, m in members)
+            members.sort(key=lambda nm: (nm[1]["quality"], nm[1]["results"]["bpp"]) if by_quality
+                         else (nm[1]["results"]["bpp"],))
+            keys = [k for k in members[0][1]["results"] if all(k in m["results"] for _, m in members)]
+            # "q" is the quality, as CompressAI's results files hold it; the file names go under "model".
+            results = {"q": [m.get("quality") for _, m in members], "model": [name for name, _ in members]}
+            results.update({key: [m["results"][key] for _, m in members] for key in keys})
+            name = family if len(series) == 1 else f"{family}-{k}"
+            label = family if len(series) == 1 or one is None else f"{family} ({one})"
+            curves[name] = {"name": label, "description": f"nvc-train eval ({family} models, real coding)",
+                            "family": family, "series": one, "results": results}
     return curves
 
 
@@ -341,12 +379,13 @@ def rd_figure(curves: dict[str, dict]):
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     styles = {"float": "o-", "ptq": "s--", "qat": "^-", "pixel-exact": "D-"}
     for ax, (metric, label) in zip(axes[0], metrics):
-        for family, curve in curves.items():
+        for key, curve in curves.items():
             ys = np.array(curve["results"][metric])
             if metric.startswith("ms-ssim"):
                 ys = -10 * np.log10(np.maximum(1 - ys, 1e-12))
             xs = curve["results"]["bpp"]
-            ax.plot(xs, ys, styles.get(family, "o-"), label=family, linewidth=1.2, markersize=6)
+            ax.plot(xs, ys, styles.get(curve.get("family", key), "o-"), label=curve.get("name", key), linewidth=1.2,
+                    markersize=6)
             for x, y, name in zip(xs, ys, curve["results"].get("model", [])):  # which model each point is
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, alpha=0.8)
         ax.set_xlabel("bits per pixel")

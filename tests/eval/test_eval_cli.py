@@ -161,6 +161,42 @@ def test_curves_keep_kinds_apart_sort_by_quality_and_label_their_points():
     plt.close(fig)
 
 
+def test_a_curve_joins_one_series_of_parents_never_two_fine_tunings_of_a_quality(tmp_path):
+    """Integer checkpoints from CompressAI's zoo and from the user's own float models (kept in
+    one folder, a file per quality) are two QAT curves, each in quality order; float files of
+    the zoo and of that folder are two float curves; the series is read from what the
+    checkpoints record (zoo name, init_weights "PATH (SHA-256 …)", PTQ source)."""
+    from nvc_train.eval.evaluate import _integer_series, family_curves, parent_series
+
+    ours = tmp_path / "footage-float"
+    zoo = "CompressAI zoo ssf2020-mse"
+    assert _integer_series({"config": {"model": {"pretrained": "ssf2020-mse-3"}}}) == zoo
+    assert _integer_series({"config": {"model": {"pretrained": False}},
+                            "init_weights": f"{ours}/q3.pth.tar (SHA-256 {'ab' * 32})"}) == str(ours)
+    assert _integer_series({"config": {"ptq": {}, "source": str(ours / "q5.pth.tar")}}) == str(ours)
+    assert _integer_series({"quality": 3}) is None
+    assert parent_series(tmp_path / "hub" / "ssf2020-mse-5-1dd7d574.pth.tar") == zoo
+    assert parent_series(ours / "q1.pth.tar") == str(ours)
+
+    def model(family, q, bpp, series):
+        return {"family": family, "quality": q, "series": series, "results": {"bpp": bpp, "psnr-rgb": 30 + q}}
+
+    per_model = {"zoo-q5": model("qat", 5, 0.5, zoo), "ours-q3": model("qat", 3, 0.2, str(ours)),
+                 "zoo-q3": model("qat", 3, 0.3, zoo), "ours-q5": model("qat", 5, 0.4, str(ours)),
+                 "px-q3": model("pixel-exact", 3, 0.3, str(ours)),
+                 "f-zoo-q3": model("float", 3, 0.3, zoo), "f-ours-q3": model("float", 3, 0.25, str(ours))}
+    curves = family_curves(per_model)
+    assert sorted(curves) == ["float-1", "float-2", "pixel-exact", "qat-1", "qat-2"]
+    by_series = {(c["family"], c["series"]): c for c in curves.values()}
+    assert by_series["qat", zoo]["results"]["model"] == ["zoo-q3", "zoo-q5"]
+    assert by_series["qat", str(ours)]["results"]["model"] == ["ours-q3", "ours-q5"]
+    assert by_series["qat", str(ours)]["name"] == f"qat ({ours})"
+    assert by_series["float", zoo]["results"]["model"] == ["f-zoo-q3"]
+    assert curves["pixel-exact"]["name"] == "pixel-exact" and curves["pixel-exact"]["series"] == str(ours)
+    for curve in curves.values():  # no curve holds a quality twice: no zig-zag between two parents
+        assert len(set(curve["results"]["q"])) == len(curve["results"]["q"])
+
+
 # --------------------------------------------------------------------------- compare
 
 def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint, sequences, tmp_path, capsys):
