@@ -59,6 +59,7 @@ def test_a_qat_run_checkpoint_as_init_weights_says_what_to_do(tmp_path):
         load_ssf(ckpt)
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_presets_are_named_from_any_folder_and_runs_land_in_it(tmp_path, monkeypatch):
     """The README's `--config configs/…` works outside the checkout (and so does the bare
     name); the preset's relative run folder is under the working folder."""

@@ -246,6 +246,7 @@ def test_fuzz_1200_mutated_bitstreams_are_all_rejected(nvc):
     assert rejected >= 1000
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_fuzzed_bitstreams_through_the_decoder_cli(nvc, int_checkpoint, tmp_path, capsys):
     data = nvc.read_bytes()
     rng = random.Random(7)

@@ -162,6 +162,7 @@ def hub_cache(published, tmp_path_factory) -> Path:
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, int_checkpoint, float_weights,
                                                                    sequences, tmp_path):
     env = {**OFFLINE, "HF_HOME": str(hub_cache)}
@@ -185,6 +186,7 @@ def test_every_command_reads_hf_checkpoints_offline_from_the_cache(hub_cache, in
     assert json.loads((tmp_path / "eval" / "float.json").read_text())["results"]["model"] == ["ssf-float"]
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_hf_checkpoints_that_are_absent_or_altered_are_one_line_errors(hub_cache, published, int_checkpoint, tmp_path):
     env = {**OFFLINE, "HF_HOME": str(hub_cache)}
     cases = [
@@ -215,6 +217,7 @@ def hub_env(server, hf_home: Path, **extra: str) -> dict:
             "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", **extra}
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_publish_then_someone_else_decodes_from_hf_and_later_offline(int_checkpoint, float_weights, evaluation,
                                                                      sequences, tmp_path):
     from tests.hub_server import HubStandIn

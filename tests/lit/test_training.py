@@ -71,6 +71,7 @@ def _fit_steps(module, tmp_path, max_steps: int, ckpt_path=None) -> L.Trainer:
     return trainer
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_resume_after_2_steps_ends_where_4_uninterrupted_steps_end(tmp_path):
     """2 steps, a checkpoint, a new process state (`nvc-train fit` seeds every start alike), 2 more
     steps: every parameter equals that of 4 steps in one go. SSF draws its quantization noise
@@ -146,6 +147,7 @@ def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch, data_r
     assert cli_obj.datamodule.val_set[0].ndim == 4
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
     config = str(ROOT / "configs" / "demo" / "float.yaml")
     result = cli("fit", "--config", config, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",

@@ -267,6 +267,7 @@ def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_p
     assert len(list((tmp_path / "zoo").glob("*.pth.tar"))) == 1
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_the_qat_preset_from_the_zoo_to_an_exported_and_published_card(zoo_file, tmp_path):
     """The issue's path with the CLI: `fit --config configs/qat.yaml` from the zoo's q3 (named
     explicitly), `export`, `publish --dry-run`: the card names the zoo weights it started from."""

@@ -175,6 +175,7 @@ def probe_switches(checkpoint: Path, device: str) -> list[str]:
     return lines
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_every_precision_switch_decodes_the_same(int_checkpoint, device):
     """Legacy allow_tf32, the fp32_precision APIs, cudnn.benchmark/deterministic,

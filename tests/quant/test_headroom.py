@@ -15,6 +15,7 @@ from nvc_train.quant.export import export_integer_checkpoint, load_integer_check
 from nvc_train.quant.fake_quant import HyperpriorQAT
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_ranges_calibrated_on_128_crops_cover_512_frames_only_with_headroom(float_module, tmp_path):
     """A 128² crop has a 1×1 hyper-latent: every hyper-decoder output is a border position.
     Interior positions of a 512² frame reach larger activations. Calibrated without headroom,

@@ -112,6 +112,7 @@ def _reconstruction_digests(codec: IntegerSSF, coded) -> list[str]:
     return [hashlib.sha256(d.x_hat.float().contiguous().numpy().tobytes()).hexdigest() for d in codec.decompress(coded)]
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_frames_identical_across_threads_and_onednn_float_twin_changes(pixel_codec):
     """The control is the float synthesis's reconstruction (the reference its next frame
     predicts from): oneDNN on or off changes it. Whether such a change flips an 8-bit output
@@ -177,6 +178,7 @@ def test_decoders_run_in_float32_under_bf16_autocast(pixel_module):
     assert m.qat.synthesis.decoders["res"].act_range.grad is not None
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_pixel_checkpoint_checks_frame_md5s_and_catches_a_changed_synthesis_weight(pixel_checkpoint, tmp_path):
     from tests.quant.test_export import rewrite_checkpoint
 

@@ -65,6 +65,7 @@ def test_ptq_codes_close_to_float(model, latents):
     assert 0.7 < point.bpp / float_point.bpp < 1.3
 
 
+@pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not
 def test_ptq_cli_single_candidate(float_module, float_weights, tmp_path):
     src = tmp_path / "float.pth.tar"  # a plain state dict: records no λ
     m = copy.deepcopy(float_module.model)
