@@ -38,7 +38,6 @@ FAMILIES = ("float", "ptq", "qat", "pixel-exact")
 """One RD curve per kind of model: float, PTQ, QAT integer hyperprior, pixel-exact (whole
 decoder integer): integer kinds differ in what they guarantee, so their points never share a line.
 Within a kind, one curve per series of parents (:func:`parent_series`)."""
-_ZOO_FILE = re.compile(r"^(ssf2020-(?:mse|ms-ssim))-[1-9](?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?$")
 VIDEO_SUFFIXES = CONTAINER_SUFFIXES + (".y4m", ".yuv")
 
 
@@ -69,10 +68,12 @@ def parent_series(float_file: str | Path | None = None, zoo_name: str | None = N
             trained (``init_weights``) or quantized (PTQ ``source``) from.
         zoo_name: the zoo model a run started from (``ssf2020-mse-3``).
     """
+    from nvc_train.models.zoo_files import zoo_name_parts
+
     for name in (zoo_name, Path(float_file).name if float_file else None):
-        match = _ZOO_FILE.match(str(name)) if name else None
-        if match:
-            return f"CompressAI zoo {match.group(1)}"
+        parts = zoo_name_parts(name) if name else None
+        if parts is not None:
+            return f"CompressAI zoo ssf2020-{parts[0]}"
     return str(Path(float_file).resolve().parent) if float_file else None
 
 
@@ -335,7 +336,7 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
     curves = {}
     for family in FAMILIES:
         series = sorted({m.get("series") for m in per_model.values() if m["family"] == family}, key=str)
-        for k, one in enumerate(series, start=1):
+        for index, one in enumerate(series, start=1):
             members = [(name, m) for name, m in per_model.items() if m["family"] == family and m.get("series") == one]
             by_quality = all(m.get("quality") is not None for _, m in members)
             members.sort(key=lambda nm: (nm[1]["quality"], nm[1]["results"]["bpp"]) if by_quality
@@ -344,7 +345,7 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
             # "q" is the quality, as CompressAI's results files hold it; the file names go under "model".
             results = {"q": [m.get("quality") for _, m in members], "model": [name for name, _ in members]}
             results.update({key: [m["results"][key] for _, m in members] for key in keys})
-            name = family if len(series) == 1 else f"{family}-{k}"
+            name = family if len(series) == 1 else f"{family}-{index}"
             label = family if len(series) == 1 or one is None else f"{family} ({one})"
             curves[name] = {"name": label, "description": f"nvc-train eval ({family} models, real coding)",
                             "family": family, "series": one, "results": results}

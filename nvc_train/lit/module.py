@@ -31,11 +31,10 @@ from nvc_train.models.ssf import (
     ssf_forward,
     ssf_from_checkpoint,
 )
-from nvc_train.models.zoo import ZOO_FLOW_REFERENCE, zoo_entry, zoo_weights
-from nvc_train.models.zoo_files import DEFAULT_QUALITY
+from nvc_train.models.zoo import ZOO_FLOW_REFERENCE, zoo_weights
+from nvc_train.models.zoo_files import DEFAULT_QUALITY, zoo_entry
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
-
 
 
 def _rate_point(quality: int | None, lmbda: float | None, parent: FloatCheckpoint | None,

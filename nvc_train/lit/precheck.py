@@ -143,15 +143,11 @@ def model_settings(args: list[str]) -> dict | None:
     import yaml
 
     settings: dict = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, has_value, value = arg.removeprefix("--").partition("=")
-        if arg == "-c":
-            name = "config"
-        if not has_value and i + 1 < len(args) and arg.startswith(("--", "-c")) and not args[i + 1].startswith("--"):
-            value, i = args[i + 1], i + 1
-        i += 1
+    for name, value in command_line_options(args):
+        if name in ("model", "print_config") or name.startswith("model.init_args"):
+            return None
+        if value is None:
+            continue
         try:
             if name == "config":
                 data = yaml.safe_load(value if _looks_like_inline_yaml(value) else Path(value).read_text()) or {}
@@ -165,8 +161,6 @@ def model_settings(args: list[str]) -> dict | None:
                 settings[name.removeprefix("model.")] = yaml.safe_load(value)
             elif name == "ckpt_path":
                 settings["ckpt_path"] = value if value.lower() not in ("null", "none") else None
-            elif name in ("model", "print_config") or name.startswith("model.init_args"):
-                return None
         except (OSError, yaml.YAMLError, AttributeError):
             return None  # LightningCLI reports it in its own words
     return settings
@@ -190,27 +184,34 @@ def check_zoo_start(args: list[str]) -> None:
         check_cached_zoo_file(entry)
 
 
+def command_line_options(args: list[str]) -> list[tuple[str, str | None]]:
+    """``(name, value)`` of every option in ``args``, ``--`` dropped: ``--name=value``, or
+    ``--name value`` when the next word is not an option, else no value; ``-c`` is ``config``,
+    ``-h`` is ``help``. Words that are not options are skipped."""
+    options, i = [], 0
+    while i < len(args):
+        arg = {"-c": "--config", "-h": "--help"}.get(args[i], args[i])
+        i += 1
+        if not arg.startswith("--"):
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        if not has_value and i < len(args) and not args[i].startswith("--"):
+            value, has_value, i = args[i], True, i + 1
+        options.append((name, value if has_value else None))
+    return options
+
+
 def precheck(argv: list[str]) -> None:
     """Raise a one-line :class:`UserError` for what is wrong in ``argv`` (``[command, *options]``,
     presets already resolved); return quietly where only LightningCLI can judge."""
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         return
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in ("-h", "--help"):
+    for name, value in command_line_options(args):
+        if name == "help":
             return  # LightningCLI prints the help; nothing to check
-        if arg == "-c":
-            arg = "--config"
-        if arg.startswith("--"):
-            name, has_value, value = arg[2:].partition("=")
-            check_option(name, command)
-            if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value, has_value = args[i + 1], True
-                i += 1
-            if has_value:
-                check_value(name, value)
-        i += 1
+        check_option(name, command)
+        if value is not None:
+            check_value(name, value)
     if command == "fit":
         check_zoo_start(args)

@@ -10,7 +10,6 @@ parameters out of reduced-precision autocast.
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -271,8 +270,10 @@ def read_state_dict(path: str | Path) -> FloatCheckpoint:
     if quality is None:
         # CompressAI's zoo naming (``update_model``, ``export-float --zoo``; the hash and the
         # extension optional): the MSE model of quality q.
-        named = re.fullmatch(r"ssf2020-mse-([1-9])(?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?", Path(path).name)
-        quality = int(named.group(1)) if named else None
+        from nvc_train.models.zoo_files import zoo_name_parts
+
+        named = zoo_name_parts(Path(path).name)
+        quality = named[1] if named is not None and named[0] == "mse" else None
     if not (isinstance(quality, int) and 1 <= quality <= 9):
         quality = None  # unreadable records are ignored: they only inform defaults
     lmbda = float(lmbda) if isinstance(lmbda, (int, float)) and lmbda > 0 else None

@@ -34,7 +34,6 @@ from nvc_train.models.zoo_files import (  # noqa: F401  (the zoo's names, re-exp
     OFFLINE_VARIABLES,
     ZooEntry,
     check_cached_zoo_file,
-    downloads_disabled,
     where_to_put,
     zoo_cache_dir,
     zoo_entry,

@@ -30,6 +30,7 @@ from nvc_train.errors import UserError
 ARCHITECTURE = "ssf2020"
 _NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])$")
 _HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.")
+_FILE_NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])(?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?$")
 OFFLINE_VARIABLES = ("NVC_TRAIN_OFFLINE", "HF_HUB_OFFLINE")
 DEFAULT_QUALITY = 3
 """The quality of a run that neither sets one nor has a parent's to keep, and so the zoo model
@@ -51,6 +52,13 @@ class ZooEntry(NamedTuple):
     @property
     def sha8(self) -> str:
         return _HASHED_NAME.search(self.filename).group(1)
+
+
+def zoo_name_parts(name: str) -> tuple[str, int] | None:
+    """``(metric, quality)`` of a zoo model named as CompressAI names them, with or without the
+    hash and extension of its file (``ssf2020-mse-3``, ``ssf2020-mse-3-9c8b998d.pth.tar``)."""
+    match = _FILE_NAME.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def compressai_model_urls() -> dict:
