@@ -57,14 +57,30 @@ def main() -> None:
             "fit --ckpt_path missing.ckpt (error)": [*exe, "fit", "--config", "demo/float.yaml", "--ckpt_path",
                                                     "missing.ckpt"],
             "fit --config missing.yaml (error)": [*exe, "fit", "--config", "missing.yaml"],
+            # A zoo start (issue 27): offline without the file, and a cached file that is not CompressAI's.
+            "fit qat.yaml, zoo file missing offline (error)": [*exe, "fit", "--config", "qat.yaml", "--model.quality",
+                                                               "5"],
+            "fit qat.yaml, damaged zoo file (error)": [*exe, "fit", "--config", "qat.yaml", "--model.quality", "5"],
+            # What every refusal used to come after: the imports a model needs (the reference).
+            "(python -c 'import torch, lightning, compressai')": [sys.executable, "-c",
+                                                                 "import torch, lightning, compressai"],
         }
-        expected = {"info clip.nvc": 0, "info --per-frame --json": 0, "--help": 0}
+        from nvc_train.models.zoo_files import zoo_entry
+
+        damaged = Path(tmp) / "damaged-home" / "hub" / "checkpoints" / zoo_entry(True, 5).filename
+        damaged.parent.mkdir(parents=True)
+        damaged.write_bytes(b"not CompressAI's weights")
+        envs = {"fit qat.yaml, zoo file missing offline (error)": {"TORCH_HOME": str(Path(tmp) / "empty-home")},
+                "fit qat.yaml, damaged zoo file (error)": {"TORCH_HOME": str(damaged.parents[2])}}
+        expected = {"info clip.nvc": 0, "info --per-frame --json": 0, "--help": 0,
+                    "(python -c 'import torch, lightning, compressai')": 0}
         times: dict[str, list[float]] = {name: [] for name in commands}
         order = list(commands)
         for r in range(args.rounds + 1):
             for name in (order if r % 2 == 0 else order[::-1]):
                 t0 = time.perf_counter()
-                proc = subprocess.run(commands[name], capture_output=True, text=True, cwd=tmp)
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", **envs.get(name, {})}
+                proc = subprocess.run(commands[name], capture_output=True, text=True, cwd=tmp, env=env)
                 elapsed = time.perf_counter() - t0
                 want = expected.get(name, 2)
                 if proc.returncode != want:
@@ -76,7 +92,7 @@ def main() -> None:
     print("| command | median s | min–max s | under 2 s |")
     print("|---|---:|---:|---|")
     for name, ts in times.items():
-        print(f"| `nvc-train {name}` | {statistics.median(ts):.3f} | {min(ts):.3f}–{max(ts):.3f} | "
+        print(f"| `{name if name.startswith('(') else 'nvc-train ' + name}` | {statistics.median(ts):.3f} | {min(ts):.3f}–{max(ts):.3f} | "
               f"{'yes' if max(ts) < 2 else 'no'} |")
 
 
