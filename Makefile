@@ -24,11 +24,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/nvc-train demo
 
+# Two pytest-xdist workers: one test module (all of tests/slurm) at a time each, so that one
+# worker fills the other's waits (Slurm timers, subprocess start-up). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # Every GPU check and figure in one command (needs CUDA; 6.5 minutes on an H100, 2026-11-27,
 # before the GEMM-path timings were added: allow about 10).

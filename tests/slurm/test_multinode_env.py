@@ -9,6 +9,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 # As srun sets them for task 3 of job 123456 on node2 of node[1-2] (slurm/README.md, table).
 SRUN_NODE2_TASK1 = {
@@ -27,6 +28,8 @@ def node2_task1(monkeypatch):
     for var, value in SRUN_NODE2_TASK1.items():
         monkeypatch.setenv(var, value)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else the launcher sets it for the whole session
+    # A Trainer here sets Lightning's process-wide rank to 3; later tests in this process are rank 0.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
 
 
 def test_slurm_environment_ranks_address_and_port(node2_task1):
