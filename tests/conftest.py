@@ -131,6 +131,51 @@ class LossRecorder(L.Callback):
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
 
+def _once_per_session(tmp_path_factory, name: str, build, save=torch.save, load=None):
+    """``build()``'s result, built once per test session also when pytest-xdist runs the session
+    in several workers: the first worker to ask builds it (the others wait on a file lock) and
+    saves it with ``save(value, path)`` in the session's common temporary folder; the others
+    get ``load(path)`` (default: unpickle). Serially it is just ``build()``."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build()
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "once-per-session"  # the controller's basetemp
+    shared.mkdir(exist_ok=True)
+    saved = shared / f"{name}.pt"
+    with FileLock(f"{saved}.lock"):
+        if not saved.exists():
+            built = build()
+            save(built, f"{saved}.part")
+            os.replace(f"{saved}.part", saved)
+            return built
+    return load(saved) if load else torch.load(saved, map_location="cpu", weights_only=False)
+
+
+def _once_per_session_module(tmp_path_factory, name: str, make, train):
+    """A trained SSFLitModule once per session (``_once_per_session``): ``make()`` constructs it
+    as the fixture does, ``train(module)`` trains it. CompressAI's SSF holds classes defined in
+    its ``__init__``, which pickle cannot save, so another worker gets ``make()`` with the
+    trained state dict (parameters and buffers: QAT ranges and scales too) and the recorded losses."""
+    def build():
+        module = make()
+        train(module)
+        return module.eval()
+
+    def save(module, path):
+        torch.save({"state_dict": module.state_dict(), "recorded_losses": getattr(module, "recorded_losses", None)}, path)
+
+    def load(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        module = make()
+        module.load_state_dict(saved["state_dict"])
+        if saved["recorded_losses"] is not None:
+            module.recorded_losses = saved["recorded_losses"]
+        return module.eval()
+
+    return _once_per_session(tmp_path_factory, name, build, save, load)
+
+
 @pytest.fixture(scope="session")
 def float_module(tmp_path_factory):
     """SSF trained 25 steps from scratch (λ of q5) on synthetic clips: a real, if young, model."""
@@ -138,12 +183,16 @@ def float_module(tmp_path_factory):
 
     from nvc_train.lit.module import SSFLitModule
 
-    seed_everything(0)
-    module = SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
-    recorder = LossRecorder()
-    _fit(module, tmp_path_factory.mktemp("float"), max_steps=25, callbacks=[recorder])
-    module.recorded_losses = recorder.losses
-    return module.eval()
+    def make():
+        seed_everything(0)
+        return SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
+
+    def train(module):
+        recorder = LossRecorder()
+        _fit(module, tmp_path_factory.mktemp("float"), max_steps=25, callbacks=[recorder])
+        module.recorded_losses = recorder.losses
+
+    return _once_per_session_module(tmp_path_factory, "float_module", make, train)
 
 
 @pytest.fixture(scope="session")
@@ -154,22 +203,30 @@ def qat_module(float_module, tmp_path_factory):
     from nvc_train.lit.module import SSFLitModule
     from nvc_train.quant.config import QuantConfig
 
-    seed_everything(1)
-    module = SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0)
-    module.load_state_dict(float_module.state_dict(), strict=False)
-    _fit(module, tmp_path_factory.mktemp("qat"), max_steps=8)
-    return module.eval()
+    def make():
+        seed_everything(1)
+        return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0)
+
+    def train(module):
+        module.load_state_dict(float_module.state_dict(), strict=False)
+        _fit(module, tmp_path_factory.mktemp("qat"), max_steps=8)
+
+    return _once_per_session_module(tmp_path_factory, "qat_module", make, train)
 
 
 @pytest.fixture(scope="session")
 def int_checkpoint(qat_module, tmp_path_factory):
     """An exported integer checkpoint of ``qat_module`` (path)."""
-    import copy
 
-    from nvc_train.quant.export import export_integer_checkpoint
+    def build():
+        import copy
 
-    m = copy.deepcopy(qat_module)
-    return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("int"), "test", {"quality": 5})
+        from nvc_train.quant.export import export_integer_checkpoint
+
+        m = copy.deepcopy(qat_module)
+        return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("int"), "test", {"quality": 5})
+
+    return _once_per_session(tmp_path_factory, "int_checkpoint", build)
 
 
 @pytest.fixture(scope="session")
@@ -180,59 +237,79 @@ def pixel_module(qat_module, tmp_path_factory):
     from nvc_train.lit.module import SSFLitModule
     from nvc_train.quant.config import QuantConfig
 
-    seed_everything(2)
-    module = SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"), real_coding_clips=0)
-    module.load_state_dict(qat_module.state_dict(), strict=False)
-    _fit(module, tmp_path_factory.mktemp("pixel"), max_steps=4)
-    return module.eval()
+    def make():
+        seed_everything(2)
+        return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"), real_coding_clips=0)
+
+    def train(module):
+        module.load_state_dict(qat_module.state_dict(), strict=False)
+        _fit(module, tmp_path_factory.mktemp("pixel"), max_steps=4)
+
+    return _once_per_session_module(tmp_path_factory, "pixel_module", make, train)
 
 
 @pytest.fixture(scope="session")
 def pixel_checkpoint(pixel_module, tmp_path_factory):
     """The pixel-exact integer checkpoint of ``pixel_module`` (path)."""
-    import copy
 
-    from nvc_train.quant.export import export_integer_checkpoint
+    def build():
+        import copy
 
-    m = copy.deepcopy(pixel_module)
-    return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("pixel-int"), "pixel", {"quality": 5})
+        from nvc_train.quant.export import export_integer_checkpoint
+
+        m = copy.deepcopy(pixel_module)
+        return export_integer_checkpoint(m.model, m.qat, tmp_path_factory.mktemp("pixel-int"), "pixel", {"quality": 5})
+
+    return _once_per_session(tmp_path_factory, "pixel_checkpoint", build)
 
 
 # --- an RD evaluation shared by the eval and publish tests --------------------------------
 @pytest.fixture(scope="session")
 def sequences(tmp_path_factory):
     """Two generated sequences: an H.264 .mp4 and a .y4m (MS-SSIM needs sides ≥ 161)."""
-    from fractions import Fraction
 
-    from nvc_train.io.video import open_writer
-    from tests.codec.video_fixtures import clip, write_h264
+    def build():
+        from fractions import Fraction
 
-    folder = tmp_path_factory.mktemp("seqs")
-    write_h264(folder / "walk.mp4", clip(21, 4, 176, 200), fps=Fraction(30))
-    with open_writer(folder / "pan.y4m", 192, 168, Fraction(25)) as w:
-        for f in clip(22, 4, 168, 192):
-            w.write(f)
-    return folder
+        from nvc_train.io.video import open_writer
+        from tests.codec.video_fixtures import clip, write_h264
+
+        folder = tmp_path_factory.mktemp("seqs")
+        write_h264(folder / "walk.mp4", clip(21, 4, 176, 200), fps=Fraction(30))
+        with open_writer(folder / "pan.y4m", 192, 168, Fraction(25)) as w:
+            for f in clip(22, 4, 168, 192):
+                w.write(f)
+        return folder
+
+    return _once_per_session(tmp_path_factory, "sequences", build)
 
 
 @pytest.fixture(scope="session")
 def float_weights(float_module, tmp_path_factory):
     """``float_module`` as a ScaleSpaceFlow state dict (``export-float``'s format)."""
-    import copy
 
-    from nvc_train.lit.checkpoints import save_float_state_dict
+    def build():
+        import copy
 
-    path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
-    save_float_state_dict(copy.deepcopy(float_module.model), path, float_module.hparams.quality, float_module.lmbda)
-    return path
+        from nvc_train.lit.checkpoints import save_float_state_dict
+
+        path = tmp_path_factory.mktemp("float") / "ssf-float.pth.tar"
+        save_float_state_dict(copy.deepcopy(float_module.model), path, float_module.hparams.quality, float_module.lmbda)
+        return path
+
+    return _once_per_session(tmp_path_factory, "float_weights", build)
 
 
 @pytest.fixture(scope="session")
 def evaluation(int_checkpoint, float_weights, sequences, tmp_path_factory):
     """``nvc-train eval`` of the integer checkpoint and its float parent: (exit code, --out-dir folder)."""
-    from nvc_train.cli import main as cli_main
 
-    out = tmp_path_factory.mktemp("eval")
-    code = cli_main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
-                     "--out-dir", str(out), "--frames", "3", "--gop", "2", "--quiet"])
-    return code, out
+    def build():
+        from nvc_train.cli import main as cli_main
+
+        out = tmp_path_factory.mktemp("eval")
+        code = cli_main(["eval", "--checkpoint", str(int_checkpoint), str(float_weights), "--data", str(sequences),
+                         "--out-dir", str(out), "--frames", "3", "--gop", "2", "--quiet"])
+        return code, out
+
+    return _once_per_session(tmp_path_factory, "evaluation", build)
