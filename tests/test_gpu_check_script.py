@@ -36,6 +36,7 @@ def test_gpu_check_runs_without_training_stack():
     assert out.splitlines()[-1].startswith("summary: decoder level PASS; cross-device PASS")
 
 
+@pytest.mark.slow
 def test_gpu_check_without_cuda_says_so_in_one_line():
     pytest.importorskip("torch")
     import torch

@@ -64,6 +64,7 @@ def test_decoder_latents_equal_the_encoders(nvc, source, int_checkpoint, capsys)
     assert [line.split()[2] for line in out.splitlines()] == encoder_side
 
 
+@pytest.mark.slow
 def test_decode_to_every_format_gives_the_same_pixels(nvc, int_checkpoint, tmp_path, capsys):
     outputs = {}
     for name in ("d.y4m", "d_200x136.yuv", "d.mp4", "d.mkv", "dpng"):
@@ -99,6 +100,7 @@ def test_decode_reference_report_matches_an_independent_psnr(nvc, source, int_ch
     assert bpp == pytest.approx(8 * nvc.stat().st_size / (WIDTH * HEIGHT * FRAMES), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_output_matrix_does_not_change_how_the_reference_is_read(nvc, source, int_checkpoint, tmp_path, capsys):
     """`--matrix bt601` writes BT.601 output; the BT.709-tagged reference is still read as
     BT.709, so the reported PSNR is that of the default decode. Reading it as BT.601 on
@@ -150,6 +152,7 @@ def test_info_and_argument_errors_answer_without_importing_torch(nvc, int_checkp
     assert "input not found: missing.mp4" in proc.stderr and "checkpoint not found: missing.ckpt" in proc.stderr
 
 
+@pytest.mark.slow
 def test_raw_yuv_10_bit_and_png_inputs_encode(int_checkpoint, tmp_path, capsys):
     frames = clip(12, 2, 64, 96)
     write_h264(tmp_path / "ten.mp4", frames, pix_fmt="yuv420p10le")
@@ -258,6 +261,7 @@ def test_fuzzed_bitstreams_through_the_decoder_cli(nvc, int_checkpoint, tmp_path
     assert not (tmp_path / "o.y4m").exists()
 
 
+@pytest.mark.slow
 def test_bad_video_inputs_fail_with_one_line(int_checkpoint, tmp_path, capsys):
     (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(1).bytes(2000))
     with av.open(str(tmp_path / "zero.mp4"), "w") as c:  # an mp4 whose video track never got a frame

@@ -91,6 +91,7 @@ def _png16_levels(path, bits: int) -> np.ndarray:
     return np.ascontiguousarray((rgb48 >> (16 - bits)).transpose(2, 0, 1))
 
 
+@pytest.mark.slow
 def test_a_10_bit_source_decodes_to_10_bit_frames_md5_for_md5(pixel_checkpoint, source10, tmp_path, capsys):
     with open_video(source10) as reader:
         assert reader.info.bits == 10
@@ -131,6 +132,7 @@ def test_a_10_bit_source_decodes_to_10_bit_frames_md5_for_md5(pixel_checkpoint, 
         assert reader.info.bits == 10 and sum(1 for _ in reader) == FRAMES
 
 
+@pytest.mark.slow
 def test_h264_outputs_are_8_bit(pixel_checkpoint, source10, tmp_path, capsys):
     nvc = tmp_path / "s.nvc"
     assert run_cli(["encode", source10, "-o", nvc, "--checkpoint", pixel_checkpoint, "--frames", "1", "--quiet"],

@@ -94,6 +94,7 @@ def test_index_rows_split_by_file_without_leakage(prepared):
         assert len(rows) == clips_per_file(frames, 3, 3)
 
 
+@pytest.mark.slow
 def test_parallel_jobs_prepare_the_same_dataset(footage, prepared, tmp_path):
     report = _prepare(footage, tmp_path / "data", clip_len=3, val_fraction=0.34, cache=True, jobs=2)
     assert len(report.files) == len(USABLE) and {s for s, _ in report.skipped} == {BROKEN, SINGLE_FRAME}
@@ -338,6 +339,7 @@ def test_bad_input_gives_one_line_errors(footage, prepared, tmp_path):
         load_footage(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_be_written_stops_the_run(footage, tmp_path):
     """Disk full (here: a 100 kB file-size limit) must not turn into 'skipped' for every file."""
     import resource
@@ -371,6 +373,7 @@ def _hub_cache(root: Path, repo_id: str, files: dict[str, Path]) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_hub_name_offline_without_cache_is_a_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-m", "nvc_train.cli", "prepare-footage", "hf://datasets/acme/footage",

@@ -60,6 +60,7 @@ def test_rate_is_the_real_bitstream_and_metrics_are_consistent(evaluation, int_c
     assert 0 < r["ms-ssim-rgb"] < 1 and 5 < r["psnr-rgb"] < 60
 
 
+@pytest.mark.slow
 def test_results_plot_unchanged_in_compressai(evaluation, tmp_path):
     _, out = evaluation
     png = tmp_path / "plot.png"
@@ -91,6 +92,7 @@ def test_a_10_bit_source_is_measured_at_its_own_peak_as_compressai_does():
     assert 0.99 < off["ms-ssim-rgb"] < 1.0
 
 
+@pytest.mark.slow
 def test_eval_refuses_bad_inputs(int_checkpoint, sequences, tmp_path, capsys):
     lightning = tmp_path / "last.ckpt"
     lightning.write_bytes(b"PK not an integer checkpoint")
@@ -199,6 +201,7 @@ def test_a_curve_joins_one_series_of_parents_never_two_fine_tunings_of_a_quality
 
 # --------------------------------------------------------------------------- compare
 
+@pytest.mark.slow
 def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint, sequences, tmp_path, capsys):
     """Machine B is simulated by perturbing the float synthesis transforms: latents stay
     identical (integer hyperprior), pixels drift slightly."""
@@ -235,6 +238,7 @@ def test_compare_names_differing_frames_and_measures_pixel_drift(int_checkpoint,
     assert code == 2 and "not a `nvc-train hashes` or `decode --md5` line" in err
 
 
+@pytest.mark.slow
 def test_eval_shows_progress_per_frame_and_quiet_silences_it(int_checkpoint, sequences, tmp_path, capsys):
     args = ["eval", "--checkpoint", int_checkpoint, "--data", sequences / "pan.y4m", "--frames", "2"]
     code, _, err = run_cli([*args, "--out-dir", tmp_path / "loud"], capsys)

@@ -279,6 +279,7 @@ def test_publish_without_a_token_or_offline_is_one_line(int_checkpoint, tmp_path
         assert not any(method == "POST" for method, _ in server.requests)
 
 
+@pytest.mark.slow
 def test_a_float_parent_on_the_hub_is_a_starting_point_for_training(hub_cache, float_weights):
     """``--model.init_weights hf://OWNER/NAME/FILE`` reads the published float parent from the cache."""
     code = ("import sys, torch; from nvc_train.lit.module import SSFLitModule; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.cli_runner import assert_one_line_error, cli
@@ -55,6 +56,7 @@ def test_invalid_values_caught_by_constructors(tmp_path):
     assert not (tmp_path / "runs").exists(), "a refused fit must leave no run folder behind"
 
 
+@pytest.mark.slow
 def test_data_roots_that_cannot_be_used(tmp_path):
     footage = str(ROOT / "configs" / "finetune" / "footage.yaml")
     vimeo = str(ROOT / "configs" / "vimeo.yaml")

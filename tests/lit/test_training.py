@@ -23,6 +23,7 @@ def test_rd_loss_falls(float_module):
     assert last < 0.8 * first, losses
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_same_step_with_the_same_optimizer_state(tmp_path):
     L.seed_everything(0)
     module = SSFLitModule(quality=3, real_coding_clips=0)
@@ -196,6 +197,7 @@ def test_training_steps_on_real_data_get_float_batches(name, data_roots, tmp_pat
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
 
 
+@pytest.mark.slow
 def test_loggers_get_every_metric_on_the_steps_they_write(tmp_path):
     """The per-part bpp, aux loss and QAT flag are logged only on the steps the loggers
     write (Lightning's ``log_every_n_steps`` rule), the progress-bar metrics every step;

@@ -121,6 +121,7 @@ def test_integer_checkpoint_stores_it_and_decoding_uses_it(referenced_checkpoint
     assert load_integer_checkpoint(int_checkpoint).codec.model.flow_reference is None
 
 
+@pytest.mark.slow
 def test_encoder_and_decoder_agree_through_the_cli(referenced_checkpoint, tmp_path, capsys):
     """encode → decode of a 256×384 clip (twice the reference): the decoder's latents and
     pixels equal the encoder's own reconstruction. Control: the same stream decoded with the

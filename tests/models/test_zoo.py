@@ -73,6 +73,7 @@ def test_update_model_names_files_by_the_sha256_of_their_bytes(zoo_file):
     assert entry.name == "ssf2020-mse-3" and entry.sha8 == digest[:8]
 
 
+@pytest.mark.slow
 def test_fit_starts_from_the_zoo_weights_and_a_resume_never_reads_them(zoo_file, tmp_path):
     seen = {}
     # 256²: a zoo start's flow reference (ZOO_FLOW_REFERENCE), where its flow rescaling is × 1.0
@@ -238,6 +239,7 @@ def test_the_pre_start_check_reads_the_zoo_as_compressai_and_torch_hub_do(zoo_fi
         check_zoo_start(["--config", str(ROOT / "configs" / "qat.yaml"), "--model.quality", "5"])
 
 
+@pytest.mark.slow
 def test_export_float_zoo_drops_into_compressais_zoo_loader_and_eval_model(tmp_path, monkeypatch, float_checkpoint):
     """``export-float --zoo`` → the file CompressAI's ``ssf2020(pretrained=True)`` and
     ``eval_model`` load, with the weights of the run."""

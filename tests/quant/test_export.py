@@ -124,6 +124,7 @@ def gemm_accurate_to_32_bits(real_gemm):
     return gemm
 
 
+@pytest.mark.slow
 def test_an_inexact_float64_gemm_is_caught_by_the_stress_record(int_checkpoint, monkeypatch, capsys):
     """On the float64 path (selected), the clip records' accumulators stay below 2**26 and
     survive such a GEMM; the stress record's reach 2**36 and do not. Loading refuses
@@ -226,6 +227,7 @@ def test_float_checkpoint_where_integer_needed(tmp_path):
     assert_one_line_error(cli("conformance", str(path)), "is a float model, not an integer checkpoint: quantize it with `nvc-train ptq")
 
 
+@pytest.mark.slow
 def test_verify_prints_hashes_and_refuses_other_checkpoints(int_checkpoint, tmp_path):
     from nvc_train.codec.bitstream import write_bitstream_bytes
     from nvc_train.data.synthetic import synthetic_clip
@@ -243,6 +245,7 @@ def test_verify_prints_hashes_and_refuses_other_checkpoints(int_checkpoint, tmp_
     assert_one_line_error(cli("hashes", str(other), "--checkpoint", str(int_checkpoint)), "encoded with checkpoint abababab")
 
 
+@pytest.mark.slow
 def test_a_wrong_stored_stress_hash_is_reported_and_named(int_checkpoint, tmp_path, capsys):
     """The stress hashes are really compared, at load (naming the decoder) and by the command."""
     from argparse import Namespace
