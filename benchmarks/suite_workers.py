@@ -34,10 +34,9 @@ import hashlib, sys, tempfile, time, warnings
 warnings.filterwarnings("ignore")
 import torch
 from lightning import seed_everything
-from nvc_train.lit.module import SSFLitModule
-from tests.conftest import _fit
+from tests.conftest import _fit, untrained_float_module
 seed_everything(0)
-module = SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
+module = untrained_float_module()
 t0 = time.perf_counter()
 _fit(module, tempfile.mkdtemp(), max_steps=25)
 seconds = time.perf_counter() - t0

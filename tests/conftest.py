@@ -73,26 +73,25 @@ def pytest_sessionstart(session):
 def pytest_configure(config):
     if getattr(config.option, "numprocesses", None):
         # Two workers on two cores, each with torch's two threads: OpenMP's spinning waits
-        # would otherwise take turns burning the cores (a 25-step fit: 87 s with spinning, 35 s
-        # without, 21 s alone). Set before the workers start; they and their subprocesses inherit it.
+        # would otherwise take turns burning the cores (a 25-step fit, two at once: 85 s each
+        # spinning, 31 s passive; 17.5 s alone: benchmarks/suite_workers.py). Set before the
+        # workers start; they and their subprocesses inherit it.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 SLURM_SCOPE = "tests/slurm"
 
 
-def _xdist_scope(nodeid: str, by_module) -> str:
-    """The Slurm tests share one worker (their clusters bind the same ports); others go by module."""
-    return SLURM_SCOPE if nodeid.startswith(SLURM_SCOPE + "/") else by_module(nodeid)
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    """Each test module is one unit of work (its module fixtures built once); all of tests/slurm
+    is one unit, so one Slurm cluster runs at a time, as in the serial run its timings (the
+    multinode job must be training before Slurm's time-limit warning) were measured in."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModulesSlurmTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            return _xdist_scope(nodeid, super()._split_scope)
+            return SLURM_SCOPE if nodeid.startswith(SLURM_SCOPE + "/") else super()._split_scope(nodeid)
 
     config.option.loadscopereorder = False
     return ModulesSlurmTogether(config, log)
@@ -177,16 +176,37 @@ def _once_per_session_module(tmp_path_factory, name: str, make, train):
     return _once_per_session(tmp_path_factory, name, build, save, load)
 
 
+def untrained_float_module():
+    """``float_module`` before its training (seeded by the fixture)."""
+    from nvc_train.lit.module import SSFLitModule
+
+    return SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
+
+
+def untrained_qat_module():
+    """``qat_module`` before the float weights are loaded and QAT runs."""
+    from nvc_train.lit.module import SSFLitModule
+    from nvc_train.quant.config import QuantConfig
+
+    return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0)
+
+
+def untrained_pixel_module():
+    """``pixel_module`` before the QAT weights are loaded and whole-decoder QAT runs."""
+    from nvc_train.lit.module import SSFLitModule
+    from nvc_train.quant.config import QuantConfig
+
+    return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"), real_coding_clips=0)
+
+
 @pytest.fixture(scope="session")
 def float_module(tmp_path_factory):
     """SSF trained 25 steps from scratch (λ of q5) on synthetic clips: a real, if young, model."""
     from lightning import seed_everything
 
-    from nvc_train.lit.module import SSFLitModule
-
     def make():
         seed_everything(0)
-        return SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0)
+        return untrained_float_module()
 
     def train(module):
         recorder = LossRecorder()
@@ -201,12 +221,9 @@ def qat_module(float_module, tmp_path_factory):
     """QAT fine-tuning of ``float_module`` for 8 steps (calibrated, learned scales)."""
     from lightning import seed_everything
 
-    from nvc_train.lit.module import SSFLitModule
-    from nvc_train.quant.config import QuantConfig
-
     def make():
         seed_everything(1)
-        return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0)
+        return untrained_qat_module()
 
     def train(module):
         module.load_state_dict(float_module.state_dict(), strict=False)
@@ -235,12 +252,9 @@ def pixel_module(qat_module, tmp_path_factory):
     """QAT of the whole decoder (``scope="decoder"``) from ``qat_module``, 4 steps."""
     from lightning import seed_everything
 
-    from nvc_train.lit.module import SSFLitModule
-    from nvc_train.quant.config import QuantConfig
-
     def make():
         seed_everything(2)
-        return SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"), real_coding_clips=0)
+        return untrained_pixel_module()
 
     def train(module):
         module.load_state_dict(qat_module.state_dict(), strict=False)

@@ -10,16 +10,12 @@ import torch
 
 from nvc_train.lit.module import SSFLitModule
 from nvc_train.models.loss import rd_loss
-from nvc_train.quant.config import QuantConfig
-from tests.conftest import _once_per_session, _once_per_session_module
+from tests.conftest import (_once_per_session, _once_per_session_module, untrained_float_module,
+                            untrained_pixel_module, untrained_qat_module)
 
-# How each fixture constructs its module before training (tests/conftest.py).
-UNTRAINED = {
-    "float_module": lambda: SSFLitModule(quality=5, learning_rate=3e-4, real_coding_clips=0),
-    "qat_module": lambda: SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(), real_coding_clips=0),
-    "pixel_module": lambda: SSFLitModule(quality=5, learning_rate=3e-4, qat=QuantConfig(scope="decoder"),
-                                         real_coding_clips=0),
-}
+# How each fixture constructs its module before training.
+UNTRAINED = {"float_module": untrained_float_module, "qat_module": untrained_qat_module,
+             "pixel_module": untrained_pixel_module}
 
 
 class _Worker:
