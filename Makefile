@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench gpu-check clean
+.PHONY: demo test test-fast bench gpu-check cross-check clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null || \
@@ -38,6 +38,20 @@ test-fast: $(STAMP)
 # before the GEMM-path timings were added: allow about 10).
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
+
+# The same streams decoded in every environment this machine can reach (CPU kernel levels, one
+# thread, oneDNN off, PyTorch 2.4.1 in its own venv, aarch64 under qemu-user, CUDA): one line each.
+# The aarch64 row needs qemu-user-static, debootstrap and g++-aarch64-linux-gnu: installed here with
+# apt-get when missing and run as root, else the row says what to install. Set-up is cached under
+# ~/.cache/nvc-train/cross-check. CROSS_CHECK_ARGS: checkpoints and options (`nvc-train cross-check -h`).
+CROSS_CHECK_ARGS ?=
+cross-check: $(STAMP)
+	@command -v qemu-aarch64-static >/dev/null && command -v debootstrap >/dev/null && \
+		command -v aarch64-linux-gnu-g++ >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  echo "cross-check: apt-get install qemu-user-static debootstrap g++-aarch64-linux-gnu" && \
+		  apt-get update -qq && apt-get install -y -qq qemu-user-static debootstrap g++-aarch64-linux-gnu >/dev/null; } || true
+	$(VENV)/bin/nvc-train cross-check $(CROSS_CHECK_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

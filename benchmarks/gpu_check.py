@@ -40,40 +40,10 @@ sys.path.insert(0, str(HERE))  # cross_device.py beside this file
 
 import cross_device  # noqa: E402
 
-from nvc_train.data.synthetic import synthetic_clip  # noqa: E402
-from nvc_train.models.ssf import PARTS, hyperprior  # noqa: E402
+from nvc_train.crosscheck.standin import untrained_checkpoint  # noqa: E402,F401 (also used by the speed scripts)
+from nvc_train.models.ssf import PARTS  # noqa: E402
 from nvc_train.quant.export import load_integer_checkpoint  # noqa: E402
 from nvc_train.quant.fake_quant import ROLES, integer_hyper_input  # noqa: E402
-
-
-def untrained_checkpoint(out_dir: Path, pixel_exact: bool = False) -> Path:
-    """Export a freshly initialised SSF whose activation ranges are calibrated on one clip;
-    with ``pixel_exact``, the synthesis decoders too (a format-3 checkpoint)."""
-    from compressai.models.video import ScaleSpaceFlow
-
-    from nvc_train.models.ssf import SYNTHESIS_ATTR
-    from nvc_train.quant.config import QuantConfig
-    from nvc_train.quant.export import export_integer_checkpoint
-    from nvc_train.quant.fake_quant import HyperpriorQAT
-
-    torch.manual_seed(0)
-    model = ScaleSpaceFlow().eval()
-    qat = HyperpriorQAT(QuantConfig(scope="decoder" if pixel_exact else "hyperprior")).eval()
-    frames = [f.unsqueeze(0) for f in synthetic_clip(1, 2, 256, 256)]
-    with torch.no_grad():
-        latents = {"keyframe": model.img_encoder(frames[0]),
-                   "motion": model.motion_encoder(torch.cat(frames[::-1], dim=1)),
-                   "residual": model.res_encoder(frames[1] - frames[0])}
-        for part in PARTS:
-            qat.hyperprior_forward(part, hyperprior(model, part), latents[part])
-        if pixel_exact:
-            inputs = {"img": latents["keyframe"], "motion": latents["motion"],
-                      "res": torch.cat((latents["residual"], latents["motion"]), dim=1)}
-            for name, attr in SYNTHESIS_ATTR.items():
-                y = torch.round(inputs[name] * 256) / 256  # the 2**-8 grid of decoded latents
-                qat.synthesis.decoder_forward(name, getattr(model, attr), y)
-    name = "gpu-check-pixel" if pixel_exact else "gpu-check"
-    return export_integer_checkpoint(model, qat, out_dir, name, {"quality": None, "note": "untrained"})
 
 
 @torch.no_grad()

@@ -41,6 +41,8 @@ RULES = [
     ("nvc_train.quant", ("nvc_train.commands", "nvc_train.lit")),
     ("nvc_train.eval", ("nvc_train.commands", "nvc_train.lit")),
     ("nvc_train.hf", ("nvc_train.commands", "nvc_train.lit")),
+    # its decoder runs where Lightning is not installed (another release's venv, aarch64)
+    ("nvc_train.crosscheck", ("nvc_train.commands", "nvc_train.lit", "nvc_train.eval", "nvc_train.hf")),
     ("nvc_train.lit", ("nvc_train.commands",)),
 ]
 

@@ -13,11 +13,12 @@ codec           encode, decode, info, hashes (verify), compare
 data            prepare-footage
 evaluation      eval, bdrate
 conformance     conformance
+crosscheck      cross-check
 hub             publish
 demo            demo
 ============== ===========================================================
 """
 
-from nvc_train.commands import codec, conformance, data, demo, evaluation, export, hub
+from nvc_train.commands import codec, conformance, crosscheck, data, demo, evaluation, export, hub
 
-FAMILIES = (export, conformance, codec, data, evaluation, hub, demo)
+FAMILIES = (export, conformance, crosscheck, codec, data, evaluation, hub, demo)

@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--base-model", default=None, metavar="OWNER/NAME", help="Hub model it was fine-tuned from")
     s.add_argument("--dataset", action="append", default=[], metavar="OWNER/NAME",
                    help="Hub dataset it was trained on (repeatable; an hf://datasets root is added by itself)")
+    s.add_argument("--cross-check", dest="cross_check", default=None, metavar="FILE",
+                   help="`nvc-train cross-check --report` file for this checkpoint: the card lists its environments "
+                        "(refused if any row differs)")
     add_overwrite(s, "files of the same name with different content")
     s.add_argument("--dry-run", default=None, metavar="DIR", help="write the files to DIR instead of uploading")
     add_quiet(s, "print only the result")
@@ -44,7 +47,8 @@ def publish(args) -> int:
         print(f"checking {args.checkpoint}: loading and decoding its conformance records on this machine …")
     plan = P.prepare(Path(args.checkpoint), args.repo, args.revision,
                      Path(args.float_parent) if args.float_parent else None,
-                     Path(args.eval_dir) if args.eval_dir else None, args.license, args.base_model, args.dataset)
+                     Path(args.eval_dir) if args.eval_dir else None, args.license, args.base_model, args.dataset,
+                     Path(args.cross_check) if args.cross_check else None)
     if not args.quiet:
         print(f"conformance PASS: {plan.conformance_checks} checks")
     if args.dry_run:

@@ -101,6 +101,7 @@ def model_card(
     license: str | None,
     base_model: str | None,
     datasets: list[str],
+    verified: dict | None = None,
 ) -> str:
     """README.md text: YAML header (Hub conventions) + body."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -164,10 +165,35 @@ def model_card(
         "",
     ]
     lines += _results_lines(evaluation)
+    lines += ["", "## Verified environments", ""] + _environment_lines(verified, repo_id)
     lines += ["", "## Resolved training config", "", "```json",
               json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str), "```"]
     # Parsed back by the Hub's own reader: a header it cannot read is an error here, not on the Hub.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n").content
+
+
+def _environment_lines(verified: dict | None, repo_id: str) -> list[str]:
+    """Where this checkpoint was shown to decode identically: the rows of an ``nvc-train
+    cross-check --report`` entry, or only the publishing machine."""
+    if verified is None:
+        return ["Every conformance record decoded exactly on the publishing machine. No cross-check report was",
+                f"given: `nvc-train cross-check {repo_id.split('/')[-1]}.ckpt --report R.json` runs the matrix (CPU "
+                "kernel levels, threads, oneDNN, another PyTorch release, aarch64 under qemu-user, CUDA) and",
+                "`nvc-train publish --cross-check R.json` lists it here."]
+    lines = [f"`{verified['command']}` on {verified['date']}: the same latents"
+             + (" and frames" if any(r["frames"] for r in verified["rows"]) else "")
+             + " as the reference row in every environment below, conformance records included.", "",
+             "| environment | decoder reported | conformance | latents | frames | float control |",
+             "|---|---|---|---|---|---|"]
+    for r in verified["rows"]:
+        frames = f"{r['frames'][0]}/{r['frames'][1]}" if r["frames"] else "n/a"
+        control = ("reference" if r is verified["rows"][0] else
+                   f"differs ({r['control_raw_differ'][0]}/{r['control_raw_differ'][1]} frames)"
+                   if r["control_discriminates"] else "identical (did not discriminate)")
+        lines.append(f"| {r['environment']} | {r['described']} | {r['conformance'][0]}/{r['conformance'][1]} | "
+                     f"{r['latents'][0]}/{r['latents'][1]} | {frames} | {control} |")
+    lines += [f"| {s['environment']} | not run: {s['why']} | | | | |" for s in verified.get("skipped", [])]
+    return lines
 
 
 def _contract_line(contract: dict) -> str:

@@ -42,6 +42,7 @@ def prepare(
     license: str | None = None,
     base_model: str | None = None,
     datasets: list[str] | None = None,
+    cross_check: Path | None = None,
 ) -> PublishPlan:
     """Check the checkpoint on this machine and build every file of the publication."""
     from nvc_train.quant.conformance import run_checks
@@ -68,16 +69,38 @@ def prepare(
     if eval_dir is not None:
         parent_stem = parent_name.removesuffix(".tar").removesuffix(".pth") if parent_name else None
         evaluation = read_eval(Path(eval_dir), checkpoint.stem, parent_stem)
+    verified = read_cross_check(cross_check, checkpoint) if cross_check is not None else None
     hub_datasets = list(datasets or []) + _hub_datasets(ck.metadata)
     card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=ck.sha256, metadata=ck.metadata,
                       conformance=ck.conformance.describe(), float_parent=parent_name, evaluation=evaluation,
-                      license=license, base_model=base_model, datasets=sorted(set(hub_datasets)))
+                      license=license, base_model=base_model, datasets=sorted(set(hub_datasets)), verified=verified)
     file_sha256 = {name: sha256_file(p) for name, p in files.items()}
     manifest = {"format": MANIFEST_FORMAT, "checkpoint": checkpoint.name, "float_parent": parent_name,
                 "payload_sha256": ck.sha256, "files": file_sha256}
     files["README.md"] = card.encode()
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return PublishPlan(repo_id, revision, files, checkpoint.name, len(checks), file_sha256)
+
+
+def read_cross_check(report: Path, checkpoint: Path) -> dict:
+    """The entry of an ``nvc-train cross-check --report`` file for ``checkpoint`` (matched by the
+    file's SHA-256); one-line refusals for another checkpoint's report or one with a difference."""
+    report = require_file(report, "cross-check report")
+    try:
+        entries = json.loads(report.read_text())
+        digests = [e["checkpoint_file_sha256"] for e in entries]
+    except (ValueError, TypeError, KeyError):
+        raise UserError(f"--cross-check {report}: not an `nvc-train cross-check --report` file") from None
+    digest = sha256_file(checkpoint)
+    if digest not in digests:
+        raise UserError(f"--cross-check {report} covers other checkpoints, not {checkpoint.name}: "
+                        f"run `nvc-train cross-check {checkpoint} --report FILE`")
+    entry = entries[digests.index(digest)]
+    bad = [r["environment"] for r in entry["rows"] if not r["identical"]] + list(entry.get("failed", []))
+    if bad:
+        raise UserError(f"refusing to publish {checkpoint.name}: its cross-check report shows differences or failures "
+                        f"in {', '.join(bad[:3])}")
+    return entry
 
 
 def write_folder(plan: PublishPlan, folder: Path, overwrite: bool = False) -> list[Path]:
