@@ -50,6 +50,8 @@ def prepare(
 
     _check_repo_id(repo_id)
     checkpoint = require_file(checkpoint, "checkpoint")
+    # Before the conformance run: a report of another checkpoint, or with a difference, is refused at once.
+    verified = read_cross_check(cross_check, checkpoint) if cross_check is not None else None
     ck = load_integer_checkpoint(checkpoint, device="cpu")
     checks = list(run_checks(ck.codec, ck.conformance, "cpu"))
     failed = [c for c in checks if not c.ok]
@@ -69,7 +71,6 @@ def prepare(
     if eval_dir is not None:
         parent_stem = parent_name.removesuffix(".tar").removesuffix(".pth") if parent_name else None
         evaluation = read_eval(Path(eval_dir), checkpoint.stem, parent_stem)
-    verified = read_cross_check(cross_check, checkpoint) if cross_check is not None else None
     hub_datasets = list(datasets or []) + _hub_datasets(ck.metadata)
     card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=ck.sha256, metadata=ck.metadata,
                       conformance=ck.conformance.describe(), float_parent=parent_name, evaluation=evaluation,
