@@ -35,12 +35,21 @@ from nvc_train.errors import UserError
 # PyTorch's aarch64 wheels on the index are CPU-only up to 2.10.0; from 2.11 they need CUDA 13
 # libraries (nvidia-cudnn-cu13 …) that the index does not carry for aarch64 (checked
 # 2026-12-04), so 2.10.0 is the newest release an aarch64 CPU can install from the index alone.
-AARCH64_TORCH = ("2.10.0", "0.25.0")  # torch, torchvision
+AARCH64_TORCH = "2.10.0"
 DEBIAN_SUITE = "bookworm"  # Python 3.11, as the supported range's middle; glibc 2.36 ≥ manylinux_2_28
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 COMPRESSAI = "1.2.8"
 NUMPY = "1.26.4"  # CompressAI 1.2.8 needs numpy<2
-TORCHVISION_FOR = {"2.4.1": "0.19.1", "2.10.0": "0.25.0", "2.13.0": "0.28.0", "2.14.1": "0.29.1"}
+
+
+def torchvision_for(torch_version: str) -> str:
+    """The torchvision release paired with ``torch_version`` (2.M.P ↔ 0.(M+15).P since torch
+    2.0: 2.4.1 ↔ 0.19.1, 2.14.1 ↔ 0.29.1); CompressAI needs it, and an unpinned one would pull
+    the newest torch."""
+    major, minor, patch = (int(x) for x in torch_version.split("."))
+    return f"0.{minor + 15}.{patch}"
+
+
 _AARCH64_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
                       "manylinux2014_aarch64", "linux_aarch64")
 # Installed without dependencies: pip evaluates markers such as platform_machine for the host
@@ -152,10 +161,7 @@ def release_environment(version: str, quiet: bool = False) -> Environment:
     folder = cache_root() / f"venv-torch{version}"
     python = [str(folder / "bin" / "python")]
     if _ready(folder) is None:
-        vision = TORCHVISION_FOR.get(version)
-        if vision is None:
-            raise UserError(f"--torch {version}: no torchvision pairing known for it "
-                            f"(known: {', '.join(TORCHVISION_FOR)})")
+        vision = torchvision_for(version)
         _say(quiet, f"cross-check: setting up {name} in {folder}: downloads torch=={version} with its CUDA libraries "
                     f"(about 2–3 GB on x86-64) and CompressAI {COMPRESSAI}; once, then cached")
         start = time.perf_counter()
@@ -197,7 +203,7 @@ def _aarch64_userland(root: Path, quiet: bool) -> None:
 
 
 def _aarch64_wheels(site: Path, quiet: bool) -> None:
-    torch, vision = AARCH64_TORCH
+    torch, vision = AARCH64_TORCH, torchvision_for(AARCH64_TORCH)
     _say(quiet, f"cross-check: aarch64 [2/3] PyTorch {torch} (CPU wheel for aarch64, about 150 MB) and "
                 f"CompressAI's dependencies from the package index (about 100 MB more)")
     platform = [x for p in _AARCH64_PLATFORMS for x in ("--platform", p)]
@@ -234,7 +240,7 @@ def _aarch64_compressai(root: Path, site: Path, work: Path, quiet: bool) -> None
 
 def aarch64_environment(quiet: bool = False) -> Environment:
     """The aarch64 row (set up on first use); ``skip`` says why it cannot run here."""
-    torch, _ = AARCH64_TORCH
+    torch = AARCH64_TORCH
     name = f"aarch64 (qemu-user), PyTorch {torch}"
     missing = aarch64_missing()
     folder = cache_root() / f"aarch64-{DEBIAN_SUITE}-torch{torch}"

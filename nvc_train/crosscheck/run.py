@@ -119,6 +119,9 @@ def summary(checkpoint: Path, rows: list[Row], skipped: list, failed: list) -> t
     others = rows[1:]
     differ = [r for r in others if not r.identical]
     blind = [r.environment for r in others if not r.control_discriminates]
+    if failed:
+        return False, (f"cross-check FAIL for {checkpoint.name}: {len(failed)} environment(s) did not finish; "
+                       f"first: {failed[0]}")
     if differ:
         first = differ[0]
         return False, (f"cross-check FAIL for {checkpoint.name}: {len(differ)} of {len(others)} environments differ; "
@@ -127,9 +130,9 @@ def summary(checkpoint: Path, rows: list[Row], skipped: list, failed: list) -> t
             f"float control differed in {len(others) - len(blind)} of them")
     if blind:
         line += f" (did not discriminate: {', '.join(blind)})"
-    if skipped or failed:
-        line += f"; not run: {len(skipped) + len(failed)}"
-    return not failed, line
+    if skipped:
+        line += f"; not run: {', '.join(name for name, _ in skipped)}"
+    return True, line
 
 
 def write_report(path: Path, results: list[dict]) -> None:
