@@ -108,7 +108,7 @@ def host_environments(cuda: bool) -> list[Environment]:
         rows.append(Environment(f"ATen {aten} + oneDNN {onednn}", python,
                                 {"ATEN_CPU_CAPABILITY": aten, "ONEDNN_MAX_CPU_ISA": onednn}))
     rows.append(Environment("1 thread", python, options=["--threads", "1"]))
-    # oneDNN off sends every convolution to ATen's reference loops: 5-10x slower, so the short stream.
+    # oneDNN off sends every convolution to ATen's reference loops (slow), so the short stream.
     rows.append(Environment("oneDNN off", python, options=["--onednn", "off"], short=True))
     rows.append(Environment("CUDA", python, options=["--device", "cuda"],
                             skip="" if cuda else "no CUDA device on this machine"))
