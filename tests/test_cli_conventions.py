@@ -113,7 +113,7 @@ def test_an_output_is_replaced_only_with_overwrite(files, capsys):
 SUBPARSERS = build_parser()._subparsers._group_actions[0].choices
 WRITES_FILE = {"encode", "decode", "export-float"}
 WRITES_FOLDER = {"export-float", "export-integer", "export", "ptq", "eval", "prepare-footage", "demo"}
-LONG_RUNNING = {"encode", "decode", "export-float", "export-integer", "export", "ptq", "eval", "prepare-footage",
+LONG_RUNNING = {"encode", "decode", "cross-check", "export-float", "export-integer", "export", "ptq", "eval", "prepare-footage",
                 "conformance", "publish", "demo"}
 
 
