@@ -40,17 +40,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def generated_stream(checkpoint: Path, work: Path, width: int, height: int, frames: int) -> Path:
-    """A synthetic ``width``×``height`` clip of ``frames`` frames (I then P) encoded with
-    ``checkpoint`` on this machine; cached by checkpoint hash and size."""
+def generated_stream(ck, work: Path, width: int, height: int, frames: int) -> Path:
+    """A synthetic ``width``×``height`` clip of ``frames`` frames (I then P) encoded with the
+    loaded integer checkpoint ``ck`` on this machine; cached by checkpoint hash and size."""
     import torch
 
     from nvc_train.codec.bitstream import write_bitstream_bytes
     from nvc_train.data.synthetic import synthetic_clip
     from nvc_train.io.atomic import atomic_write_bytes
-    from nvc_train.quant.export import load_integer_checkpoint
 
-    ck = load_integer_checkpoint(checkpoint, self_check=False)
     out = work / f"stream-{ck.sha256[:12]}-{width}x{height}-{frames}.nvc"
     if not out.exists():
         clip = [f.unsqueeze(0) for f in synthetic_clip(768, frames, height, width)]
@@ -80,12 +78,10 @@ def decode_in(env: Environment, checkpoint: Path, streams: dict[str, Path], out:
     return json.loads(out.read_text())
 
 
-def check_checkpoint(checkpoint: Path, streams: dict[str, Path], environments: list[Environment], work: Path,
+def check_checkpoint(checkpoint: Path, ck, streams: dict[str, Path], environments: list[Environment], work: Path,
                      timeout: float, quiet: bool) -> tuple[list[Row], list[tuple[str, str]], list[str]]:
-    """Decode in every environment; the rows, the skipped rows and the rows that failed to run."""
-    from nvc_train.quant.export import load_integer_checkpoint
-
-    ck = load_integer_checkpoint(checkpoint, self_check=False)
+    """Decode ``checkpoint`` (loaded here as ``ck``) in every environment; the rows, the skipped
+    rows and the rows that failed to run."""
     kind = "pixel-exact" if ck.codec.pixel_exact else "hyperprior"
     _say(quiet, f"\n{checkpoint.name} ({kind}, sha256 {ck.sha256[:12]}…): conformance records + "
                 f"{', '.join(streams)}")
@@ -143,6 +139,8 @@ def write_report(path: Path, results: list[dict]) -> None:
 
 def run(checkpoints: list[Path], environments: list[Environment], work: Path, width: int, height: int,
         frames: int, timeout: float, report: Path | None, quiet: bool) -> int:
+    from nvc_train.quant.export import load_integer_checkpoint
+
     results, ok = [], True
     for checkpoint in checkpoints:
         start = time.perf_counter()
@@ -150,9 +148,10 @@ def run(checkpoints: list[Path], environments: list[Environment], work: Path, wi
         _say(quiet, f"cross-check: encoding generated {width}×{height} streams of {' and '.join(map(str, lengths))} "
                     f"frames{' (the slow rows decode the short one)' * (len(lengths) > 1)} with {checkpoint.name} "
                     f"(once; cached in {work})")
-        streams = {f"generated-{width}x{height}x{n}": generated_stream(checkpoint, work, width, height, n)
+        ck = load_integer_checkpoint(checkpoint, self_check=False)  # once: kind, hash, encoder
+        streams = {f"generated-{width}x{height}x{n}": generated_stream(ck, work, width, height, n)
                    for n in lengths}
-        rows, skipped, failed = check_checkpoint(checkpoint, streams, environments, work, timeout, quiet)
+        rows, skipped, failed = check_checkpoint(checkpoint, ck, streams, environments, work, timeout, quiet)
         passed, line = summary(checkpoint, rows, skipped, failed)
         print(line, flush=True)
         ok &= passed and all(r.identical for r in rows)
