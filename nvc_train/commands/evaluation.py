@@ -28,10 +28,16 @@ def add_parsers(sub) -> None:
                                    "(.pth.tar) are the float family. One curve per family and series of parents (CompressAI's "
                                    "zoo, or the folder of the float models a family was trained or quantized "
                                    "from): DIR/<family>.json, or <family>-1.json, -2, … for several series "
-                                   "(CompressAI format). Also "
+                                   "(CompressAI format); --anchor adds classical codecs' curves (x264.json, …). Also "
                                    "DIR/sequences/<seq>-<model>.json (per frame), DIR/rd.png, DIR/summary.md.")
-    s.add_argument("--checkpoint", nargs="+", required=True,
+    s.add_argument("--checkpoint", nargs="+", default=[],
                    help=f"integer .ckpt and/or float .pth.tar files ({CHECKPOINT_HELP})")
+    s.add_argument("--anchor", nargs="+", default=[], metavar="{x264,x265,av1}",
+                   help="also code the same frames with classical codecs (PyAV's libx264, libx265, libsvtav1) at a "
+                        "CRF ladder, preset medium (SVT-AV1: 8), tuned for PSNR, no B-frames, GOP = --gop: one curve "
+                        "each, DIR/<codec>.json")
+    s.add_argument("--anchor-crf", nargs="+", type=int, default=None, metavar="CRF",
+                   help="the anchors' CRFs (default: x264/x265 22 27 32 37, av1 27 35 43 51)")
     s.add_argument("--data", nargs="+", required=True,
                    help="video files, PNG folders, folders of them, or a prepare-footage folder (its validation files)")
     add_out_dir(s, "output folder")
@@ -56,10 +62,18 @@ def add_parsers(sub) -> None:
 def evaluate(args) -> int:
     """``nvc-train eval``: real coding of every sequence with every model; JSON, plot, W&B."""
     check_gop_frames(args)
-    results = ("summary.md", "float.json", "qat.json", "ptq.json", "rd.png")
+    from nvc_train.eval.anchors import ANCHORS, anchor_points
+
+    if args.anchor_crf and not args.anchor:
+        raise UserError("--anchor-crf sets the CRFs of --anchor codecs: name them with --anchor x264 ...")
+    if not args.checkpoint and not args.anchor:
+        raise UserError("eval: give models to evaluate: --checkpoint FILE ... and/or --anchor CODEC ...")
+    results = ("summary.md", "float.json", "qat.json", "ptq.json", "pixel-exact.json", "rd.png",
+               *(f"{a}.json" for a in ANCHORS))
     check_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     dev = device(args.device)
     checkpoints = [checkpoint_path(p) for p in args.checkpoint]  # every file there before any work
+    points = anchor_points(args.anchor, args.anchor_crf)  # every codec in this FFmpeg build, too
     from tqdm import tqdm
 
     from nvc_train.eval import evaluate as E
@@ -69,7 +83,7 @@ def evaluate(args) -> int:
     # Created only once every input is known good: a failed start leaves no empty folder.
     out = prepare_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     options = input_options(args)
-    models = [E.load_eval_model(p, dev) for p in checkpoints]
+    models = [E.load_eval_model(p, dev) for p in checkpoints] + E.anchor_models(points)
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError("two checkpoints share a file name; rename one so results stay apart")

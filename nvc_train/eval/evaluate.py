@@ -55,6 +55,14 @@ class EvalModel:
     file name (``ssf2020-mse-3-<sha8>``); None if neither says."""
     series: str | None = None
     """The series of parents the model belongs to (:func:`parent_series`); None: not known."""
+    anchor: object | None = None
+    """A classical codec at one CRF (:class:`~nvc_train.eval.anchors.AnchorPoint`): family is its name."""
+
+
+def anchor_models(points) -> list[EvalModel]:
+    """Eval models of classical anchor points (:func:`nvc_train.eval.anchors.anchor_points`):
+    one curve per codec, its points ordered by rate."""
+    return [EvalModel(p.name, p.codec.name, Path(p.codec.encoder), anchor=p, series=p.codec.settings) for p in points]
 
 
 def parent_series(float_file: str | Path | None = None, zoo_name: str | None = None) -> str | None:
@@ -144,11 +152,14 @@ def collect_sequences(paths: list[str | Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------- metrics
 
-def frame_metrics(x_hat: Tensor, src: SourceFrame, spec: ColourSpec) -> dict[str, float]:
+def frame_metrics(x_hat: Tensor, src: SourceFrame, spec: ColourSpec,
+                  rec_planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """CompressAI's per-frame metrics of a reconstruction (3, H, W) against its source.
 
     Y'CbCr PSNRs compare the source's own 4:2:0 planes where it has them; for other sources
-    both sides are converted with ``spec``.
+    both sides are converted with ``spec``. ``rec_planes``: the reconstruction's own 4:2:0
+    planes at the source's depth (a classical codec's output), measured as they are instead of
+    converted back from ``x_hat``.
     """
     bits = src.bits
     peak = 2**bits - 1  # CompressAI's max_val: RGB too is measured at the source's bit depth
@@ -160,7 +171,8 @@ def frame_metrics(x_hat: Tensor, src: SourceFrame, spec: ColourSpec) -> dict[str
     if min(rec.shape[-2:]) >= MS_SSIM_MIN_SIDE:
         out["ms-ssim-rgb"] = float(ms_ssim(org_rgb[None], rec_rgb[None], data_range=peak).item())
     org_planes = src.planes if src.planes is not None else rgb_to_ycbcr420(src.rgb, bits, spec)
-    rec_planes = rgb_to_ycbcr420(rec, bits, spec)
+    if rec_planes is None:
+        rec_planes = rgb_to_ycbcr420(rec, bits, spec)
     for name, o, r in zip("yuv", org_planes, rec_planes):
         out[f"psnr-{name}"] = _psnr(float(np.mean((o.astype(np.float64) - r.astype(np.float64)) ** 2)), peak)
     out["psnr-yuv"] = (4 * out["psnr-y"] + out["psnr-u"] + out["psnr-v"]) / 6
@@ -265,6 +277,10 @@ def evaluate_sequence(model: EvalModel, source: Path, options: InputOptions, gop
 
     ``on_frame("encode")`` / ``on_frame("decode")`` is called after each frame (progress).
     """
+    if model.anchor is not None:
+        from nvc_train.eval.anchors import code_sequence
+
+        return code_sequence(model.anchor, source, options, gop, max_frames, on_frame)
     if model.integer is not None:
         bitstream_dir.mkdir(parents=True, exist_ok=True)
         coded = encode_integer(model, source, options, bitstream_dir / f"{source.stem}.nvc", gop, device, max_frames,
@@ -333,8 +349,10 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
     (``qat``); a family of several has ``qat-1``, ``qat-2``, … in the order of their series,
     each recording its ``series``.
     """
+    from nvc_train.eval.anchors import ANCHORS
+
     curves = {}
-    for family in FAMILIES:
+    for family in FAMILIES + tuple(ANCHORS):
         series = sorted({m.get("series") for m in per_model.values() if m["family"] == family}, key=str)
         for index, one in enumerate(series, start=1):
             members = [(name, m) for name, m in per_model.items() if m["family"] == family and m.get("series") == one]
@@ -347,7 +365,8 @@ def family_curves(per_model: dict[str, dict]) -> dict[str, dict]:
             results.update({key: [m["results"][key] for _, m in members] for key in keys})
             name = family if len(series) == 1 else f"{family}-{index}"
             label = family if len(series) == 1 or one is None else f"{family} ({one})"
-            curves[name] = {"name": label, "description": f"nvc-train eval ({family} models, real coding)",
+            what = f"{family} anchor: {one}" if family in ANCHORS else f"{family} models"
+            curves[name] = {"name": label, "description": f"nvc-train eval ({what}, real coding)",
                             "family": family, "series": one, "results": results}
     return curves
 
@@ -378,7 +397,7 @@ def rd_figure(curves: dict[str, dict]):
     if all("ms-ssim-rgb" in c["results"] for c in curves.values()):
         metrics.append(("ms-ssim-rgb", "MS-SSIM-RGB [dB]"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
-    styles = {"float": "o-", "ptq": "s--", "qat": "^-", "pixel-exact": "D-"}
+    styles = {"float": "o-", "ptq": "s--", "qat": "^-", "pixel-exact": "D-", "x264": "x:", "x265": "+:", "av1": "*:"}
     for ax, (metric, label) in zip(axes[0], metrics):
         for key, curve in curves.items():
             ys = np.array(curve["results"][metric])
