@@ -35,6 +35,26 @@ def make_cli(args: list[str] | None, run: bool = True):
 
             parser.set_defaults({"data": lazy_instance(SyntheticClipDataModule)})
 
+        def _parse_ckpt_path(self):
+            # On --ckpt_path, LightningCLI (2.6) reads the checkpoint's hyper_parameters back as
+            # model arguments. The module also records there, under "_"-prefixed keys, which file
+            # a run started from (its resolved path and SHA-256, for the model card); they are no
+            # arguments, and jsonargparse refused every resume of an --model.init_weights run
+            # ("does not accept option model._init_weights_resolved"). The same parse without them.
+            from pathlib import Path
+
+            import torch
+
+            if not self.config.get("subcommand"):
+                return
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return
+            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+            if hparams:
+                self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+
         def before_instantiate_classes(self):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             follow_default_root_dir(cfg.trainer)

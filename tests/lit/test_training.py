@@ -173,6 +173,29 @@ def test_fit_cli_writes_wandb_offline_run_and_resolved_config(tmp_path):
     assert original.std() > 10, "the original frame in the logged image must not be blank"
 
 
+
+@pytest.mark.slow
+def test_a_run_started_from_init_weights_resumes_from_its_last_checkpoint(float_weights, tmp_path):
+    """`fit --ckpt_path last.ckpt` of a QAT run started with --model.init_weights: LightningCLI
+    reads the checkpoint's hyper-parameters back as arguments, and the parent's provenance
+    records stored beside them (``_init_weights_resolved``) made every such resume fail."""
+    from tests.cli_runner import cli as cli_here
+
+    config = str(ROOT / "configs" / "demo" / "qat.yaml")
+    tiny = ["--data.init_args.val_size", "128", "--data.init_args.train_size", "160", "--data.init_args.crop", "128",
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1", "--model.real_coding_clips", "0",
+            "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+    last = tmp_path / "runs" / "demo" / "qat" / "checkpoints" / "last.ckpt"
+    first = cli_here("fit", "--config", config, "--model.init_weights", float_weights, "--trainer.max_steps", "1",
+                     "--trainer.val_check_interval", "1", *tiny, cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert torch.load(last, weights_only=False)["hyper_parameters"]["_init_weights_resolved"]
+    resumed = cli_here("fit", "--config", config, "--model.init_weights", float_weights, "--trainer.max_steps", "2",
+                       "--trainer.val_check_interval", "1", *tiny, "--ckpt_path", last, cwd=tmp_path,
+                       env={"WANDB_MODE": "offline"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+
 @pytest.mark.parametrize("name", ["VimeoDataModule", "FootageDataModule"])
 def test_training_steps_on_real_data_get_float_batches(name, data_roots, tmp_path):
     """uint8 clips leave the DataLoader and reach the module as float32 in [0, 1]."""
