@@ -45,3 +45,23 @@ def preset(name: str) -> str:
     if relative.exists() and shipped.is_file() and relative.resolve() != shipped.resolve():
         return str(shipped)
     return str(relative)
+
+
+def preset_in_run_dir(config: Path, run_dir: Path, path: Path) -> Path:
+    """Preset ``config`` with its run folder moved to ``run_dir``, written to ``path``: the
+    presets name one relative run folder three times (the trainer's ``default_root_dir``, the
+    W&B logger's ``save_dir`` and the checkpoint callback's ``dirpath``), and all three move."""
+    import yaml
+
+    from nvc_train.io.atomic import atomic_write_bytes
+
+    settings = yaml.safe_load(Path(config).read_text())
+    run_dir = Path(run_dir).resolve()
+    trainer = settings["trainer"]
+    trainer["default_root_dir"] = str(run_dir)
+    trainer["logger"]["init_args"]["save_dir"] = str(run_dir)
+    for callback in trainer.get("callbacks", []):
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["dirpath"] = str(run_dir / "checkpoints")
+    atomic_write_bytes(path, yaml.safe_dump(settings, sort_keys=False).encode())
+    return path

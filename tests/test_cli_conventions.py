@@ -112,9 +112,10 @@ def test_an_output_is_replaced_only_with_overwrite(files, capsys):
 # subcommand so a new one cannot drift from it.
 SUBPARSERS = build_parser()._subparsers._group_actions[0].choices
 WRITES_FILE = {"encode", "decode", "export-float"}
-WRITES_FOLDER = {"export-float", "export-integer", "export", "ptq", "eval", "prepare-footage", "demo"}
+WRITES_FOLDER = {"export-float", "export-integer", "export", "ptq", "eval", "prepare-footage", "demo", "reproduce"}
 LONG_RUNNING = {"encode", "decode", "cross-check", "export-float", "export-integer", "export", "ptq", "eval", "prepare-footage",
-                "conformance", "publish", "demo"}
+                "conformance", "publish", "demo", "reproduce"}
+RESUMES = {"demo", "reproduce"}  # a second run goes on from the first's output: no --overwrite
 
 
 def options_of(command: str) -> dict[str, object]:
@@ -129,7 +130,7 @@ def test_every_subcommand_names_its_outputs_one_way(command):
     expected = ({"-o", "--output"} if command in WRITES_FILE else set()) | \
                ({"--out-dir"} if command in WRITES_FOLDER else set())
     assert output_like == expected, f"{command}: {sorted(output_like)}"
-    if command in WRITES_FILE | WRITES_FOLDER - {"demo"}:
+    if command in WRITES_FILE | WRITES_FOLDER - RESUMES:
         assert "--overwrite" in options or command in ("export-integer", "export"), command
     assert ("--quiet" in options and "-q" in options) == (command in LONG_RUNNING), command
 

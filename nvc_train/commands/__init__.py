@@ -16,9 +16,10 @@ conformance     conformance
 crosscheck      cross-check
 hub             publish
 demo            demo
+reproduce       reproduce
 ============== ===========================================================
 """
 
-from nvc_train.commands import codec, conformance, crosscheck, data, demo, evaluation, export, hub
+from nvc_train.commands import codec, conformance, crosscheck, data, demo, evaluation, export, hub, reproduce
 
-FAMILIES = (export, conformance, crosscheck, codec, data, evaluation, hub, demo)
+FAMILIES = (export, conformance, crosscheck, codec, data, evaluation, hub, demo, reproduce)

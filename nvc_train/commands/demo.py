@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nvc_train.commands.common import Deprecated, add_quiet
 from nvc_train.errors import UserError
-from nvc_train.presets import CONFIGS
+from nvc_train.presets import CONFIGS, preset_in_run_dir
 
 EVAL_SEED = 7_000_001  # a clip neither training nor validation used
 
@@ -50,24 +50,9 @@ def demo(args) -> int:
 
 
 def _preset_in(out: Path, stage: str) -> Path:
-    """``configs/demo/<stage>.yaml`` with its run folder moved to ``out/<stage>``: written to
-    ``out/<stage>.yaml`` (the presets name ``runs/demo/<stage>`` for the trainer, the W&B
-    logger and the checkpoint callback alike)."""
-    import yaml
-
-    from nvc_train.io.atomic import atomic_write_bytes
-
-    config = yaml.safe_load((CONFIGS / "demo" / f"{stage}.yaml").read_text())
-    run_dir = str((out / stage).resolve())
-    trainer = config["trainer"]
-    trainer["default_root_dir"] = run_dir
-    trainer["logger"]["init_args"]["save_dir"] = run_dir
-    for callback in trainer.get("callbacks", []):
-        if callback["class_path"].endswith("ModelCheckpoint"):
-            callback["init_args"]["dirpath"] = str(Path(run_dir) / "checkpoints")
-    path = out / f"{stage}.yaml"
-    atomic_write_bytes(path, yaml.safe_dump(config, sort_keys=False).encode())
-    return path
+    """``configs/demo/<stage>.yaml`` with its run folder moved to ``out/<stage>``, written to
+    ``out/<stage>.yaml``."""
+    return preset_in_run_dir(CONFIGS / "demo" / f"{stage}.yaml", out / stage, out / f"{stage}.yaml")
 
 
 def _fit(out: Path, stage: str, max_steps: int | None, extra: list[str], quiet: bool) -> Path:

@@ -44,10 +44,11 @@ def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
     return float(f.integrate(lo, hi))
 
 
-def bd_rate(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
-    """Average rate difference (%) of ``test`` vs ``anchor`` at equal PSNR; positive = costlier."""
-    ra, qa = _validate(rate_anchor, psnr_anchor, "anchor")
-    rt, qt = _validate(rate_test, psnr_test, "test")
+def bd_rate(rate_anchor, psnr_anchor, rate_test, psnr_test, labels: tuple[str, str] = ("anchor", "test")) -> float:
+    """Average rate difference (%) of ``test`` vs ``anchor`` at equal PSNR; positive = costlier.
+    ``labels`` name the two curves in a ValueError."""
+    ra, qa = _validate(rate_anchor, psnr_anchor, labels[0])
+    rt, qt = _validate(rate_test, psnr_test, labels[1])
     lo, hi = max(qa[0], qt[0]), min(qa[-1], qt[-1])
     if lo >= hi:
         raise ValueError("the two curves do not overlap in quality")
@@ -55,10 +56,10 @@ def bd_rate(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
     return float((np.exp(diff) - 1) * 100)
 
 
-def bd_psnr(rate_anchor, psnr_anchor, rate_test, psnr_test) -> float:
+def bd_psnr(rate_anchor, psnr_anchor, rate_test, psnr_test, labels: tuple[str, str] = ("anchor", "test")) -> float:
     """Average PSNR difference (dB) of ``test`` vs ``anchor`` at equal rate; positive = better."""
-    ra, qa = _validate(rate_anchor, psnr_anchor, "anchor")
-    rt, qt = _validate(rate_test, psnr_test, "test")
+    ra, qa = _validate(rate_anchor, psnr_anchor, labels[0])
+    rt, qt = _validate(rate_test, psnr_test, labels[1])
     la, lt = np.log(ra), np.log(rt)
     oa, ot = np.argsort(la), np.argsort(lt)
     lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())

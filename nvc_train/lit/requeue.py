@@ -22,6 +22,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
+requeued = False
+"""Set once this process has saved an HPC checkpoint and stopped training for a requeue: a caller
+that does more after ``fit`` (``nvc-train reproduce``) must stop too, not use the unfinished model."""
+
 
 def requeue_job_id() -> str | None:
     """The id ``scontrol requeue`` takes: ``<array job>_<task>`` for array tasks, else the job id."""
@@ -71,3 +75,5 @@ class SlurmRequeue(L.Callback):
                 log.error("saved %s but `scontrol requeue %s` failed: %s", path, job, result.stderr.strip())
         trainer.should_stop = True
         self.requested = False
+        global requeued
+        requeued = True

@@ -93,7 +93,7 @@ def _check_requeued_run(job: dict, job_id: str, job_dir: Path, run: Path) -> Non
     assert "requeued SLURM job" in text  # nvc_train.lit.requeue.SlurmRequeue, not Lightning's handler
 
 
-@pytest.mark.parametrize("template", ["train", "multinode", "sweep", "finetune"])
+@pytest.mark.parametrize("template", ["train", "multinode", "sweep", "finetune", "reproduce"])
 def test_sbatch_accepts_every_template(slurm_cluster, template, tmp_path):
     """Real sbatch parses each template's #SBATCH header (--test-only: checked, not queued);
     the command-line options shrink it to this one CPU node, as a user adapts it."""
