@@ -6,6 +6,7 @@ Every user error ends in one line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import warnings
@@ -107,6 +108,8 @@ def _silence_library_noise() -> None:
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     # Lightning's own pytree helper uses an API torch 2.14 deprecates, once per fit.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if "SLURM_JOB_ID" not in os.environ:  # outside a job, not using srun is the intent, not a mistake
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
     class NoAdverts(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:

@@ -336,9 +336,14 @@ def _fit(plan: Plan, folder: Path, q: int, method: str, parent: Path, log: Log) 
 
         for name in ("lightning.pytorch", "lightning.fabric"):  # "GPU available", "Seed set to 0"
             logging.getLogger(name).setLevel(logging.WARNING)
-    if last.is_file():
-        log.stage(f"q{q} {method}: resuming the training from {last}")
-        argv += ["--ckpt_path", str(last)]
+    # The newest of last.ckpt and a Slurm requeue's hpc_ckpt_<n>.ckpt ("hpc": Lightning's name for
+    # the highest n in the run folder, on Slurm or not).
+    saved = sorted([p for p in [last, *(folder / "run").glob("hpc_ckpt_*.ckpt")] if p.is_file()],
+                   key=lambda p: (p.stat().st_mtime_ns, p.name))
+    if saved:
+        newest = saved[-1]
+        log.stage(f"q{q} {method}: resuming the training from {newest}")
+        argv += ["--ckpt_path", "hpc" if newest.name.startswith("hpc_ckpt_") else str(newest)]
     else:
         log.stage(f"q{q} {method}: training from {parent.name} ({FIT_PRESETS[method]}"
                   f"{f', {plan.steps} steps' if plan.steps else ''})")
@@ -391,7 +396,6 @@ def second_setting(dev: str):
 
 def verify(plan: Plan, folder: Path, model: Path, dev: str, log: Log, what: str) -> None:
     """Decode the integer model's eval bitstreams here and on :func:`second_setting`; compare."""
-    from nvc_train.crosscheck.environments import Environment
     from nvc_train.crosscheck.matrix import compare
     from nvc_train.crosscheck.run import decode_in
     from nvc_train.io.atomic import atomic_write_bytes
@@ -403,12 +407,14 @@ def verify(plan: Plan, folder: Path, model: Path, dev: str, log: Log, what: str)
                for p in sorted((folder / "eval" / name / "bitstreams" / model.stem).glob("*.nvc"))}
     other = second_setting(dev)
     log.stage(f"{what}: decoding {len(streams)} bitstreams again on {other.name}")
-    here = Environment("this machine", [sys.executable], options=["--device", dev])
+    from nvc_train.crosscheck import decode
+
     work = folder / "verify"
     work.mkdir(exist_ok=True)
-    timeout = 24 * 3600.0
-    reference = decode_in(here, model, streams, work / "here.json", timeout)
-    row = compare(other.name, reference, decode_in(other, model, streams, work / "other.json", timeout))
+    # The first decode in this process (its settings are those the evaluation ran with), through
+    # JSON as the second one's record comes.
+    reference = json.loads(json.dumps(decode.run(str(model), {k: str(v) for k, v in streams.items()}, dev, True)))
+    row = compare(other.name, reference, decode_in(other, model, streams, work / "other.json", 24 * 3600.0))
     atomic_write_bytes(path, json.dumps({"setting": other.name, "described": row.described,
                                          **{k: v for k, v in asdict(row).items() if k != "environment"}},
                                         indent=2).encode())
@@ -467,6 +473,9 @@ def build_table(plan: Plan, out: Path, parents: dict[int, Path], log: Log) -> Pa
     for m in plan.methods:
         if m not in INTEGER_METHODS:
             verification[m] = _verification_text(integer_records, False)
+    labels = dict(T.METHOD_LABELS)
+    if not plan.ptq_search:
+        labels["ptq"] = "PTQ (default observers: per-channel MinMax weights, MinMax activations; no search)"
     datasets = {}
     for name in plan.datasets:
         curves = {}
@@ -476,25 +485,24 @@ def build_table(plan: Plan, out: Path, parents: dict[int, Path], log: Log) -> Pa
                 curve = json.loads((model_dir(out, q, method) / "eval" / name / f"{EVAL_FAMILY[method]}.json").read_text())
                 r = curve["results"]
                 points.append((q, r["model"][0], {k: v[0] for k, v in r.items() if k not in ("q", "model")}))
-            curves[method] = T.method_curve(method, points, f"nvc-train reproduce: {T.METHOD_LABELS[method]}")
+            curves[method] = T.method_curve(method, points, f"nvc-train reproduce: {labels[method]}")
         for codec in plan.anchors:
             curves[codec] = json.loads((out / "anchors" / "eval" / name / f"{codec}.json").read_text())
         for key, curve in curves.items():
             atomic_write_bytes(out / "results" / name / f"{key}.json", json.dumps(curve, indent=2).encode())
         plot = out / f"rd-{name}.png"
         plot_rd(curves, plot)
-        first = next(iter(curves.values()))["results"]
-        sequences = sorted(p.name.split("-")[0] for p in (model_dir(out, plan.qualities[0], plan.methods[0]) / "eval" / name
-                                                           / "sequences").glob("*.json"))
-        about = (f"{len(sequences)} sequence{'s' * (len(sequences) != 1)} from {plan.datasets[name]}, "
-                 f"{int(first['frames'][0]) if 'frames' in first else plan.frames} frames each (at most {plan.frames}), "
-                 f"GOP {plan.gop}")
+        from nvc_train.eval.evaluate import collect_sequences
+
+        count = len(collect_sequences([plan.datasets[name]]))
+        about = (f"{count} sequence{'s' * (count != 1)} from {plan.datasets[name]}, the first {plan.frames} frames of "
+                 f"each (all of a shorter one), GOP {plan.gop}")
         datasets[name] = {"curves": curves, "rows": T.dataset_table(curves, plan.bd_anchor, verification),
                           "about": about, "plot": plot.name}
     title = f"nvc-train reproduce ({plan.preset} preset)"
     settings = [PRESETS[plan.preset].about,
                 f"qualities {', '.join(map(str, plan.qualities))}; methods: " +
-                "; ".join(f"{m} = {T.METHOD_LABELS[m]}" for m in plan.methods),
+                "; ".join(f"{m} = {labels[m]}" for m in plan.methods),
                 f"float parents: {'CompressAI zoo ssf2020-mse' if plan.parents == 'zoo' else plan.parents}",
                 f"anchors: {', '.join(plan.anchors) or 'none'} (PyAV; BD-rate against {plan.bd_anchor or 'none'})",
                 "every number comes from the eval JSONs under q<Q>/<method>/eval and anchors/eval"]

@@ -86,8 +86,7 @@ def average(per_dataset: dict[str, dict], key: str, metric: str = "psnr-rgb") ->
     """Each method's BD (``key``: "vs float" or "vs <anchor>") averaged over datasets, as papers
     average per-dataset BD-rates; a method with a failed comparison on any dataset has none."""
     out = {}
-    methods = {m for rows in per_dataset.values() for m in rows}
-    for method in sorted(methods):
+    for method in dict.fromkeys(m for rows in per_dataset.values() for m in rows):
         cells = [rows[method]["bd"].get(key, {}).get(metric) for rows in per_dataset.values() if method in rows]
         if not cells or any(c is None for c in cells):
             continue
@@ -112,7 +111,7 @@ def markdown(title: str, settings: list[str], datasets: dict[str, dict], anchor:
                   "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         per = {name: d["rows"] for name, d in datasets.items()}
         avgs = {k: average(per, k) for k in keys}
-        for method in {m for d in per.values() for m in d}:
+        for method in dict.fromkeys(m for d in per.values() for m in d):  # the datasets' own row order
             cells = [avgs[k][method].cell() if method in avgs[k] else "" for k in keys]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
