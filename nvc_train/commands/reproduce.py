@@ -394,8 +394,14 @@ def second_setting(dev: str):
                        {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}, options=["--threads", "1"])
 
 
-def verify(plan: Plan, folder: Path, model: Path, dev: str, log: Log, what: str) -> None:
-    """Decode the integer model's eval bitstreams here and on :func:`second_setting`; compare."""
+def verify(plan: Plan, folder: Path, model: Path, integer: bool, dev: str, log: Log, what: str) -> None:
+    """Decode the model's streams of every test set here and on :func:`second_setting`; compare.
+
+    Integer models: the ``.nvc`` files ``eval`` wrote, by the cross-check decoder (latents,
+    frames, conformance, and the float control). Float models: each sequence encoded once more
+    here as ``eval`` encodes it, then decoded by :mod:`nvc_train.crosscheck.float_decode`: how
+    many decoded frames differ is the failure the integer decoders remove."""
+    from nvc_train.crosscheck import decode, float_decode
     from nvc_train.crosscheck.matrix import compare
     from nvc_train.crosscheck.run import decode_in
     from nvc_train.io.atomic import atomic_write_bytes
@@ -403,21 +409,53 @@ def verify(plan: Plan, folder: Path, model: Path, dev: str, log: Log, what: str)
     path = folder / "verify.json"
     if path.is_file():
         return
-    streams = {f"{name}-{p.stem}": p for name in plan.datasets
-               for p in sorted((folder / "eval" / name / "bitstreams" / model.stem).glob("*.nvc"))}
-    other = second_setting(dev)
-    log.stage(f"{what}: decoding {len(streams)} bitstreams again on {other.name}")
-    from nvc_train.crosscheck import decode
-
     work = folder / "verify"
     work.mkdir(exist_ok=True)
+    other = second_setting(dev)
+    if integer:
+        streams = {f"{name}-{p.stem}": p for name in plan.datasets
+                   for p in sorted((folder / "eval" / name / "bitstreams" / model.stem).glob("*.nvc"))}
+    else:
+        streams = _float_streams(plan, model, work, dev)
+    log.stage(f"{what}: decoding {len(streams)} streams here and again on {other.name}")
     # The first decode in this process (its settings are those the evaluation ran with), through
     # JSON as the second one's record comes.
-    reference = json.loads(json.dumps(decode.run(str(model), {k: str(v) for k, v in streams.items()}, dev, True)))
-    row = compare(other.name, reference, decode_in(other, model, streams, work / "other.json", 24 * 3600.0))
-    atomic_write_bytes(path, json.dumps({"setting": other.name, "described": row.described,
+    here = (decode.run(str(model), {k: str(v) for k, v in streams.items()}, dev, True) if integer
+            else float_decode.run(str(model), {k: str(v) for k, v in streams.items()}, dev))
+    worker = "nvc_train.crosscheck.decode" if integer else "nvc_train.crosscheck.float_decode"
+    try:
+        there = decode_in(other, model, streams, work / "other.json", 24 * 3600.0, worker=worker)
+    except UserError as exc:
+        if integer:
+            raise
+        # The float model's failure can be a crash: a stream decoded with other probability tables
+        # sends CompressAI's range decoder out of its buffers. That is the result, not an error.
+        atomic_write_bytes(path, json.dumps({"setting": other.name, "integer": False, "crashed": str(exc),
+                                             "frames_here": sum(len(s["types"]) for s in here["streams"].values())},
+                                            indent=2).encode())
+        return
+    row = compare(other.name, json.loads(json.dumps(here)), there)
+    atomic_write_bytes(path, json.dumps({"setting": other.name, "described": row.described, "integer": integer,
                                          **{k: v for k, v in asdict(row).items() if k != "environment"}},
                                         indent=2).encode())
+
+
+def _float_streams(plan: Plan, model: Path, work: Path, dev: str) -> dict[str, Path]:
+    """Each test sequence coded by the float model as ``eval`` codes it, one stream file each."""
+    from nvc_train.crosscheck.float_decode import write_stream
+    from nvc_train.eval.evaluate import collect_sequences, encode_float, load_eval_model
+    from nvc_train.io.video import InputOptions
+
+    float_model = load_eval_model(model, dev)
+    streams = {}
+    for name, folder in plan.datasets.items():
+        for source in collect_sequences([folder]):
+            coded = encode_float(float_model, source, InputOptions(), plan.gop, dev, plan.frames)
+            path = work / f"{name}-{source.stem}.json"
+            write_stream([(cf.frame_type, {k: (v.y_string, v.z_string, v.z_shape) for k, v in cf.latents.items()})
+                          for cf in coded.frames], path)
+            streams[f"{name}-{source.stem}"] = path
+    return streams
 
 
 def run_task(plan: Plan, out: Path, index: int, parents: dict[int, Path], dev: str, log: Log) -> None:
@@ -429,26 +467,32 @@ def run_task(plan: Plan, out: Path, index: int, parents: dict[int, Path], dev: s
     folder = model_dir(out, q, method)
     folder.mkdir(parents=True, exist_ok=True)
     evaluate(plan, folder / "eval", [model], [], dev, log, f"q{q} {method}")
-    if method in INTEGER_METHODS:
-        verify(plan, folder, model, dev, log, f"q{q} {method}")
+    verify(plan, folder, model, method in INTEGER_METHODS, dev, log, f"q{q} {method}")
 
 
 # --------------------------------------------------------------------------- table
 
-def _verification_text(records: list[dict], integer: bool) -> str:
-    if not records:
-        return ""
+def _verification_text(records: list[dict]) -> str:
+    """One method's second-setting decodes over its qualities, in words."""
     setting = records[0]["setting"]
+    if not records[0].get("integer", True):
+        crashed = [r for r in records if r.get("crashed")]
+        ran = [r for r in records if not r.get("crashed")]
+        raw = [sum(r["control_raw_differ"][i] for r in ran) for i in (0, 1)]
+        eight = [sum(r["control_8bit_differ"][i] for r in ran) for i in (0, 1)]
+        text = f"float: {raw[0]}/{raw[1]} decoded frames differ ({eight[0]}/{eight[1]} at 8 bits)" if ran else "float:"
+        if crashed:
+            text += (f"{';' if ran else ''} the decoder crashed on {len(crashed)} of {len(records)} models "
+                     f"({crashed[0]['crashed'].split(': ', 1)[-1]})")
+        return f"{text} on {setting}"
     raw = [sum(r["control_raw_differ"][i] for r in records) for i in (0, 1)]
-    if not integer:
-        return f"float decoders differ on {raw[0]}/{raw[1]} frames ({setting}; the integer checkpoints' float twins)"
     latents = [sum(r["latents"][i] for r in records) for i in (0, 1)]
     frames = [sum((r["frames"] or (0, 0))[i] for r in records) for i in (0, 1)]
     same = latents[0] == latents[1] and frames[0] == frames[1] and not any(r["conformance_failures"] for r in records)
     text = f"{'identical' if same else 'DIFFERENT'}: latents {latents[0]}/{latents[1]}"
     if frames[1]:
         text += f", frames {frames[0]}/{frames[1]}"
-    return text + f" ({setting}); float control differed on {raw[0]}/{raw[1]}"
+    return text + f" on {setting}; float control differed on {raw[0]}/{raw[1]}"
 
 
 def build_table(plan: Plan, out: Path, parents: dict[int, Path], log: Log) -> Path:
@@ -461,18 +505,13 @@ def build_table(plan: Plan, out: Path, parents: dict[int, Path], log: Log) -> Pa
     for i, (q, method) in enumerate(plan.tasks()):
         folder = out / "anchors" / "eval" if method == "anchors" else model_dir(out, q, method) / "eval"
         if not all((folder / name / "done").is_file() for name in plan.datasets) or (
-                method in INTEGER_METHODS and not (model_dir(out, q, method) / "verify.json").is_file()):
+                method != "anchors" and not (model_dir(out, q, method) / "verify.json").is_file()):
             missing.append(f"{i} ({method}{f' q{q}' if q else ''})")
     if missing:
         raise UserError(f"the table needs every task finished; not yet: task {', '.join(missing)} "
                         f"(run them with --task I, or without --task/--table)")
-    records = {m: [json.loads((model_dir(out, q, m) / "verify.json").read_text()) for q in plan.qualities]
-               for m in plan.methods if m in INTEGER_METHODS}
-    integer_records = [r for rs in records.values() for r in rs]
-    verification = {m: _verification_text(rs, True) for m, rs in records.items()}
-    for m in plan.methods:
-        if m not in INTEGER_METHODS:
-            verification[m] = _verification_text(integer_records, False)
+    verification = {m: _verification_text([json.loads((model_dir(out, q, m) / "verify.json").read_text())
+                                           for q in plan.qualities]) for m in plan.methods}
     labels = dict(T.METHOD_LABELS)
     if not plan.ptq_search:
         labels["ptq"] = "PTQ (default observers: per-channel MinMax weights, MinMax activations; no search)"

@@ -58,10 +58,12 @@ def generated_stream(ck, work: Path, width: int, height: int, frames: int) -> Pa
     return out
 
 
-def decode_in(env: Environment, checkpoint: Path, streams: dict[str, Path], out: Path, timeout: float) -> dict:
-    """Run the decoder of :mod:`nvc_train.crosscheck.decode` in ``env``; its record, or a
+def decode_in(env: Environment, checkpoint: Path, streams: dict[str, Path], out: Path, timeout: float,
+              worker: str = "nvc_train.crosscheck.decode") -> dict:
+    """Run the decoder of :mod:`nvc_train.crosscheck.decode` (or ``worker``, a module with the
+    same options: :mod:`nvc_train.crosscheck.float_decode`) in ``env``; its record, or a
     :class:`UserError` naming the environment and the decoder's last line of output."""
-    cmd = [*env.command, "-m", "nvc_train.crosscheck.decode", "--checkpoint", str(checkpoint), "--json", str(out),
+    cmd = [*env.command, "-m", worker, "--checkpoint", str(checkpoint), "--json", str(out),
            *env.options, *(f"--stream={name}={path}" for name, path in streams.items())]
     child_env = {k: v for k, v in os.environ.items() if k not in ENV_SETTINGS}
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
@@ -74,6 +76,10 @@ def decode_in(env: Environment, checkpoint: Path, streams: dict[str, Path], out:
         raise UserError(f"{env.name}: the decoder did not finish within {timeout:.0f} s (--timeout)") from None
     if proc.returncode != 0 or not out.exists():
         last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1][:240]
+        if proc.returncode < 0:  # a crash in native code (CompressAI's range decoder on a desynchronised stream)
+            import signal
+
+            last = f"killed by {signal.Signals(-proc.returncode).name}"
         raise UserError(f"{env.name}: the decoder failed: {last}")
     return json.loads(out.read_text())
 

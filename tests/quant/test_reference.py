@@ -24,11 +24,14 @@ from nvc_train.quant.fake_quant import (
 from tests.quant import reference as ref
 from tests.quant.helpers import integer_decoder
 
-INTERIOR_SHARE = {"real": 0.2, "random": 0.05}
+INTERIOR_SHARE = {"real": 0.15, "random": 0.05}
 """Least share of intermediate activations strictly inside (0, qmax) per input kind, so that
 rounding and requantization (not only the clamps) are compared. Measured on the test model
 (8-bit activations): real latents 0.22-0.77, random symbols 0.09-0.58 depending on the
-decoder; the stress input saturates by design."""
+decoder; the stress input saturates by design. On 2026-12-05 a fresh install (same pins) trained
+a session model whose motion scale decoder had 0.185 on real latents, also at the commit before
+(f86aaff) whose CI had passed: the bound for real latents went from 0.2 to 0.15 (18 % of that
+decoder's activations are interior values)."""
 
 
 def reference_layers(m, part: str, role: str) -> ref.Layers:

@@ -23,11 +23,16 @@ def sbatch_options(path: Path) -> dict[str, str]:
     return options
 
 
-def test_all_four_templates_ship():
-    assert {p.name for p in TEMPLATES} == {"train.sbatch", "multinode.sbatch", "sweep.sbatch", "finetune.sbatch"}
+TRAINING = [p for p in TEMPLATES if p.name != "reproduce.sbatch"]  # `nvc-train fit` through common.sh
 
 
-@pytest.mark.parametrize("path", [*TEMPLATES, ROOT / "slurm" / "common.sh"], ids=lambda p: p.name)
+def test_all_five_templates_ship():
+    assert {p.name for p in TEMPLATES} == {"train.sbatch", "multinode.sbatch", "sweep.sbatch", "finetune.sbatch",
+                                           "reproduce.sbatch"}
+
+
+@pytest.mark.parametrize("path", [*TEMPLATES, ROOT / "slurm" / "common.sh", ROOT / "slurm" / "reproduce.sh"],
+                         ids=lambda p: p.name)
 def test_bash_syntax(path):
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -40,6 +45,10 @@ def test_requeue_options_and_one_task_per_gpu(path):
     for line in REQUIRED:
         assert f"#SBATCH {line}" in text, f"{path.name} lacks #SBATCH {line}"
     assert options["ntasks-per-node"] == options["gpus-per-node"]  # Lightning: devices = tasks per node
+    if path.name == "reproduce.sbatch":  # one `nvc-train reproduce` task per array index, or the table
+        assert 'srun --kill-on-bad-exit=1 nvc-train reproduce "$@" --task "$SLURM_ARRAY_TASK_ID"' in text
+        assert 'nvc-train reproduce "$@" --table' in text
+        return
     assert "source \"${NVC_TRAIN_ROOT:-$SLURM_SUBMIT_DIR}/slurm/common.sh\"" in text
     preset = re.search(r'NVC_CONFIG:=([^}]+)}', text).group(1)
     assert (ROOT / preset).is_file(), f"{path.name}: default preset {preset} missing"
