@@ -105,8 +105,11 @@ def run(checkpoint: str, streams: dict[str, str], device: str, conformance: bool
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nvc_train.crosscheck.decode", description=__doc__.splitlines()[0])
+def worker_main(argv: list[str] | None, prog: str, description: str, decode) -> int:
+    """The command line every decoding worker shares: ``--checkpoint``, ``--stream NAME=FILE``,
+    ``--threads``, ``--onednn``, ``--device``, ``--no-conformance``, ``--json``; sets this
+    process's threads and oneDNN, then writes ``decode(checkpoint, streams, device, conformance)``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--stream", action="append", default=[], metavar="NAME=FILE")
     ap.add_argument("--no-conformance", dest="conformance", action="store_false")
@@ -121,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = args.onednn == "on"
     streams = dict(s.split("=", 1) for s in args.stream)
-    record = run(args.checkpoint, streams, args.device, args.conformance)
+    record = decode(args.checkpoint, streams, args.device, args.conformance)
     tmp = args.json + ".part"
     with open(tmp, "w") as f:
         json.dump(record, f)
     os.replace(tmp, args.json)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return worker_main(argv, "python -m nvc_train.crosscheck.decode", __doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ two strings in base64 and the hyper-latent shape.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -71,7 +70,9 @@ def decode_stream(model, path: str) -> dict:
     return out
 
 
-def run(checkpoint: str, streams: dict[str, str], device: str) -> dict:
+def run(checkpoint: str, streams: dict[str, str], device: str, conformance: bool = False) -> dict:
+    """The record :mod:`nvc_train.crosscheck.decode` writes, for a float model (it has no
+    conformance records: ``conformance`` is ignored)."""
     from nvc_train.crosscheck.decode import environment
     from nvc_train.io.digest import sha256_file
 
@@ -85,25 +86,9 @@ def run(checkpoint: str, streams: dict[str, str], device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nvc_train.crosscheck.float_decode", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="float ScaleSpaceFlow state dict (.pth.tar)")
-    ap.add_argument("--stream", action="append", default=[], metavar="NAME=FILE")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
-    ap.add_argument("--onednn", choices=("on", "off"), default="on")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", required=True, metavar="FILE", help="where to write the record")
-    args = ap.parse_args(argv)
-    import torch
+    from nvc_train.crosscheck.decode import worker_main
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.backends.mkldnn.enabled = args.onednn == "on"
-    record = run(args.checkpoint, dict(s.split("=", 1) for s in args.stream), args.device)
-    tmp = args.json + ".part"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, args.json)
-    return 0
+    return worker_main(argv, "python -m nvc_train.crosscheck.float_decode", __doc__.splitlines()[0], run)
 
 
 if __name__ == "__main__":
