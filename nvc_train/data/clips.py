@@ -4,8 +4,8 @@ Clips stay uint8 ``(T, 3, H, W)`` through the DataLoader (a quarter of float32's
 worker processes and to the GPU) and become float32 in [0, 1] only after the batch reaches
 its device (:func:`to_unit_float`, called from the DataModules' ``on_after_batch_transfer``).
 
-Training windows are random (torch's global RNG, seeded per worker by Lightning's
-``seed_everything(workers=True)``); validation windows are centred, so validation sees the
+Training windows are random (torch's global RNG, which the training loader seeds for each
+sample from its place in the epoch: :mod:`nvc_train.data.order`); validation windows are centred, so validation sees the
 same pixels every time.
 """
 

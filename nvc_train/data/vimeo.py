@@ -70,7 +70,7 @@ class VimeoSeptuplets(Dataset):
     k uniform in 1..max_interval (capped so that all T frames lie within the seven) and the
     start uniform among those that fit; then a uniform (crop × crop) window and, if
     ``temporal_flip``, reversed order with p = 0.5. Randomness comes only from torch's global
-    RNG, which Lightning seeds per DataLoader worker.
+    RNG, which the training loader seeds per sample (:mod:`nvc_train.data.order`).
 
     ``split="test"``: deterministic. Frames im1 .. im{T}, the centred window of
     ``validation_size(H, W, val_crop_limit)`` (384x256 for 448x256 frames), never flipped;

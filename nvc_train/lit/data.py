@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from nvc_train.data.clips import to_unit_float
+from nvc_train.data.order import ResumableLoader, ResumableSampler, run_seed
 from nvc_train.data.synthetic import SyntheticClips
 from nvc_train.models.ssf import MODEL_MULTIPLE
 
@@ -19,8 +20,9 @@ from nvc_train.models.ssf import MODEL_MULTIPLE
 class RandomCropFlip(Dataset):
     """Wraps a clip dataset: random (crop × crop) window, reversed frame order with p = 0.5.
 
-    Randomness comes from torch's global RNG, which Lightning seeds per worker
-    (``seed_everything(..., workers=True)``), so runs are reproducible.
+    Randomness comes from torch's global RNG, which the training loader seeds for each sample
+    from its place in the epoch (:class:`~nvc_train.data.order.SeededSamples`), so runs are
+    reproducible and resumable.
     """
 
     def __init__(self, clips: Dataset, crop: int, temporal_flip: bool = True):
@@ -43,25 +45,40 @@ class RandomCropFlip(Dataset):
 
 
 class ClipDataModule(L.LightningDataModule):
-    """Shared loaders: shuffled training batches, validation one clip at a time in a fixed
-    order. Under DDP, Lightning wraps both in a ``DistributedSampler`` (each rank its own
-    shard; validation padded to equal length so per-step metric syncs line up). Batches may
-    arrive as uint8 and become float32 in [0, 1] on the device (:mod:`nvc_train.data.clips`).
+    """Shared loaders: training batches in the resumable order of :mod:`nvc_train.data.order`
+    (each rank its own part, random crops seeded by each sample's place in the epoch, the
+    position in the epoch saved in checkpoints), validation one clip at a time in a fixed order
+    (under DDP Lightning gives each rank a ``DistributedSampler`` share, padded to equal length
+    so per-step metric syncs line up). Batches may arrive as uint8 and become float32 in [0, 1]
+    on the device (:mod:`nvc_train.data.clips`).
     """
 
     train_set: Dataset
     val_set: Dataset
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader_options(self) -> dict:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=shuffle)
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
+
+    def train_blocks(self) -> list[int] | None:
+        """End offsets of the training set's blocks of consecutive samples kept together between
+        ranks (see :class:`~nvc_train.data.order.ResumableSampler`); None: no locality to keep."""
+        return None
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(len(self.train_set), self.hparams.batch_size, run_seed(), world, rank,
+                                   self.train_blocks())
+        return ResumableLoader(self.train_set, sampler, self._batches_trained, **self._loader_options())
+
+    def _batches_trained(self) -> tuple[int, int]:
+        """(epoch, batches of it trained) as a checkpoint written now records them."""
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, 1, shuffle=False)
+        return DataLoader(self.val_set, batch_size=1, shuffle=False, **self._loader_options())
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
         return to_unit_float(batch)
@@ -209,3 +226,65 @@ class FootageDataModule(ClipDataModule):
         if stage in (None, "fit") and len(self.train_set) == 0:
             raise FootageError(f"{footage.root} has no training clip of at least {hp.crop}x{hp.crop} pixels: "
                                "lower --data.crop or prepare more footage")
+
+
+class ShardDataModule(ClipDataModule):
+    """Footage cut into clip shards by ``nvc-train prepare-footage … --shards`` (see
+    :mod:`nvc_train.data.shards`), from a local or shared folder or an object-store URL.
+
+    Each rank trains on its own contiguous run of shards each epoch (the order of
+    :mod:`nvc_train.data.order`: deterministic, resumable mid-epoch after a requeue).
+
+    Args:
+        root: the shard folder, or a URL ``fsspec`` opens (``https://…``, ``s3://…`` with s3fs).
+        num_frames: frames per training clip (at most the window length the shards were cut with).
+        crop: training crop side in pixels (multiple of 128); shards of smaller windows are left out.
+        val_crop_limit: cap on the side of the centred validation window (None: whole frames).
+        max_val_clips: validation uses this many evenly spaced clips (None: all).
+        cache_dir: where a node keeps remote shards (default ``~/.cache/nvc-train/shards``).
+        verify: check local shards against the manifest's SHA-256 at setup (unchanged shards are
+            not read again: a stamp records their size and time of the last check).
+    """
+
+    def __init__(self, root: str, num_frames: int = 3, crop: int = 256, batch_size: int = 8, num_workers: int = 4,
+                 temporal_flip: bool = True, val_crop_limit: int | None = None, max_val_clips: int | None = 16,
+                 cache_dir: str | None = None, verify: bool = True):
+        super().__init__()
+        if crop % MODEL_MULTIPLE:
+            raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
+        self.save_hyperparameters()
+        from nvc_train.data.shards import MANIFEST, is_remote, read_shard_manifest
+
+        self.manifest = read_shard_manifest(root)  # fail before the logger starts
+        if not is_remote(root):  # what identifies the data beyond a relative path (model cards)
+            from nvc_train.io.digest import sha256_file
+
+            self.hparams["_root_resolved"] = str(Path(root).resolve())
+            self.hparams["_manifest_sha256"] = sha256_file(Path(root) / MANIFEST)
+
+    def setup(self, stage: str | None = None) -> None:
+        import hashlib
+
+        from nvc_train.data.footage import FootageError
+        from nvc_train.data.shards import ShardClips, is_remote, verify_local_shards
+
+        hp = self.hparams
+        cache = None
+        if is_remote(hp.root):
+            base = Path(hp.cache_dir) if hp.cache_dir else Path.home() / ".cache" / "nvc-train" / "shards"
+            cache = base / hashlib.sha256(hp.root.encode()).hexdigest()[:16]
+        elif hp.verify:
+            verify_local_shards(Path(hp.root), self.manifest["shards"])
+        try:
+            self.train_set = ShardClips(hp.root, self.manifest, "train", hp.num_frames, hp.crop, hp.temporal_flip,
+                                        cache_dir=cache)
+            self.val_set = ShardClips(hp.root, self.manifest, "validation", hp.num_frames, None, False,
+                                      hp.val_crop_limit, hp.max_val_clips, cache_dir=cache)
+        except ValueError as exc:
+            raise FootageError(str(exc)) from None
+        if stage in (None, "fit") and len(self.train_set) == 0:
+            raise FootageError(f"{hp.root} has no training window of at least {hp.crop}x{hp.crop} pixels: "
+                               "lower --data.crop or cut larger windows")
+
+    def train_blocks(self) -> list[int]:
+        return self.train_set.ends

@@ -65,7 +65,7 @@ def clips_per_file(frames: int, clip_len: int, stride: int) -> int:
 
 
 class RecordShards(L.Callback):
-    """Writes each rank's training and validation sample indices (first epoch) to
+    """Writes each rank's training keys ((index, sample seed) pairs) and validation sample indices (first epoch) to
     ``$NVC_TEST_SHARDS/rank<k>.json``: what the DDP test checks for disjoint shards."""
 
     def on_train_start(self, trainer, pl_module):

@@ -425,11 +425,11 @@ def test_fit_on_footage_with_ddp_decoding_in_workers(prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "`max_steps=2` reached" in result.stderr
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
-    assert all(r["world"] == 2 and r["sampler"] == "DistributedSampler" for r in ranks)
+    assert all(r["world"] == 2 and r["sampler"] == "ResumableSampler" for r in ranks)
     n_train, n_val = ranks[0]["train_len"], ranks[0]["val_len"]
-    a, b = set(ranks[0]["train"]), set(ranks[1]["train"])
-    assert a | b == set(range(n_train))
-    assert len(a & b) <= n_train % 2  # DistributedSampler pads an odd count with one repeat
+    a, b = ({index for index, _seed in r["train"]} for r in ranks)
+    assert len(a) == len(b) == n_train // 2 and not a & b  # equal parts, no clip on both ranks
+    assert a | b == set(range(n_train)) or n_train % 2  # an odd one out is left for the next epoch
     # Validation is not shuffled: rank k takes every other clip of the fixed list, padded
     # with the first clip when the count is odd.
     padded = list(range(n_val)) + list(range(n_val))[: n_val % 2]
