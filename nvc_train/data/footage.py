@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from nvc_train.io.atomic import AtomicOutput, remove_path, replace_path
 from nvc_train.io.colour import Window, crop, rgb_to_uint8
 from nvc_train.io.video import PyAVReader, VideoError, Y4MReader, open_video
-from nvc_train.data.clips import centre_window, maybe_flip, random_window, validation_size
+from nvc_train.data.clips import centre_window, random_window, validation_size
 from nvc_train.errors import UserError
 
 SOURCE_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".y4m")
@@ -505,14 +505,20 @@ class FootageClips(Dataset):
     (crop × crop) window, random temporal flip. Validation (``crop`` None): the clip's first
     ``num_frames`` frames, centred window of :func:`validation_size` (``val_crop_limit``).
 
+    With ``clips_per_decode`` N > 1 an item is N clips (N, num_frames, 3, H, W) that follow each
+    other in one file, each with its own random frames, crop and flip, decoded in one run from
+    the keyframe before the first: the seek is paid once for N clips. Each clip is the one the
+    single-clip path gives for the same frames and window.
+
     Args:
         use_cache: read frames from OUT/cache when the folder has one (else decode the file).
         max_clips: keep this many evenly spaced clips (deterministic), e.g. for validation.
+        clips_per_decode: clips per item, cut from one decoded run (training only).
     """
 
     def __init__(self, footage: PreparedFootage, split: str, num_frames: int, crop: int | None,
                  temporal_flip: bool = True, val_crop_limit: int | None = None, max_clips: int | None = None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, clips_per_decode: int = 1):
         clip_len = footage.manifest["clip_len"]
         if not 1 <= num_frames <= clip_len:
             raise ValueError(f"num_frames must be in 1..{clip_len} (the clip length {footage.root} was prepared with), got {num_frames}")
@@ -530,26 +536,49 @@ class FootageClips(Dataset):
         if max_clips is not None and len(keep) > max_clips:
             keep = [keep[round(j * (len(keep) - 1) / max(1, max_clips - 1))] for j in range(max_clips)]
         self.rows = [{name: values[i] for name, values in columns.items()} for i in keep]
+        if clips_per_decode < 1 or clips_per_decode > 1 and crop is None:
+            raise ValueError(f"clips_per_decode must be at least 1 (and 1 for validation), got {clips_per_decode}")
+        self.clips_per_decode = clips_per_decode
+        self.groups = clip_groups([r["source"] for r in self.rows], clips_per_decode)
         self._sources = _OpenSources()
         self._caches: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.groups)
 
     def __getitem__(self, index: int) -> Tensor:
-        row = self.rows[index]
-        h, w = row["height"], row["width"]
-        offset = 0
-        if self.crop is not None:
-            offset = int(torch.randint(0, row["num_frames"] - self.num_frames + 1, ()))
-            top, left = random_window(h, w, self.crop)
-            ch = cw = self.crop
+        group = self.groups[index]
+        # All random draws first, clip by clip, in the single-clip path's order.
+        draws = [(self.rows[i], *self._draw(self.rows[i])) for i in group]
+        if len(group) == 1:
+            frames = [self.frames(row, start, self.num_frames, window) for row, start, window, _ in draws]
         else:
+            frames = self.frames_of_one_file([(row, start, self.num_frames, window) for row, start, window, _ in draws])
+        clips = [torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2) for f in frames]
+        clips = [(c.flip(0) if flip else c).contiguous() for c, (*_, flip) in zip(clips, draws)]
+        return clips[0] if self.clips_per_decode == 1 else torch.stack(clips)
+
+    def _draw(self, row: dict) -> tuple[int, Window, bool]:
+        """(first frame, window, flip?) of a clip of ``row``: random in training, fixed in validation."""
+        h, w = row["height"], row["width"]
+        if self.crop is None:
             ch, cw = validation_size(h, w, self.val_crop_limit)
-            top, left = centre_window(h, w, ch, cw)
-        frames = self.frames(row, row["start"] + offset, self.num_frames, (top, left, ch, cw))
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-        return maybe_flip(clip, self.temporal_flip and self.crop is not None).contiguous()
+            return row["start"], (*centre_window(h, w, ch, cw), ch, cw), False
+        offset = int(torch.randint(0, row["num_frames"] - self.num_frames + 1, ()))
+        window = (*random_window(h, w, self.crop), self.crop, self.crop)
+        return row["start"] + offset, window, self.temporal_flip and bool(torch.rand(()) < 0.5)
+
+    def frames_of_one_file(self, requests: list[tuple[dict, int, int, Window]]) -> list[np.ndarray]:
+        """``frames(row, start, count, window)`` for several requests on one source file, decoded
+        in one run from the first start (the cache and .y4m files read each request alone)."""
+        info = self.footage.files[requests[0][0]["source"]]
+        if (self.use_cache and info.cache) or info.source.lower().endswith(".y4m"):
+            return [self.frames(*request) for request in requests]
+        first = min(start for _, start, _, _ in requests)
+        end = max(start + count for _, start, count, _ in requests)
+        reader, decoded = self._decoded_run(info, first, end - first)
+        return [self._stored(reader, info, decoded[start - first:start - first + count], window)
+                for _, start, count, window in requests]
 
     def frames(self, row: dict, start: int, count: int, window: Window | None = None) -> np.ndarray:
         """Frames ``start … start+count−1`` of a row's source file as (count, H, W, 3) uint8,
@@ -576,41 +605,89 @@ class FootageClips(Dataset):
         return array
 
     def _decode(self, info: SourceFile, start: int, count: int, window: Window | None) -> np.ndarray:
-        # Without downscaling only the window is converted (exactly the crop of the whole
-        # frame's conversion; 1080p: 0.4 ms instead of 26 ms a frame); a resize needs it all.
-        resized = (info.width, info.height) != (info.source_width, info.source_height)
-        convert_window = None if resized else window
+        path = self._source_path(info)
+        reader = self._sources.get(path)
+        if isinstance(reader, Y4MReader):
+            resized = (info.width, info.height) != (info.source_width, info.source_height)
+            convert_window = None if resized else window
+            try:
+                reader.seek(start)
+                rgb = [crop(f.rgb, convert_window) for f in islice(reader.source_frames(), count)]
+            except VideoError as exc:
+                self._sources.drop(path)
+                raise FootageError(f"cannot read frames {start}–{start + count - 1} of {path}: {exc}") from None
+            self._check_count(path, rgb, start, count)
+            return self._stored_rgb(rgb, info, window, converted=convert_window is not None)
+        reader, decoded = self._decoded_run(info, start, count)
+        return self._stored(reader, info, decoded, window)
+
+    def _source_path(self, info: SourceFile) -> Path:
         path = self.footage.source_root / info.source
         if not path.exists():
             raise FootageError(f"source {path} is missing: point --data.source_root at the footage if it moved")
-        reader = self._sources.get(path)
-        try:
-            if isinstance(reader, Y4MReader):
-                reader.seek(start)
-                frames = [crop(f.rgb, convert_window) for f in islice(reader.source_frames(), count)]
-            else:
-                frames = self._decode_av(reader, path, info, start, count, convert_window)
-        except VideoError as exc:
-            self._sources.drop(path)
-            raise FootageError(f"cannot read frames {start}–{start + count - 1} of {path}: {exc}") from None
+        return path
+
+    def _check_count(self, path: Path, frames: list, start: int, count: int) -> None:
         if len(frames) != count:
             self._sources.drop(path)
             raise FootageError(f"{path} ends before frame {start + count - 1} (it changed since it was prepared?)")
-        if convert_window is not None:
-            return np.stack([stored_frame(rgb, window[3], window[2]) for rgb in frames])
-        stored = np.stack([stored_frame(rgb, info.width, info.height) for rgb in frames])
+
+    def _decoded_run(self, info: SourceFile, start: int, count: int) -> tuple[PyAVReader, list]:
+        """(reader, PyAV frames ``start … start+count−1``), not yet converted."""
+        path = self._source_path(info)
+        reader = self._sources.get(path)
+        try:
+            if info.pts is not None:
+                run = list(islice(reader.decoded_frames(info.pts[start]), count))
+                if run and run[0][0] == info.pts[start]:
+                    self._check_count(path, run, start, count)
+                    return reader, [f for _, f in run]
+            # No usable timestamps, or the seek landed after the clip: decode from the start.
+            self._sources.drop(path)
+            reader = self._sources.get(path)
+            run = list(islice(reader.decoded_frames(None), start, start + count))
+        except VideoError as exc:
+            self._sources.drop(path)
+            raise FootageError(f"cannot read frames {start}–{start + count - 1} of {path}: {exc}") from None
+        self._check_count(path, run, start, count)
+        return reader, [f for _, f in run]
+
+    def _stored(self, reader: PyAVReader, info: SourceFile, decoded: list, window: Window | None) -> np.ndarray:
+        """Decoded frames as stored frames (count, H, W, 3) uint8, or only their ``window``.
+        Without downscaling only the window is converted (exactly the crop of the whole frame's
+        conversion; 1080p: 0.4 ms instead of 26 ms a frame); a resize needs the whole frame."""
+        resized = (info.width, info.height) != (info.source_width, info.source_height)
+        convert_window = None if resized else window
+        rgb = [reader.convert(frame, convert_window).rgb for frame in decoded]
+        return self._stored_rgb(rgb, info, window, converted=convert_window is not None)
+
+    @staticmethod
+    def _stored_rgb(rgb: list[Tensor], info: SourceFile, window: Window | None, converted: bool) -> np.ndarray:
+        if converted:
+            return np.stack([stored_frame(f, window[3], window[2]) for f in rgb])
+        stored = np.stack([stored_frame(f, info.width, info.height) for f in rgb])
         if window is None:
             return stored
         top, left, height, width = window
         return stored[:, top:top + height, left:left + width]
 
-    def _decode_av(self, reader: PyAVReader, path: Path, info: SourceFile, start: int, count: int,
-                   window: Window | None) -> list[Tensor]:
-        if info.pts is not None:
-            timed = list(islice(reader.timed_frames(info.pts[start], window), count))
-            if timed and timed[0][0] == info.pts[start]:
-                return [f.rgb for _, f in timed]
-        # No usable timestamps, or the seek landed after the clip: decode from the start.
-        self._sources.drop(path)
-        reader = self._sources.get(path)
-        return [f.rgb for _, f in islice(reader.timed_frames(None, window), start, start + count)]
+
+def clip_groups(sources: list[str], size: int) -> list[list[int]]:
+    """Rows grouped ``size`` at a time along each file (rows are in file order): runs of
+    consecutive clips, so one decode from a keyframe serves the group. A file's last group
+    overlaps the one before to keep ``size``; a file of fewer clips repeats its last."""
+    if size == 1:
+        return [[i] for i in range(len(sources))]
+    groups, start = [], 0
+    while start < len(sources):
+        end = start
+        while end < len(sources) and sources[end] == sources[start]:
+            end += 1
+        rows = list(range(start, end))
+        rows += [rows[-1]] * (size - len(rows))
+        firsts = list(range(0, len(rows) - size + 1, size))
+        if firsts[-1] + size < len(rows):
+            firsts.append(len(rows) - size)
+        groups.extend(rows[f:f + size] for f in firsts)
+        start = end
+    return groups

@@ -134,21 +134,23 @@ class SeededSamples(Dataset):
 class ResumableLoader(DataLoader):
     """The training DataLoader, resumable mid-epoch through Lightning's checkpoint.
 
-    ``batches_trained`` says how many batches of the current epoch the model has trained on
-    when a checkpoint is written (the loop's count, not this loader's: Lightning fetches one
-    batch ahead). The state is small: the epoch, that count, and what the order depends on.
+    ``batches_trained`` gives (epoch, batches of it the model has trained on, batches the loop
+    runs per epoch) when a checkpoint is written: the loop's counts, not this loader's, since
+    Lightning fetches one batch ahead and ``limit_train_batches`` may end an epoch early. The
+    state is small: the epoch, that count, and what the order depends on.
     """
 
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batches_trained: Callable[[], tuple[int, int]],
-                 **kwargs):
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler,
+                 batches_trained: Callable[[], tuple[int, int, int]], **kwargs):
         super().__init__(SeededSamples(dataset), batch_size=sampler.batch_size, sampler=sampler, drop_last=True,
                          **kwargs)
         self._batches_trained = batches_trained
 
     def state_dict(self) -> dict:
-        epoch, batches = self._batches_trained()
+        epoch, batches, epoch_batches = self._batches_trained()
         s = self.sampler
-        return {"order_version": ORDER_VERSION, "epoch": epoch, "batches": batches, "seed": s.seed,
+        return {"order_version": ORDER_VERSION, "epoch": epoch, "batches": batches, "epoch_batches": epoch_batches,
+                "seed": s.seed,
                 "world_size": s.num_replicas, "batch_size": s.batch_size, "size": s.size}
 
     def load_state_dict(self, state: dict) -> None:
@@ -165,7 +167,8 @@ class ResumableLoader(DataLoader):
                           "number of batches, but not with the batches the interrupted run would have seen",
                           stacklevel=2)
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= s.batches_per_epoch:  # saved at the end of an epoch: the next one starts afresh
+        if batches >= min(s.batches_per_epoch, state.get("epoch_batches", s.batches_per_epoch)):
+            # saved at the end of an epoch: the next one starts afresh
             epoch, batches = epoch + 1, 0
         s.set_epoch(epoch)
         s.start_batch = batches

@@ -309,7 +309,7 @@ def _frames(reader, plan: dict[int, tuple[int, int]]):
 
         try:
             for i, frame in enumerate(reader.container.decode(reader.stream)):
-                yield reader._convert(frame) if i in plan else None
+                yield reader.convert(frame) if i in plan else None
         except av.error.FFmpegError as exc:
             raise VideoError(f"cannot decode {reader.path}: {exc}") from None
     else:  # .y4m and the like convert as they read

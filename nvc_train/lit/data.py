@@ -44,6 +44,11 @@ class RandomCropFlip(Dataset):
         return clip.contiguous()
 
 
+def join_clip_groups(items: list[Tensor]) -> Tensor:
+    """Items of N clips each (N, T, 3, H, W) → one batch of clips (len(items)·N, T, 3, H, W)."""
+    return torch.cat(items)
+
+
 class ClipDataModule(L.LightningDataModule):
     """Shared loaders: training batches in the resumable order of :mod:`nvc_train.data.order`
     (each rank its own part, random crops seeded by each sample's place in the epoch, the
@@ -68,14 +73,20 @@ class ClipDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(len(self.train_set), self.hparams.batch_size, run_seed(), world, rank,
+        # Items of several clips (FootageClips' clips_per_decode) are joined into one batch of clips.
+        per_item = getattr(self.train_set, "clips_per_decode", 1)
+        sampler = ResumableSampler(len(self.train_set), self.hparams.batch_size // per_item, run_seed(), world, rank,
                                    self.train_blocks())
-        return ResumableLoader(self.train_set, sampler, self._batches_trained, **self._loader_options())
+        options = self._loader_options() | ({"collate_fn": join_clip_groups} if per_item > 1 else {})
+        return ResumableLoader(self.train_set, sampler, self._batches_trained, **options)
 
-    def _batches_trained(self) -> tuple[int, int]:
-        """(epoch, batches of it trained) as a checkpoint written now records them."""
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed
+    def _batches_trained(self) -> tuple[int, int, int]:
+        """(epoch, batches of it trained, batches an epoch runs) as a checkpoint written now records them."""
+        trainer = self.trainer
+        loop = trainer.fit_loop
+        per_epoch = trainer.num_training_batches
+        return (loop.epoch_progress.current.completed, loop.epoch_loop.batch_progress.current.processed,
+                per_epoch if per_epoch != float("inf") else 2**62)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=1, shuffle=False, **self._loader_options())
@@ -169,15 +180,23 @@ class FootageDataModule(ClipDataModule):
         hub_cache: where Hub footage is prepared (default ``~/.cache/nvc-train/footage``).
         val_fraction, cache_frames, downscale: how Hub footage is prepared (as the
             ``prepare-footage`` options of the same names).
+        clips_per_decode: training clips cut from one decoded run of a file (consecutive clips,
+            each with its own crop): the seek to the keyframe is paid once for them, which
+            makes decoding several times faster, at the price of batches holding runs of
+            neighbouring clips. Must divide ``batch_size``. 1: every clip on its own.
     """
 
     def __init__(self, root: str, num_frames: int = 3, crop: int = 256, batch_size: int = 8, num_workers: int = 4,
                  temporal_flip: bool = True, val_crop_limit: int | None = None, max_val_clips: int | None = 16,
                  use_cache: bool = True, source_root: str | None = None, hub_cache: str | None = None,
-                 val_fraction: float = 0.1, cache_frames: bool = False, downscale: float = 1.0):
+                 val_fraction: float = 0.1, cache_frames: bool = False, downscale: float = 1.0,
+                 clips_per_decode: int = 1):
         super().__init__()
         if crop % MODEL_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
+        if clips_per_decode < 1 or batch_size % clips_per_decode:
+            raise ValueError(f"clips_per_decode must be at least 1 and divide batch_size ({batch_size}), "
+                             f"got {clips_per_decode}")
         self.save_hyperparameters()
         from nvc_train.data.footage import MANIFEST, FootageError, not_prepared_message
 
@@ -218,7 +237,7 @@ class FootageDataModule(ClipDataModule):
         footage = load_footage(self.prepared_root(), hp.source_root)
         try:
             self.train_set = FootageClips(footage, "train", hp.num_frames, hp.crop, hp.temporal_flip,
-                                          use_cache=hp.use_cache)
+                                          use_cache=hp.use_cache, clips_per_decode=hp.clips_per_decode)
             self.val_set = FootageClips(footage, "validation", hp.num_frames, None, False, hp.val_crop_limit,
                                         hp.max_val_clips, hp.use_cache)
         except ValueError as exc:

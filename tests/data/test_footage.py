@@ -191,6 +191,48 @@ def test_windows_converted_alone_equal_windows_of_the_cache(prepared, split):
         assert torch.equal(a, cached[i]), (split, decoded.rows[i])
 
 
+@pytest.mark.parametrize("per_decode", [2, 3])
+def test_clips_cut_from_one_decoded_run_equal_the_cache_and_the_single_clip_path(prepared, per_decode):
+    """clips_per_decode: one decode from the keyframe serves several consecutive clips, each
+    with its own random frames, crop and flip; each equals the frame cache's clip (no decoding)
+    and the single-clip path's clip for the same draws."""
+    from nvc_train.data.footage import clip_groups
+
+    data = load_footage(prepared)
+    grouped = FootageClips(data, "train", 2, 128, use_cache=False, clips_per_decode=per_decode)
+    cached = FootageClips(data, "train", 2, 128, use_cache=True, clips_per_decode=per_decode)
+    single = FootageClips(data, "train", 2, 128, use_cache=False)
+    assert grouped.groups == clip_groups([r["source"] for r in single.rows], per_decode)
+    assert len({single.rows[i]["source"] for i in grouped.groups[0]}) == 1
+    spans = [single.rows[g[-1]]["start"] - single.rows[g[0]]["start"] for g in grouped.groups]
+    assert max(spans) >= 3 * (per_decode - 1)  # some groups span several clips of a file
+    for i in range(len(grouped)):
+        torch.manual_seed(i)
+        item = grouped[i]
+        assert item.shape == (per_decode, 2, 3, 128, 128)
+        torch.manual_seed(i)
+        assert torch.equal(item, cached[i]), grouped.groups[i]
+        torch.manual_seed(i)
+        for clip_, row_index in zip(item, grouped.groups[i]):
+            row = single.rows[row_index]
+            start, window, flip = single._draw(row)
+            alone = torch.from_numpy(single.frames(row, start, 2, window)).permute(0, 3, 1, 2)
+            assert torch.equal(clip_, alone.flip(0) if flip else alone), (i, row)
+
+
+def test_datamodule_joins_clip_groups_into_batches_of_clips(prepared):
+    from nvc_train.lit.data import FootageDataModule
+
+    with pytest.raises(ValueError, match="divide batch_size"):
+        FootageDataModule(str(prepared), crop=128, batch_size=4, clips_per_decode=3)
+    dm = FootageDataModule(str(prepared), num_frames=2, crop=128, batch_size=4, num_workers=0, use_cache=False,
+                           clips_per_decode=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.batch_size == 2 and len(loader) == len(dm.train_set) // 2
+    assert next(iter(loader)).shape == (4, 2, 3, 128, 128)
+
+
 def test_decoded_footage_matches_the_pixels_that_were_encoded(footage):
     from nvc_train.io.video import InputOptions
 

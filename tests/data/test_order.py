@@ -55,14 +55,14 @@ class _Toy(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(root, max_steps, workers, ckpt_path=None):
+def _fit(root, max_steps, workers, ckpt_path=None, every=4, **trainer_options):
     L.seed_everything(11, verbose=False)
     data = SyntheticClipDataModule(num_frames=2, crop=128, train_size=160, val_size=128, num_train_clips=14,
                                    num_val_clips=1, batch_size=2, num_workers=workers)
     trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
-                        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=4, save_top_k=-1),
-                                   BatchDigestLog(root / "log")])
+                        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_top_k=-1),
+                                   BatchDigestLog(root / "log")], **trainer_options)
     trainer.fit(_Toy(), datamodule=data, ckpt_path=ckpt_path)
     return read_batch_log(root / "log" / "batches-rank0.tsv")
 
@@ -82,3 +82,12 @@ def test_a_resumed_run_is_fed_the_batches_an_uninterrupted_run_was(tmp_path, ste
     monkeypatch.setattr(ResumableLoader, "load_state_dict", lambda self, state: None)
     control = _fit(tmp_path / "control", 16, workers=1, ckpt_path=ckpt)
     assert control != resumed
+
+
+def test_an_epoch_cut_short_by_limit_train_batches_resumes_into_the_next_epoch(tmp_path):
+    """Saved after the last batch Lightning runs of a shortened epoch (5 of 7): the resumed run
+    starts the next epoch's order, not the rest of the cut one."""
+    whole = _fit(tmp_path / "whole", 12, workers=0, every=5, limit_train_batches=5)
+    ckpt = next((tmp_path / "whole" / "ckpt").glob("*step=5.ckpt"))
+    resumed = _fit(tmp_path / "resumed", 12, workers=0, ckpt_path=ckpt, every=5, limit_train_batches=5)
+    assert resumed == {s: d for s, d in whole.items() if s >= 5}
