@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 
 from nvc_train.io.atomic import AtomicOutput, remove_path, replace_path
 from nvc_train.io.colour import Window, crop, rgb_to_uint8
-from nvc_train.io.video import PyAVReader, VideoError, Y4MReader, open_video
+from nvc_train.io.video import InputOptions, PyAVReader, VideoError, open_video
 from nvc_train.data.clips import centre_window, random_window, validation_size
 from nvc_train.errors import UserError
 
@@ -452,9 +452,15 @@ def load_footage(root: str | Path, source_root: str | Path | None = None) -> Pre
 class _OpenSources:
     """The last few opened video files of this process (closed before a fork, see below)."""
 
-    def __init__(self, capacity: int = 4):
-        self.capacity, self.open = capacity, OrderedDict()
+    def __init__(self, capacity: int = 4, hwaccel: str | None = None):
+        self.capacity, self.hwaccel, self.open = capacity, hwaccel, OrderedDict()
         _ALL_OPEN_SOURCES.add(self)
+
+    def __getstate__(self) -> dict:  # a spawned worker opens its own files
+        return {"capacity": self.capacity, "hwaccel": self.hwaccel}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def close_all(self) -> None:
         while self.open:
@@ -463,7 +469,7 @@ class _OpenSources:
     def get(self, path: Path):
         reader = self.open.pop(path, None)
         if reader is None:
-            reader = open_video(path)
+            reader = open_video(path, InputOptions(hwaccel=self.hwaccel) if path.suffix.lower() != ".y4m" else InputOptions())
             if isinstance(reader, PyAVReader) and torch.utils.data.get_worker_info() is not None:
                 # Workers already decode in parallel; FFmpeg threads on top only oversubscribe.
                 reader.stream.thread_type, reader.stream.thread_count = "SLICE", 1
@@ -514,11 +520,12 @@ class FootageClips(Dataset):
         use_cache: read frames from OUT/cache when the folder has one (else decode the file).
         max_clips: keep this many evenly spaced clips (deterministic), e.g. for validation.
         clips_per_decode: clips per item, cut from one decoded run (training only).
+        hwaccel: FFmpeg hardware device type to decode on (``cuda``: NVDEC); None: the CPU.
     """
 
     def __init__(self, footage: PreparedFootage, split: str, num_frames: int, crop: int | None,
                  temporal_flip: bool = True, val_crop_limit: int | None = None, max_clips: int | None = None,
-                 use_cache: bool = True, clips_per_decode: int = 1):
+                 use_cache: bool = True, clips_per_decode: int = 1, hwaccel: str | None = None):
         clip_len = footage.manifest["clip_len"]
         if not 1 <= num_frames <= clip_len:
             raise ValueError(f"num_frames must be in 1..{clip_len} (the clip length {footage.root} was prepared with), got {num_frames}")
@@ -540,8 +547,11 @@ class FootageClips(Dataset):
             raise ValueError(f"clips_per_decode must be at least 1 (and 1 for validation), got {clips_per_decode}")
         self.clips_per_decode = clips_per_decode
         self.groups = clip_groups([r["source"] for r in self.rows], clips_per_decode)
-        self._sources = _OpenSources()
+        self._sources = _OpenSources(hwaccel=hwaccel)
         self._caches: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:  # for spawned workers: no open files or memory maps
+        return {**self.__dict__, "_caches": {}}
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -606,11 +616,11 @@ class FootageClips(Dataset):
 
     def _decode(self, info: SourceFile, start: int, count: int, window: Window | None) -> np.ndarray:
         path = self._source_path(info)
-        reader = self._sources.get(path)
-        if isinstance(reader, Y4MReader):
+        if path.suffix.lower() == ".y4m":
             resized = (info.width, info.height) != (info.source_width, info.source_height)
             convert_window = None if resized else window
             try:
+                reader = self._sources.get(path)
                 reader.seek(start)
                 rgb = [crop(f.rgb, convert_window) for f in islice(reader.source_frames(), count)]
             except VideoError as exc:
@@ -635,8 +645,8 @@ class FootageClips(Dataset):
     def _decoded_run(self, info: SourceFile, start: int, count: int) -> tuple[PyAVReader, list]:
         """(reader, PyAV frames ``start … start+count−1``), not yet converted."""
         path = self._source_path(info)
-        reader = self._sources.get(path)
         try:
+            reader = self._sources.get(path)
             if info.pts is not None:
                 run = list(islice(reader.decoded_frames(info.pts[start]), count))
                 if run and run[0][0] == info.pts[start]:

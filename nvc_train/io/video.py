@@ -69,6 +69,9 @@ class InputOptions:
     bits: int | None = None
     matrix: str | None = None
     range: str | None = None
+    hwaccel: str | None = None
+    """Decode containers on this FFmpeg hardware device type (``cuda``: NVDEC), frames then
+    downloaded as NV12/P010 and converted exactly as software frames; None: the CPU."""
 
     def colour(self, tagged_matrix: str | None = None, tagged_range: str | None = None) -> ColourSpec:
         try:
@@ -158,10 +161,16 @@ class PyAVReader(FrameReader):
         import av
 
         self.path = path
+        hwaccel = None
+        if options.hwaccel:
+            from av.codec.hwaccel import HWAccel
+
+            hwaccel = HWAccel(device_type=options.hwaccel, allow_software_fallback=False)
         try:
-            self.container = av.open(str(path))
+            self.container = av.open(str(path), hwaccel=hwaccel)
         except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise VideoError(f"cannot read video {path}: {_av_reason(exc)}") from None
+            where = f" on the {options.hwaccel} decoder" if options.hwaccel else ""
+            raise VideoError(f"cannot read video {path}{where}: {_av_reason(exc)}") from None
         if not self.container.streams.video:
             self.container.close()
             raise VideoError(f"{path} has no video stream")
@@ -228,6 +237,11 @@ class PyAVReader(FrameReader):
     def convert(self, frame, window: Window | None = None) -> SourceFrame:
         """A decoded PyAV frame as RGB (only ``window``, if given)."""
         name = frame.format.name
+        if name in _SEMI_PLANAR:  # hardware decoders' layout: the same samples, chroma interleaved
+            bits = self.info.bits if name != "nv12" else 8
+            planes = _semi_planar_planes(frame, name, bits)
+            rgb = ycbcr_to_rgb(*planes, bits=bits, spec=self._spec, window=window)
+            return SourceFrame(rgb, tuple(planes) if window is None else None, bits)
         m = _YUV_FORMAT.match(name)
         if m:
             jpeg, chroma, bits = m.group(1) == "yuvj", m.group(2), int(m.group(3) or 8)
@@ -253,6 +267,23 @@ class PyAVReader(FrameReader):
 
     def close(self) -> None:
         self.container.close()
+
+
+_SEMI_PLANAR = ("nv12", "p010le", "p012le", "p016le")
+"""4:2:0 with Y then interleaved Cb/Cr: what NVDEC (and most hardware decoders) hand back;
+the P0xx formats keep a B-bit sample in the high bits of 16."""
+
+
+def _semi_planar_planes(frame, name: str, bits: int) -> list[np.ndarray]:
+    """(Y, Cb, Cr) sample planes of an NV12/P0xx frame, as the planar formats give them."""
+    dtype = np.dtype(np.uint8 if name == "nv12" else "<u2")
+    y, chroma = _plane_array(frame.planes[0], dtype), frame.planes[1]
+    rows = np.frombuffer(chroma, dtype=dtype).reshape(chroma.height, chroma.line_size // dtype.itemsize)
+    uv = rows[:, : 2 * ((frame.width + 1) // 2)]  # Cb, Cr pairs: twice the chroma width in samples
+    planes = [y, np.ascontiguousarray(uv[:, 0::2]), np.ascontiguousarray(uv[:, 1::2])]
+    if name != "nv12":
+        planes = [p >> (16 - bits) for p in planes]
+    return planes
 
 
 def _plane_array(plane, dtype) -> np.ndarray:

@@ -184,14 +184,19 @@ class FootageDataModule(ClipDataModule):
             each with its own crop): the seek to the keyframe is paid once for them, which
             makes decoding several times faster, at the price of batches holding runs of
             neighbouring clips. Must divide ``batch_size``. 1: every clip on its own.
+        decode_device: ``cpu``, or ``cuda`` to decode the video files with NVDEC (FFmpeg's CUDA
+            hardware decoder; the frames are the software decoder's, bit for bit, and are
+            converted to RGB the same way). Workers are then spawned, not forked.
     """
 
     def __init__(self, root: str, num_frames: int = 3, crop: int = 256, batch_size: int = 8, num_workers: int = 4,
                  temporal_flip: bool = True, val_crop_limit: int | None = None, max_val_clips: int | None = 16,
                  use_cache: bool = True, source_root: str | None = None, hub_cache: str | None = None,
                  val_fraction: float = 0.1, cache_frames: bool = False, downscale: float = 1.0,
-                 clips_per_decode: int = 1):
+                 clips_per_decode: int = 1, decode_device: str = "cpu"):
         super().__init__()
+        if decode_device not in ("cpu", "cuda"):
+            raise ValueError(f"decode_device must be cpu or cuda, got {decode_device!r}")
         if crop % MODEL_MULTIPLE:
             raise ValueError(f"crop must be a multiple of {MODEL_MULTIPLE}, got {crop}")
         if clips_per_decode < 1 or batch_size % clips_per_decode:
@@ -236,15 +241,29 @@ class FootageDataModule(ClipDataModule):
         hp = self.hparams
         footage = load_footage(self.prepared_root(), hp.source_root)
         try:
+            hwaccel = None if hp.decode_device == "cpu" else hp.decode_device
             self.train_set = FootageClips(footage, "train", hp.num_frames, hp.crop, hp.temporal_flip,
-                                          use_cache=hp.use_cache, clips_per_decode=hp.clips_per_decode)
+                                          use_cache=hp.use_cache, clips_per_decode=hp.clips_per_decode,
+                                          hwaccel=hwaccel)
             self.val_set = FootageClips(footage, "validation", hp.num_frames, None, False, hp.val_crop_limit,
-                                        hp.max_val_clips, hp.use_cache)
+                                        hp.max_val_clips, hp.use_cache, hwaccel=hwaccel)
         except ValueError as exc:
             raise FootageError(str(exc)) from None
         if stage in (None, "fit") and len(self.train_set) == 0:
             raise FootageError(f"{footage.root} has no training clip of at least {hp.crop}x{hp.crop} pixels: "
                                "lower --data.crop or prepare more footage")
+        if hwaccel and len(self.train_set):  # before any worker starts: one line if it cannot work here
+            try:
+                self.train_set.frames(self.train_set.rows[0], self.train_set.rows[0]["start"], 1)
+            except FootageError as exc:
+                raise FootageError(f"--data.decode_device {hwaccel}: {exc} (use --data.decode_device cpu)") from None
+
+    def _loader_options(self) -> dict:
+        options = super()._loader_options()
+        if self.hparams.decode_device != "cpu" and options["num_workers"] > 0:
+            # A CUDA context does not survive fork: NVDEC workers start afresh.
+            options["multiprocessing_context"] = "spawn"
+        return options
 
 
 class ShardDataModule(ClipDataModule):

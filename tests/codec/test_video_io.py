@@ -240,3 +240,28 @@ def test_converting_a_window_equals_the_window_of_the_whole_conversion(chroma):
         whole = ycbcr_to_rgb(*planes, 10, ColourSpec("bt2020"))
         window = ycbcr_to_rgb(*planes, 10, ColourSpec("bt2020"), (top, left, h, w))
         assert torch.equal(window, whole[:, top:top + h, left:left + w]), (height, width, top, left, h, w)
+
+
+@pytest.mark.parametrize("pix_fmt, semi_planar", [("yuv420p", "nv12"), ("yuv420p10le", "p010le")])
+def test_hardware_decoder_layouts_convert_exactly_as_planar_frames(tmp_path, pix_fmt, semi_planar):
+    """NVDEC hands back NV12 (8-bit) or P010 (10-bit, samples in the high bits); the same
+    samples repacked by FFmpeg from a software frame must give the same RGB, whole and windowed.
+    Control: FFmpeg's own RGB conversion of the frame (swscale) differs from ours."""
+    path = write_h264(tmp_path / "a.mp4", clip(5, 3, 96, 160), pix_fmt=pix_fmt, crf=0)
+    with open_video(path) as reader:
+        for _, frame in reader.decoded_frames():
+            repacked = frame.reformat(format=semi_planar)
+            assert repacked.format.name == semi_planar
+            assert torch.equal(reader.convert(repacked).rgb, reader.convert(frame).rgb)
+            window = (17, 33, 48, 64)
+            assert torch.equal(reader.convert(repacked, window).rgb, reader.convert(frame, window).rgb)
+            swscale = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255
+            assert not torch.equal(swscale, reader.convert(frame).rgb)
+
+
+def test_a_hardware_decoder_that_is_not_there_is_a_video_error(tmp_path):
+    path = write_h264(tmp_path / "a.mp4", clip(5, 2, 64, 64))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: tests/data/test_footage.py decodes on it")
+    with pytest.raises(VideoError, match="on the cuda decoder"):
+        open_video(path, InputOptions(hwaccel="cuda"))

@@ -233,6 +233,34 @@ def test_datamodule_joins_clip_groups_into_batches_of_clips(prepared):
     assert next(iter(loader)).shape == (4, 2, 3, 128, 128)
 
 
+def test_decode_device_cuda_without_a_cuda_decoder_is_one_line(prepared):
+    from nvc_train.lit.data import FootageDataModule
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the gpu test below decodes on it")
+    dm = FootageDataModule(str(prepared), crop=128, num_workers=0, use_cache=False, decode_device="cuda")
+    with pytest.raises(FootageError, match="--data.decode_device cuda: cannot read frames .* on the cuda decoder"):
+        dm.setup("fit")
+
+
+@pytest.mark.gpu
+def test_nvdec_decodes_the_clips_the_cpu_decodes(prepared):
+    """FFmpeg's CUDA decoder (NVDEC) gives the software decoder's frames bit for bit (H.264
+    decoding is exactly specified); spawned workers decode on it."""
+    from nvc_train.lit.data import FootageDataModule
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    batches = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        dm = FootageDataModule(str(prepared), num_frames=2, crop=128, batch_size=2, num_workers=1, use_cache=False,
+                               decode_device=device)
+        dm.setup("fit")
+        batches[device] = list(dm.train_dataloader())
+    assert all(torch.equal(a, b) for a, b in zip(batches["cpu"], batches["cuda"], strict=True))
+
+
 def test_decoded_footage_matches_the_pixels_that_were_encoded(footage):
     from nvc_train.io.video import InputOptions
 

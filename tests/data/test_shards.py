@@ -215,3 +215,21 @@ def test_bad_input_gives_one_line_errors(footage, shards, tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(FootageError, match="holds no clip shards"):
         ShardDataModule(str(tmp_path), crop=128)
+
+
+@pytest.mark.slow
+def test_the_shards_preset_fine_tunes_from_shards(shards, tmp_path):
+    """configs/finetune/footage_shards.yaml shrunk to CPU size, a DataLoader worker reading the
+    shards; the batch log shows every step fed a batch."""
+    result = cli("fit", "--config", "configs/finetune/footage_shards.yaml", "--data.root", str(shards),
+                 "--model.pretrained", "false", "--data.crop", "128", "--data.num_frames", "2",
+                 "--data.batch_size", "2", "--data.num_workers", "1", "--data.val_crop_limit", "128",
+                 "--data.max_val_clips", "1", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+                 "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                 "--trainer.callbacks+=nvc_train.lit.batch_log.BatchDigestLog",
+                 "--trainer.callbacks.dirpath", str(tmp_path / "log"), cwd=tmp_path)  # the preset's runs/ go here
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs" / "footage-shards" / "checkpoints" / "last.ckpt").is_file()
+    from nvc_train.lit.batch_log import read_batch_log
+
+    assert sorted(read_batch_log(tmp_path / "log" / "batches-rank0.tsv")) == [0, 1, 2]
