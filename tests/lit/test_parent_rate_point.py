@@ -17,7 +17,7 @@ from nvc_train.models.ssf import build_ssf, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 PARENT_PRESETS = ["finetune.yaml", "qat.yaml", "qat_decoder.yaml", "finetune/footage.yaml",
-                  "finetune/footage_qat.yaml", "finetune/footage_qat_decoder.yaml"]
+                  "finetune/footage_qat.yaml", "finetune/footage_qat_decoder.yaml", "finetune/footage_shards.yaml"]
 
 
 @pytest.fixture(scope="module")

@@ -107,18 +107,21 @@ def test_resume_after_2_steps_ends_where_4_uninterrupted_steps_end(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_roots(tmp_path_factory) -> dict[str, str]:
-    """A --data.root for each DataModule that needs one: prepared footage, a Vimeo-90k tree."""
+    """A --data.root for each DataModule that needs one: prepared footage, clip shards, a Vimeo-90k tree."""
     import warnings
 
     from nvc_train.data.footage import prepare_footage
+    from nvc_train.data.shards import ShardOptions, prepare_shards
     from tests.data.footage_fixtures import write_footage
     from tests.data.test_vimeo import make_vimeo_tree
 
     base = tmp_path_factory.mktemp("roots")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepare_footage(write_footage(base / "footage"), base / "prepared", val_fraction=0.34, progress=False)
-    return {"FootageDataModule": str(base / "prepared"),
+        footage = write_footage(base / "footage")
+        prepare_footage(footage, base / "prepared", val_fraction=0.34, progress=False)
+        prepare_shards(footage, base / "shards", ShardOptions(val_fraction=0.34), progress=False)
+    return {"FootageDataModule": str(base / "prepared"), "ShardDataModule": str(base / "shards"),
             "VimeoDataModule": str(make_vimeo_tree(base / "vimeo", n_train=2, n_test=1))}
 
 
