@@ -233,3 +233,32 @@ def test_the_shards_preset_fine_tunes_from_shards(shards, tmp_path):
     from nvc_train.lit.batch_log import read_batch_log
 
     assert sorted(read_batch_log(tmp_path / "log" / "batches-rank0.tsv")) == [0, 1, 2]
+
+
+def test_shards_in_an_s3_bucket_stream_through_fsspec(shards, tmp_path, monkeypatch):
+    """An object store: moto's S3 server on loopback, the shards uploaded to a bucket, read by
+    s3fs in a DataLoader worker, as a cluster node reads AWS S3 or MinIO (AWS_ENDPOINT_URL)."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in (("AWS_ENDPOINT_URL", f"http://{host}:{port}"), ("AWS_ACCESS_KEY_ID", "test"),
+                            ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        s3 = s3fs.S3FileSystem(skip_instance_cache=True)
+        s3.mkdir("footage")
+        s3.put(f"{shards}/", "footage/shards-v1", recursive=True)
+        remote = ShardDataModule("s3://footage/shards-v1", crop=128, batch_size=2, num_workers=1,
+                                 cache_dir=str(tmp_path / "cache"))
+        local = ShardDataModule(str(shards), crop=128, batch_size=2, num_workers=1)
+        for dm in (remote, local):
+            dm.setup("fit")
+        torch.manual_seed(0)
+        got = list(remote.train_dataloader())
+        torch.manual_seed(0)
+        assert all(torch.equal(a, b) for a, b in zip(got, local.train_dataloader(), strict=True)) and got
+        assert len(list((tmp_path / "cache").rglob("*.tar"))) == len(local.train_set.shards)
+    finally:
+        server.stop()
