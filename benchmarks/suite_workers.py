@@ -1,7 +1,7 @@
 """Why `make test` runs two pytest-xdist workers with ``OMP_WAIT_POLICY=PASSIVE`` (issue 28).
 
 The unit of work is the test suite's own session model: ``float_module`` of tests/conftest.py
-(SSF from scratch, 25 Lightning steps on 128² synthetic clips, torch's default threads: two
+(SSF from scratch, 25 Lightning steps (the session model had 25 until 2026-12-07, 40 since) on 128² synthetic clips, torch's default threads: two
 on a 2-core machine). Each round times, in a fresh process per fit:
 
 - ``alone``: one fit, nothing else running (the serial suite);

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nvc_train.lit.module import SSFLitModule
-from tests.conftest import _fit
+from tests.conftest import FLOAT_MODULE_STEPS, _fit
 from tests.cli_runner import cli_process as cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_rd_loss_falls(float_module):
     losses = float_module.recorded_losses
-    assert len(losses) == 25
+    assert len(losses) == FLOAT_MODULE_STEPS
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
 
