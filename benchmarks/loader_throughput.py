@@ -11,7 +11,9 @@ Steady state: ``--warmup`` batches (worker start, first reads) are not timed, th
 ``--batches`` batches are. The frame cache is measured twice: warm (the same steady state,
 pages in memory) and cold (its files evicted from the page cache with
 ``posix_fadvise(DONTNEED)`` just before a fresh loader starts, timed from the first request,
-worker start included), as the first epoch of a job on a node that never read them.
+worker start included), as the first epoch of a job on a node that never read them; shards
+the same way. With ``--rounds R`` every row is measured R times, the rows in alternating order
+(forward, then backward), and the median and range are reported.
 Results go to benchmarks/loader_throughput_results.json.
 
     .venv/bin/python benchmarks/loader_throughput.py [--files 3 --frames 90 --gop 30]
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -162,6 +165,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", default=["full", "half"], choices=["full", "half"])
     p.add_argument("--clips-per-decode", type=int, nargs="+", default=[1, 4, 8],
                    help="mp4 rows: clips cut from one decoded run (FootageDataModule's clips_per_decode)")
+    p.add_argument("--rounds", type=int, default=1, help="measurements of every row, in alternating order")
     p.add_argument("--before", action="store_true",
                    help="also the mp4 rows as before reference-only decoding (every frame decoded)")
     p.add_argument("--out", default=str(HERE / "loader_throughput_results.json"))
@@ -198,7 +202,7 @@ def main() -> None:
                    "cache 540p (memmap)": ("half", True, "cache"),
                    "shards 448×256 WebP lossless": ("shards", None, "shards"),
                    "shards 448×256 WebP q90": ("shards-q90", None, "shards")}
-        results = []
+        cases = []  # (row, folder, use_cache, workers, clips per decode, before?, cold?, batches)
         for label, (name, use_cache, kind) in sources.items():
             if kind not in args.sources or (name in ("full", "half") and name not in args.sizes):
                 continue
@@ -208,22 +212,31 @@ def main() -> None:
                 variants = [(1, True)] * args.before + [(n, False) for n in args.clips_per_decode]
             for workers in args.workers:
                 for per_decode, before in variants:
-                    with every_frame_decoded() if before else contextlib.nullcontext():
-                        rate = clips_per_second(tmp / name, use_cache, workers, batches, args.warmup,
-                                                clips_per_decode=per_decode)
                     row = label + (", every frame decoded (before)" if before else "")
                     row += f", {per_decode} clips per decode" if per_decode > 1 else ""
-                    results.append({"source": row, "workers": workers, "clips_per_s": round(rate, 2),
-                                    "batches": batches})
-                    print(f"{row:40s} workers={workers}: {rate:8.2f} clips/s", flush=True)
+                    cases.append((row, name, use_cache, workers, per_decode, before, False, batches))
                 if use_cache is not False:
-                    evicted = evict_from_page_cache(tmp / name / ("cache" if use_cache else "shards"))
-                    rate = clips_per_second(tmp / name, use_cache, workers, batches, warmup=0)
                     cold = label.replace("(memmap)", "(memmap, cold page cache)") if use_cache else f"{label}, cold"
-                    results.append({"source": cold, "workers": workers, "clips_per_s": round(rate, 2),
-                                    "batches": batches, "evicted_bytes": evicted})
-                    print(f"{cold:40s} workers={workers}: {rate:8.2f} clips/s ({evicted / 2**20:.0f} MiB evicted)",
-                          flush=True)
+                    cases.append((cold, name, use_cache, workers, 1, False, True, batches))
+        rates: dict[tuple, list[float]] = {case: [] for case in cases}
+        for r in range(args.rounds):  # alternating order: drift in the machine's speed hits both ends alike
+            for case in cases if r % 2 == 0 else reversed(cases):
+                row, name, use_cache, workers, per_decode, before, cold, batches = case
+                evicted = evict_from_page_cache(tmp / name / ("cache" if use_cache else "shards")) if cold else 0
+                with every_frame_decoded() if before else contextlib.nullcontext():
+                    rate = clips_per_second(tmp / name, use_cache, workers, batches, 0 if cold else args.warmup,
+                                            clips_per_decode=per_decode)
+                rates[case].append(rate)
+                print(f"round {r + 1}: {row:40s} workers={workers}: {rate:8.2f} clips/s"
+                      + (f" ({evicted / 2**20:.0f} MiB evicted)" if cold else ""), flush=True)
+        results = []
+        for case, values in rates.items():
+            row, _, _, workers, _, _, _, batches = case
+            results.append({"source": row, "workers": workers, "clips_per_s": round(statistics.median(values), 2),
+                            "min": round(min(values), 2), "max": round(max(values), 2),
+                            "runs": [round(v, 2) for v in values], "batches": batches})
+            print(f"{row:40s} workers={workers}: median {statistics.median(values):8.2f} clips/s "
+                  f"({min(values):.2f}–{max(values):.2f}, {len(values)} runs)")
 
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "av": av.__version__, "files": args.files, "frames": args.frames,
