@@ -59,10 +59,13 @@ def check_output_file(path: str | Path, overwrite: bool, folder_ok: bool = False
 
 
 def root_cause(exc: BaseException) -> str:
-    """First line of the innermost exception in a chain (``raise ... from`` or implicit)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
-    return first_line(str(exc))
+    """First line of the innermost exception in a chain (``raise ... from`` or implicit); a
+    ``raise ... from None`` ends the chain there (its message already says what happened)."""
+    while True:
+        inner = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if inner is None:
+            return first_line(str(exc))
+        exc = inner
 
 
 def first_line(message: str, default: str = "invalid configuration") -> str:

@@ -52,7 +52,7 @@ from nvc_train.data.footage import (
 from nvc_train.io.atomic import AtomicOutput, remove_path
 from nvc_train.io.colour import crop
 from nvc_train.io.video import PyAVReader, VideoError, open_video
-from nvc_train.errors import UserError
+from nvc_train.errors import UserError, first_line
 
 MANIFEST = "shards.json"
 FORMAT = "nvc-train-shards"
@@ -415,23 +415,35 @@ def _mapper(jobs: int, count: int, progress: bool):
 
 # --------------------------------------------------------------------------- reading
 
+def _remote_bytes(url: str) -> bytes:
+    """The bytes at ``url`` through fsspec; any failure (a missing object, a refused connection,
+    missing credentials: each backend has its own exceptions) is a FootageError naming the URL."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except Exception as exc:  # noqa: BLE001 - every fsspec backend has its own exception tree
+        detail = exc
+        while detail.__cause__ or detail.__context__:  # fsspec's http turns a refused connection into "not found"
+            detail = detail.__cause__ or detail.__context__
+        what = "not found" if detail is exc and isinstance(exc, FileNotFoundError) else (
+            f"{type(detail).__name__}: {str(detail).splitlines()[0] if str(detail) else 'no detail'}")
+        raise FootageError(f"cannot read {url} ({what})") from None
+
+
 def read_shard_manifest(root: str) -> dict:
     """The manifest of a shard folder or URL, checked for format and version."""
+    url = f"{root.rstrip('/')}/{MANIFEST}"
     try:
-        if is_remote(root):
-            import fsspec
-
-            with fsspec.open(f"{root.rstrip('/')}/{MANIFEST}", "rt") as f:
-                manifest = json.load(f)
-        else:
-            manifest = json.loads((Path(root) / MANIFEST).read_text())
+        manifest = json.loads(_remote_bytes(url) if is_remote(root) else (Path(root) / MANIFEST).read_text())
     except FileNotFoundError:
         raise FootageError(f"{root} holds no clip shards (no {MANIFEST}): write them with "
                            f"`nvc-train prepare-footage SRC --out-dir {root} --shards`") from None
-    except (OSError, ValueError, ImportError) as exc:
-        raise FootageError(f"cannot read {root}/{MANIFEST}: {str(exc).splitlines()[0]}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise FootageError(f"{root}/{MANIFEST} is not nvc-train clip shards format {FORMAT_VERSION}")
+    except (OSError, ValueError) as exc:
+        raise FootageError(f"cannot read {url}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise FootageError(f"{url} is not nvc-train clip shards format {FORMAT_VERSION}")
     return manifest
 
 
@@ -482,8 +494,8 @@ def fetch_shard(root: str, shard: dict, cache: Path) -> Path:
                 for block in iter(lambda: src.read(1 << 22), b""):
                     digest.update(block)
                     dst.write(block)
-        except (OSError, ValueError) as exc:
-            raise FootageError(f"cannot fetch shard {url}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - transport and credential errors of any fsspec backend
+            raise FootageError(f"cannot fetch shard {url}: {type(exc).__name__}: {first_line(str(exc), 'no detail')}") from None
         if digest.hexdigest() != shard["sha256"]:
             raise FootageError(f"shard {url} does not match its manifest (SHA-256 differs): refusing it")
     return path

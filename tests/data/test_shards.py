@@ -215,6 +215,11 @@ def test_bad_input_gives_one_line_errors(footage, shards, tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(FootageError, match="holds no clip shards"):
         ShardDataModule(str(tmp_path), crop=128)
+    fit = ["fit", "--config", "configs/finetune/footage_shards.yaml", "--trainer.accelerator", "cpu"]
+    assert_one_line_error(cli(*fit, "--data.root", str(tmp_path / "nothing")), "holds no clip shards (no shards.json)")
+    unreachable = "http://127.0.0.1:9/shards"  # the discard port: nothing listens
+    assert_one_line_error(cli(*fit, "--data.root", unreachable),
+                          f"cannot read {unreachable}/shards.json (ConnectionRefusedError")
 
 
 @pytest.mark.slow
