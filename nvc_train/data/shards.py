@@ -65,8 +65,8 @@ frames' luma, in 8-bit levels (camera motion stays far below it, a cut to anothe
 
 
 def is_remote(root: str) -> bool:
-    """A URL (``scheme://``) rather than a local folder."""
-    return "://" in root and not root.startswith("file://")
+    """A URL (``scheme://``, ``file://`` included: fsspec opens it) rather than a local folder path."""
+    return "://" in root
 
 
 def frame_bytes(frame: np.ndarray, quality: int | None) -> bytes:
