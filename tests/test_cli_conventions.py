@@ -87,6 +87,14 @@ CASES = [
     (["decode", "{tmp}/a-file", "--checkpoint", "c", "--reference", "{tmp}/nope.mp4"], "--reference not found"),
     (["eval", "--checkpoint", "{tmp}/c", "--data", "d", "--out-dir", "{tmp}/e"], "checkpoint not found: {tmp}/c"),
     (["ptq", "{tmp}/nope.pth.tar", "--out-dir", "{tmp}/p"], "checkpoint not found: {tmp}/nope.pth.tar"),
+    (["export-onnx", "{tmp}/a-file", "--out-dir", "{tmp}/done"], "--out-dir {tmp}/done already exists and is not empty"),
+    (["export-onnx", "{tmp}/a-file", "--out-dir", "{tmp}/a-file"], "--out-dir {tmp}/a-file is a file, not a folder"),
+    (["export-onnx", "{tmp}/a-file", "--out-dir", "{tmp}/o"], "{tmp}/a-file is not an nvc-train integer checkpoint"),
+    (["export-onnx", "{tmp}/c", "--out-dir", "{tmp}/o"], "checkpoint not found: {tmp}/c"),
+    (["hashes", "{tmp}/a-file", "--checkpoint", "c", "--onnx", "{tmp}/nowhere"], "--onnx {tmp}/nowhere: no such folder"),
+    (["decode", "{tmp}/a-file", "--checkpoint", "c", "--runtime", "torch", "--onnx", "{tmp}/done"],
+     "--onnx DIR runs the networks in ONNX Runtime: drop --runtime torch"),
+    (["conformance", "c", "--runtime", "tflite"], "argument --runtime: invalid choice: 'tflite'"),
     (["ptq", "{tmp}/a-file", "--out-dir", "{tmp}/p"], "is not a readable ScaleSpaceFlow state dict"),
     (["export-integer", "{tmp}/a-file", "--out-dir", "{tmp}/x"], "is not a readable PyTorch checkpoint"),
 ]
@@ -112,8 +120,8 @@ def test_an_output_is_replaced_only_with_overwrite(files, capsys):
 # subcommand so a new one cannot drift from it.
 SUBPARSERS = build_parser()._subparsers._group_actions[0].choices
 WRITES_FILE = {"encode", "decode", "export-float"}
-WRITES_FOLDER = {"export-float", "export-integer", "export", "ptq", "eval", "prepare-footage", "demo", "reproduce"}
-LONG_RUNNING = {"encode", "decode", "cross-check", "export-float", "export-integer", "export", "ptq", "eval", "prepare-footage",
+WRITES_FOLDER = {"export-float", "export-integer", "export", "export-onnx", "ptq", "eval", "prepare-footage", "demo", "reproduce"}
+LONG_RUNNING = {"encode", "decode", "cross-check", "export-float", "export-integer", "export", "export-onnx", "ptq", "eval", "prepare-footage",
                 "conformance", "publish", "demo", "reproduce"}
 RESUMES = {"demo", "reproduce"}  # a second run goes on from the first's output: no --overwrite
 

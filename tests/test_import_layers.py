@@ -35,10 +35,12 @@ RULES = [
     ("nvc_train", ("nvc_train.cli",)),  # nothing imports the entry point
     ("nvc_train.commands", ("nvc_train.cli",)),
     ("nvc_train.io", ("nvc_train.codec", "nvc_train.data", "nvc_train.commands", "nvc_train.lit")),
-    ("nvc_train.codec", ("nvc_train.data", "nvc_train.commands", "nvc_train.lit")),
+    ("nvc_train.codec", ("nvc_train.data", "nvc_train.commands", "nvc_train.lit", "nvc_train.portable")),
     ("nvc_train.data", ("nvc_train.codec", "nvc_train.commands", "nvc_train.lit")),
     ("nvc_train.models", ("nvc_train.codec", "nvc_train.data", "nvc_train.commands", "nvc_train.lit", "nvc_train.quant")),
-    ("nvc_train.quant", ("nvc_train.commands", "nvc_train.lit")),
+    ("nvc_train.quant", ("nvc_train.commands", "nvc_train.lit", "nvc_train.portable")),
+    # the ONNX graphs and their runtime sit beside the PyTorch decoders, not under them
+    ("nvc_train.portable", ("nvc_train.commands", "nvc_train.lit", "nvc_train.data", "nvc_train.eval", "nvc_train.hf")),
     ("nvc_train.eval", ("nvc_train.commands", "nvc_train.lit")),
     ("nvc_train.hf", ("nvc_train.commands", "nvc_train.lit")),
     # its decoder runs where Lightning is not installed (another release's venv, aarch64)

@@ -9,6 +9,7 @@ so an argument error or ``info`` answers without loading them.
 module          subcommands
 ============== ===========================================================
 export          export-float, export-integer (export), ptq
+portable        export-onnx
 codec           encode, decode, info, hashes (verify), compare
 data            prepare-footage
 evaluation      eval, bdrate
@@ -20,6 +21,17 @@ reproduce       reproduce
 ============== ===========================================================
 """
 
-from nvc_train.commands import codec, conformance, crosscheck, data, demo, evaluation, export, hub, reproduce
+from nvc_train.commands import (
+    codec,
+    conformance,
+    crosscheck,
+    data,
+    demo,
+    evaluation,
+    export,
+    hub,
+    portable,
+    reproduce,
+)
 
-FAMILIES = (export, conformance, crosscheck, codec, data, evaluation, hub, demo, reproduce)
+FAMILIES = (export, portable, conformance, crosscheck, codec, data, evaluation, hub, demo, reproduce)

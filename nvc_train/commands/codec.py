@@ -15,11 +15,14 @@ from nvc_train.commands.common import (
     add_input_options,
     add_overwrite,
     add_quiet,
+    add_runtime,
     check_gop_frames,
     checked_input_options,
+    checked_runtime,
     checkpoint_path,
     device,
     input_options,
+    use_runtime,
     warn_deprecated,
 )
 from nvc_train.errors import UserError, require_file
@@ -53,6 +56,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--checkpoint", required=True,
                    help=f"the integer checkpoint the bitstream was encoded with ({CHECKPOINT_HELP})")
     add_device(s)
+    add_runtime(s)
     s.add_argument("--h264-mode", dest="h264_mode", default="lossless", choices=("lossless", "high"),
                    help="H.264 outputs (.mp4, .mkv, .mov): lossless = RGB at QP 0 (exact 8-bit RGB, fewer players); "
                         "high = 4:2:0 CRF 12 (plays everywhere) (default: %(default)s)")
@@ -89,6 +93,7 @@ def add_parsers(sub) -> None:
     s.add_argument("bitstream")
     s.add_argument("--checkpoint", required=True, help=f"integer checkpoint ({CHECKPOINT_HELP})")
     add_device(s)
+    add_runtime(s)
     s.set_defaults(run=hashes)
 
     s = sub.add_parser("compare", help="compare two machines' `nvc-train hashes` outputs (and their decodes)",
@@ -174,6 +179,7 @@ def decode(args) -> int:
     if out is not None and args.depth and args.depth > 8 and out.suffix.lower() in (".mp4", ".mkv", ".mov"):
         raise UserError(f"--depth {args.depth}: H.264 output is 8-bit; write .y4m, .yuv or a PNG folder")
     dev = device(args.device)
+    runtime = checked_runtime(args)
     checkpoint = checkpoint_path(args.checkpoint)
     bits = output_depth(args, bitstream, out)
     # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
@@ -185,7 +191,7 @@ def decode(args) -> int:
     # The reference is read with its own tags (or --reference-matrix/-range), never with the
     # output's --matrix/--range: those say how to write the decoded video, not how to read the source.
     reference_options = replace(input_options(args), matrix=args.reference_matrix, range=args.reference_range)
-    ck = load_integer_checkpoint(checkpoint, device=dev)
+    ck = use_runtime(args, load_integer_checkpoint(checkpoint, device=dev), runtime)
 
     def make_writer(header):
         tagged = header.colour_spec()
@@ -286,12 +292,13 @@ def hashes(args) -> int:
         warn_deprecated("`nvc-train verify`", "`nvc-train hashes`")
     path = require_file(args.bitstream, "bitstream")
     dev = device(args.device)
+    runtime = checked_runtime(args)
     checkpoint = checkpoint_path(args.checkpoint)
     from nvc_train.codec.bitstream import read_bitstream_bytes
     from nvc_train.codec.files import open_checked, output_md5
     from nvc_train.quant.export import load_integer_checkpoint
 
-    ck = load_integer_checkpoint(checkpoint, device=dev)
+    ck = use_runtime(args, load_integer_checkpoint(checkpoint, device=dev), runtime)
     header = open_checked(path, ck)
     _, coded = read_bitstream_bytes(path.read_bytes())
     for t, frame in enumerate(ck.codec.decompress_iter(coded, dev)):

@@ -69,6 +69,53 @@ def add_device(s: argparse.ArgumentParser) -> None:
 CHECKPOINT_HELP = "a file, or hf://OWNER/NAME[@REV][/FILE] on the Hugging Face Hub"
 
 
+def add_runtime(s: argparse.ArgumentParser) -> None:
+    """``--runtime torch|onnx`` and ``--onnx DIR``: which engine runs the integer networks."""
+    s.add_argument("--runtime", default=None, choices=("torch", "onnx"),
+                   help="run the integer networks in PyTorch (default) or in ONNX Runtime; the entropy decoding is "
+                        "CompressAI's rANS either way, and the results are the same")
+    s.add_argument("--onnx", default=None, metavar="DIR",
+                   help="the checkpoint's `nvc-train export-onnx` folder (implies --runtime onnx; without it, "
+                        "--runtime onnx exports one to a temporary folder first)")
+
+
+def checked_runtime(args) -> str:
+    """The runtime the arguments ask for, checked before any heavy import."""
+    runtime = args.runtime or ("onnx" if args.onnx else "torch")
+    if runtime == "torch" and args.onnx:
+        raise UserError("--onnx DIR runs the networks in ONNX Runtime: drop --runtime torch, or drop --onnx")
+    if runtime == "onnx":
+        if getattr(args, "device", "cpu") != "cpu":
+            raise UserError(f"--runtime onnx runs on ONNX Runtime's CPU provider: drop --device {args.device}")
+        if args.onnx and not Path(args.onnx).is_dir():
+            raise UserError(f"--onnx {args.onnx}: no such folder (write one with `nvc-train export-onnx CKPT "
+                            "--out-dir DIR`)")
+    return runtime
+
+
+def use_runtime(args, ck, runtime: str, self_check: bool = True):
+    """Put the loaded checkpoint ``ck``'s networks on ``runtime``; returns ``ck``. ONNX
+    Runtime: the ``--onnx`` folder (checked against the checkpoint), else a fresh export in a
+    temporary folder, then its load-time self-test."""
+    if runtime != "onnx":
+        return ck
+    import tempfile
+
+    from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+
+    folder, temporary = args.onnx, None
+    if folder is None:
+        from nvc_train.portable.export import export_onnx
+
+        temporary = tempfile.TemporaryDirectory(prefix="nvc-onnx-")
+        folder = Path(temporary.name) / "onnx"
+        export_onnx(ck, folder)
+    loaded = load_onnx_folder(folder, ck.sha256)
+    loaded.temporary = temporary  # removed when the sessions go
+    onnx_codec(ck.codec, loaded, str(folder), self_check, ck.conformance)
+    return ck
+
+
 def device(name: str) -> str:
     """``--device`` checked: cpu, cuda or cuda:N, and CUDA present for the latter."""
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
