@@ -141,19 +141,18 @@ def requantize(g: Graph, acc: str, multiplier, shift, saturation, lo: int, hi: i
     return clamp(g, floor_div(g, product, channel(1 << shift)), lo, hi)
 
 
-def parity_kernels(weight: np.ndarray) -> np.ndarray:
-    """(C_in, C_out, 5, 5) transposed-convolution weights → (4·C_out, C_in, 3, 3) correlation
-    kernels, output channel ``4c + 2p + q`` for parity class (p, q) of output channel c."""
-    taps = {0: (4, 2, 0), 1: (None, 3, 1)}  # kernel row read from input rows m−1, m, m+1
-    c_in, c_out = weight.shape[:2]
-    out = np.zeros((c_out, 2, 2, c_in, 3, 3), dtype=np.int64)
-    for p in (0, 1):
-        for q in (0, 1):
-            for a, ky in enumerate(taps[p]):
-                for b, kx in enumerate(taps[q]):
-                    if ky is not None and kx is not None:
-                        out[:, p, q, :, a, b] = weight[:, :, ky, kx].T
-    return out.reshape(4 * c_out, c_in, 3, 3)
+CLASSES = ((0, 0), (0, 1), (1, 0), (1, 1))
+"""Output parity classes (row p, column q), in the channel order of the concatenated result."""
+
+TAPS = {0: (4, 2, 0), 1: (3, 1)}
+"""Kernel rows read by output row parity p: from input rows m−1, m, m+1 (p = 0) or m, m+1 (p = 1)."""
+
+
+def class_kernels(weight: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """(C_in, C_out, 5, 5) transposed-convolution weights → per parity class (p, q) the
+    (C_out, C_in, len(TAPS[p]), len(TAPS[q])) correlation kernel that computes it."""
+    w = np.asarray(weight, dtype=np.int64).transpose(1, 0, 2, 3)  # (C_out, C_in, 5, 5)
+    return {(p, q): w[:, :, list(TAPS[p]), :][:, :, :, list(TAPS[q])] for p, q in CLASSES}
 
 
 def digit_count(top: int) -> int:
@@ -188,22 +187,24 @@ def conv_transpose(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray, in_lo
     Returns:
         (N, C_out, 2H, 2W) int64 accumulators.
     """
-    kernels = parity_kernels(np.asarray(weight, dtype=np.int64))
+    kernels = class_kernels(weight)
     c_out = weight.shape[1]
-    bias4 = np.repeat(np.asarray(bias, dtype=np.int64), 4)
+    # Class (p, q) reads the one-pixel-padded input from row p, column q on.
+    padded = g.op("Pad", x, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0))
+    windows = lambda v, p, q: g.op("Slice", v, g.const([p, q]), g.const([INT64_MAX] * 2), g.const([2, 3]))  # noqa: E731
     if float_twin:
-        xf = g.op("Cast", x, to=TensorProto.FLOAT)
-        y = g.op("Conv", xf, g.const(kernels, np.float32), g.const(bias4, np.float32), pads=[1, 1, 1, 1])
-        acc = g.op("Cast", g.op("Round", y), to=TensorProto.INT64)
+        xf = g.op("Cast", padded, to=TensorProto.FLOAT)
+        outs = [g.op("Conv", windows(xf, p, q), g.const(kernels[p, q], np.float32)) for p, q in CLASSES]
+        acc = g.op("Cast", g.op("Round", g.op("Concat", *outs, axis=1)), to=TensorProto.INT64)
+        constant = np.tile(np.asarray(bias, dtype=np.int64), 4)
     else:
         offset = max(0, -int(in_lo))
-        padded = g.op("Pad", x, g.const([0, 0, 1, 1, 0, 0, 1, 1]), g.const(0))
         if offset:
             padded = g.op("Add", padded, g.const(offset))
-        terms = []
-        w_planes = [g.const(w_j, np.uint8, "kernel") for w_j in weight_planes(kernels)]
+        planes = {pq: [g.const(w_j, np.uint8, "kernel") for w_j in weight_planes(k)] for pq, k in kernels.items()}
         w_zero = g.const(WEIGHT_ZERO_POINT, np.uint8, "weight_zero_point")
         x_zero = g.const(0, np.uint8, "input_zero_point")
+        terms: dict[tuple[int, int], list[str]] = {pq: [] for pq in CLASSES}
         count = digit_count(int(in_hi) + offset)
         quotient = padded  # floor(v / 256**k), v ≥ 0: Div truncates = floors
         for k in range(count):
@@ -214,21 +215,28 @@ def conv_transpose(g: Graph, x: str, weight: np.ndarray, bias: np.ndarray, in_lo
                 digit = quotient
             digit = g.op("Cast", digit, to=TensorProto.UINT8, hint="digits")
             quotient = higher if k < count - 1 else None
-            for j, w_j in enumerate(w_planes):
-                prod = g.op("Cast", g.op("ConvInteger", digit, w_j, x_zero, w_zero), to=TensorProto.INT64)
-                terms.append(prod if k + j == 0 else g.op("Mul", prod, g.const(RADIX ** (k + j))))
-        acc = terms[0]
-        for term in terms[1:]:
-            acc = g.op("Add", acc, term)
-        # Every output read all nine taps (the pad holds the offset): remove c·Σw, add the bias.
-        constant = bias4 - offset * kernels.reshape(4 * c_out, -1).sum(axis=1)
-        acc = g.op("Add", acc, g.const(channel(constant)))
-    # (N, 4·C_out, H, W) → (N, C_out, 2, 2, H, W) → (N, C_out, H, 2, W, 2) → (N, C_out, 2H, 2W)
+            for p, q in CLASSES:
+                window = windows(digit, p, q)
+                for j, w_j in enumerate(planes[p, q]):
+                    prod = g.op("Cast", g.op("ConvInteger", window, w_j, x_zero, w_zero), to=TensorProto.INT64)
+                    terms[p, q].append(prod if k + j == 0 else g.op("Mul", prod, g.const(RADIX ** (k + j))))
+        sums = []
+        for pq in CLASSES:
+            total = terms[pq][0]
+            for term in terms[pq][1:]:
+                total = g.op("Add", total, term)
+            sums.append(total)
+        acc = g.op("Concat", *sums, axis=1)
+        # Every output read all taps of its class (the pad holds the offset): remove c·Σw.
+        constant = np.concatenate([np.asarray(bias, dtype=np.int64) - offset * kernels[pq].sum(axis=(1, 2, 3))
+                                   for pq in CLASSES])
+    acc = g.op("Add", acc, g.const(channel(constant)))
+    # (N, 4·C_out, H, W) → (N, 2, 2, C_out, H, W) → (N, C_out, H, 2, W, 2) → (N, C_out, 2H, 2W)
     shape = g.op("Shape", x)
     n = g.op("Slice", shape, g.const([0]), g.const([1]))
     hw = g.op("Slice", shape, g.const([2]), g.const([4]))
-    split = g.op("Reshape", acc, g.op("Concat", n, g.const([c_out, 2, 2]), hw, axis=0))
-    moved = g.op("Transpose", split, perm=[0, 1, 4, 2, 5, 3])
+    split = g.op("Reshape", acc, g.op("Concat", n, g.const([2, 2, c_out]), hw, axis=0))
+    moved = g.op("Transpose", split, perm=[0, 3, 4, 1, 5, 2])
     return g.op("Reshape", moved, g.op("Concat", n, g.const([c_out]), g.op("Mul", hw, g.const([2])), axis=0))
 
 
