@@ -178,7 +178,7 @@ def test_compare_names_the_first_difference():
 
 @pytest.mark.parametrize("args, message", [
     (["--size", "100x100"], "--size 100x100: expected WxH with both multiples of 128"),
-    (["--envs", "host,mars"], "--envs host,mars: groups are host, release, aarch64"),
+    (["--envs", "host,mars"], "--envs host,mars: groups are host, onnx, release, aarch64"),
     (["--frames", "1"], "--frames 1: must be ≥ 2"),
     (["missing.ckpt"], "checkpoint not found: missing.ckpt"),
     (["--torch", "1.13.1"], "--torch 1.13.1: nvc-train supports PyTorch 2.4 to 2.14"),

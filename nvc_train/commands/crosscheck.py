@@ -8,7 +8,7 @@ from pathlib import Path
 from nvc_train.commands.common import CHECKPOINT_HELP, add_quiet, checkpoint_path
 from nvc_train.errors import UserError
 
-ENVIRONMENT_GROUPS = ("host", "release", "aarch64")
+ENVIRONMENT_GROUPS = ("host", "onnx", "release", "aarch64")
 DEMO_CHECKPOINTS = (Path("runs/demo/ssf-int.ckpt"), Path("runs/demo/ssf-pixel.ckpt"))  # `nvc-train demo [--pixel-exact]`
 OLDEST_TORCH = "2.4.1"  # the newest patch of pyproject's lower bound (torch>=2.4)
 
@@ -27,7 +27,8 @@ def add_parsers(sub) -> None:
                         f"({', '.join(map(str, DEMO_CHECKPOINTS))}) where present, else untrained calibrated "
                         f"stand-ins of both kinds")
     s.add_argument("--envs", default=",".join(ENVIRONMENT_GROUPS), metavar="LIST",
-                   help="comma-separated groups: host (CPU kernel levels, 1 thread, oneDNN off, CUDA), release "
+                   help="comma-separated groups: host (CPU kernel levels, 1 thread, oneDNN off, CUDA), onnx (the integer "
+                        "networks in ONNX Runtime, default threads and 1), release "
                         "(another PyTorch release in its own venv), aarch64 (qemu-user) (default: %(default)s)")
     s.add_argument("--torch", dest="torch_releases", action="append", default=None, metavar="VERSION",
                    help=f"the release of the 'release' group, repeatable (default: {OLDEST_TORCH}, the oldest "
@@ -100,6 +101,8 @@ def cross_check(args) -> int:
     if "release" in groups:
         rows += [_or_skipped(f"PyTorch {v} (own venv)", lambda v=v: E.release_environment(v, args.quiet))
                  for v in (args.torch_releases or [OLDEST_TORCH])]
+    if "onnx" in groups:
+        rows += E.onnx_environments()
     if "aarch64" in groups:
         rows.append(_or_skipped("aarch64 (qemu-user)", lambda: E.aarch64_environment(args.quiet)))
     return run(checkpoints, rows, work, width, height, args.frames, args.timeout, report, args.quiet)

@@ -32,14 +32,19 @@ import sys
 import time
 
 
-def environment(device: str) -> dict:
-    """What this process runs on: architecture, PyTorch release, CPU kernels, threads, oneDNN."""
+def environment(device: str, runtime: str = "torch") -> dict:
+    """What this process runs on: architecture, PyTorch release, CPU kernels, threads, oneDNN
+    (and ONNX Runtime's release where it runs the networks)."""
     import torch
 
     env = {"python": platform.python_version(), "machine": platform.machine(), "torch": torch.__version__,
            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
            "onednn": torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled),
            "device": device}
+    if runtime == "onnx":
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -80,19 +85,60 @@ def decode_stream(codec, data: bytes, device: str) -> dict:
     return out
 
 
-def run(checkpoint: str, streams: dict[str, str], device: str, conformance: bool) -> dict:
+class _OnnxFloatDecoder:
+    """A float synthesis decoder run by ONNX Runtime (called like the module it replaces)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self.session.run(None, {"x": x.detach().float().contiguous().numpy()})[0])
+
+
+def float_synthesis_in_onnx_runtime(model, threads: int) -> None:
+    """Run ``model``'s three float synthesis decoders in ONNX Runtime (float32 ``ConvTranspose``
+    from the same weights): the float control of an ONNX Runtime row, so that it tests whether
+    float arithmetic in this runtime would have differed, as the other rows' controls do."""
+    import onnxruntime
+
+    from nvc_train.models.ssf import SYNTHESIS_ATTR
+    from nvc_train.portable.networks import float_synthesis_graph
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    for name, attr in SYNTHESIS_ATTR.items():
+        graph = float_synthesis_graph(name, getattr(model, attr), {})
+        session = onnxruntime.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        object.__setattr__(model, attr, _OnnxFloatDecoder(session))  # not an nn.Module: bypass the registry
+
+
+def run(checkpoint: str, streams: dict[str, str], device: str, conformance: bool, runtime: str = "torch") -> dict:
     """Load ``checkpoint`` (with its load-time self-test), run its conformance records and
-    decode ``streams`` ({name: path}); returns the JSON-able record."""
+    decode ``streams`` ({name: path}); returns the JSON-able record. ``runtime`` "onnx": the
+    integer networks run in ONNX Runtime, from graphs exported here to a temporary folder
+    (with the ONNX load-time self-test), and so do the float control's synthesis decoders."""
+    import tempfile
+
     import torch
 
     from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="nvc-onnx-") as tmp:
         ck = load_integer_checkpoint(checkpoint, device=device)
+        if runtime == "onnx":
+            from nvc_train.portable.export import export_onnx
+            from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+
+            export_onnx(ck, os.path.join(tmp, "onnx"))
+            folder = load_onnx_folder(os.path.join(tmp, "onnx"), ck.sha256, threads=torch.get_num_threads())
+            onnx_codec(ck.codec, folder, "ONNX export", conformance=ck.conformance)
+            float_synthesis_in_onnx_runtime(ck.codec.model, torch.get_num_threads())
         codec = ck.codec.eval()
-        record = {"env": environment(device), "checkpoint_sha256": ck.sha256, "pixel_exact": codec.pixel_exact,
+        record = {"env": environment(device, runtime), "checkpoint_sha256": ck.sha256, "pixel_exact": codec.pixel_exact,
                   "conformance": {}, "conformance_failures": 0, "streams": {}}
         if conformance:
             for check in run_checks(codec, ck.conformance, device):
@@ -116,6 +162,7 @@ def worker_main(argv: list[str] | None, prog: str, description: str, decode) -> 
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     ap.add_argument("--onednn", choices=("on", "off"), default="on")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="what runs the integer networks")
     ap.add_argument("--json", required=True, metavar="FILE", help="where to write the record")
     args = ap.parse_args(argv)
     import torch
@@ -124,7 +171,8 @@ def worker_main(argv: list[str] | None, prog: str, description: str, decode) -> 
         torch.set_num_threads(args.threads)
     torch.backends.mkldnn.enabled = args.onednn == "on"
     streams = dict(s.split("=", 1) for s in args.stream)
-    record = decode(args.checkpoint, streams, args.device, args.conformance)
+    record = decode(args.checkpoint, streams, args.device, args.conformance,
+                    **({"runtime": args.runtime} if args.runtime != "torch" else {}))
     tmp = args.json + ".part"
     with open(tmp, "w") as f:
         json.dump(record, f)

@@ -8,6 +8,8 @@ decoder options; every row runs :mod:`nvc_train.crosscheck.decode` as a fresh pr
   AVX-512, on this one), one thread, oneDNN off; CUDA where there is a device.
 * **another PyTorch release** (:func:`release_environment`): a venv under the cache with
   ``torch==VERSION`` and CompressAI from the registry; nvc-train from this source tree.
+* **ONNX Runtime** (:func:`onnx_environments`): this machine's Python with the integer
+  networks in ONNX Runtime (``--runtime onnx``), default threads and one.
 * **aarch64** (:func:`aarch64_environment`): a Debian arm64 userland (``debootstrap
   --foreign``: packages unpacked, nothing configured, no chroot, no binfmt), PyTorch's CPU
   wheel for aarch64, CompressAI's two C++ extensions cross-compiled from its sdist with
@@ -113,6 +115,20 @@ def host_environments(cuda: bool) -> list[Environment]:
     rows.append(Environment("CUDA", python, options=["--device", "cuda"],
                             skip="" if cuda else "no CUDA device on this machine"))
     return rows
+
+
+def onnx_environments() -> list[Environment]:
+    """The rows whose integer networks run in ONNX Runtime (CPU provider) from the checkpoint's
+    `export-onnx` graphs, made afresh by the worker: the runtime's default threads, and one.
+    Their float control runs the checkpoint's float synthesis decoders in ONNX Runtime too
+    (float32 ``ConvTranspose`` graphs of the same weights), the warp in PyTorch."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    skip = f"{' and '.join(missing)} not installed (pip install 'nvc-train[onnx]')" if missing else ""
+    python = [sys.executable]
+    return [Environment("ONNX Runtime", python, options=["--runtime", "onnx"], skip=skip),
+            Environment("ONNX Runtime, 1 thread", python, options=["--runtime", "onnx", "--threads", "1"], skip=skip)]
 
 
 def _say(quiet: bool, message: str) -> None:

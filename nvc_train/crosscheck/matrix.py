@@ -40,7 +40,8 @@ class Row:
 
 def describe(env: dict) -> str:
     where = env.get("gpu") or f"{env['machine']} {env['capability']}"
-    return (f"{where}, torch {env['torch']}, {env['threads']} thread{'s' * (env['threads'] != 1)}, "
+    engine = f"ONNX Runtime {env['onnxruntime']} (networks), " if env.get("onnxruntime") else ""
+    return (f"{where}, {engine}torch {env['torch']}, {env['threads']} thread{'s' * (env['threads'] != 1)}, "
             f"oneDNN {'on' if env['onednn'] else 'off'}")
 
 

@@ -16,10 +16,10 @@ for ``p = 1`` (a zero tap), likewise columns. The four classes are one ``ConvInt
 ``4·C_out`` output channels, interleaved by a reshape and a transpose. Its input, offset by
 a constant ``c`` to be non-negative and zero-padded first (so the pad holds ``c``, the value
 0), is split into base-256 digit planes in [0, 255] (uint8). The weights are uint8 too,
-``w + 128`` with ``w_zero_point = 128``: ONNX Runtime's u8·u8 kernels widen to 16 bits before
-multiplying (x86) or use unsigned dot products (Arm), where its u8·s8 kernels on x86 AVX2 add
-pairs of products in int16 with saturation (``vpmaddubsw``), and u8·u8 also ran 4.6× faster
-here. Each plane's result is below ``255 · 255 · 9 · C_in < 2**31`` (exact int32). Planes are
+``w + 128`` with ``w_zero_point = 128``: on x86 without VNNI the 8-bit instruction
+``vpmaddubsw`` adds pairs of u8·s8 products in int16 with saturation, and it cannot multiply
+two unsigned bytes, so u8·u8 kernels take another route (u8·u8 also ran 4.6× faster than u8·s8
+in ONNX Runtime 1.32 here). Each plane's result is below ``255 · 255 · 9 · C_in < 2**31`` (exact int32). Planes are
 combined in int64 and the offset's contribution ``c · Σ w`` is removed per class and channel.
 The load-time self-test (:mod:`nvc_train.portable.runtime`) drives every layer to its bound
 on the runtime at hand, so a kernel that saturates after all is refused.

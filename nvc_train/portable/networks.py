@@ -276,3 +276,28 @@ def _frame_shape(g: Graph, volume_shape: str) -> str:
     """(N, C, D, H, W) shape → (N, C, H, W)."""
     return g.op("Concat", _dim(g, volume_shape, 0), _dim(g, volume_shape, 1), _dim(g, volume_shape, 3),
                 _dim(g, volume_shape, 4), axis=0)
+
+
+def float_synthesis_graph(name: str, decoder, metadata: dict[str, str]) -> onnx.ModelProto:
+    """A float synthesis decoder (ConvTranspose2d and ReLU layers) as a float32 ONNX graph:
+    ``x`` (N, C_in, h, w) float32 → (N, C_out, 16h, 16w) float32. Not part of an export: the
+    cross-check's ONNX Runtime rows run it as their float control (the same float network in
+    another runtime, which rounds differently)."""
+    from torch import nn
+
+    g = Graph(f"float.{name}")
+    first = next(m for m in decoder.modules() if isinstance(m, nn.ConvTranspose2d))
+    x = g.input("x", TensorProto.FLOAT, ["N", first.in_channels, "h", "w"])
+    c_out = first.out_channels
+    for module in decoder.children():
+        if isinstance(module, nn.ConvTranspose2d):
+            c_out = module.out_channels
+            x = g.op("ConvTranspose", x, g.const(_array(module.weight), np.float32), g.const(_array(module.bias), np.float32),
+                     strides=list(module.stride), pads=[*module.padding, *module.padding],
+                     output_padding=list(module.output_padding), kernel_shape=list(module.kernel_size))
+        elif isinstance(module, nn.ReLU):
+            x = g.op("Relu", x)
+        else:
+            raise ValueError(f"float_synthesis_graph: unexpected layer {type(module).__name__}")
+    g.output(x, "y", TensorProto.FLOAT, ["N", c_out, "H", "W"])
+    return g.model(metadata)

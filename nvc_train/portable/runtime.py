@@ -196,7 +196,7 @@ class OnnxPixelDecoder(nn.Module):
 def onnx_codec(codec, folder: OnnxFolder, source: str = "ONNX folder", self_check: bool = True, conformance=None):
     """``codec`` (an :class:`IntegerSSF`) with its networks replaced by ``folder``'s sessions.
 
-    With ``self_check``, before anything is decoded (about a second): every layer graph at a
+    With ``self_check``, before anything is decoded (a few seconds): every layer graph at a
     stress input built from its weights (accumulators at the proven bound) against the
     host's float64 reference; every decoder graph on its stored layer-0 stress input, and the
     ``small`` conformance record (128×128, I P P: every graph on real latents), against the

@@ -276,3 +276,20 @@ def test_export_replaces_a_folder_only_with_overwrite_and_whole(pixel_onnx, tmp_
     assert result.returncode == 0 and not (out / "mine.txt").exists()
     assert (out / "onnx.json").read_bytes() == (folder / "onnx.json").read_bytes()  # deterministic export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+
+
+def test_the_cross_check_onnx_row_is_identical_and_its_float_control_differs(int_checkpoint, tmp_path):
+    """The worker behind `cross-check --envs onnx`, on the hyperprior checkpoint (whose float
+    synthesis is its control): integer columns equal to the PyTorch row's; the float control,
+    the same float synthesis decoders run in ONNX Runtime, differs."""
+    from nvc_train.crosscheck.decode import run
+
+    ck = load_integer_checkpoint(int_checkpoint, self_check=False)
+    (tmp_path / "small.nvc").write_bytes(ck.conformance.bitstream("small"))
+    streams = {"small": str(tmp_path / "small.nvc")}
+    reference = run(str(int_checkpoint), streams, "cpu", conformance=False)
+    onnx_row = run(str(int_checkpoint), streams, "cpu", conformance=False, runtime="onnx")
+    assert onnx_row["env"]["onnxruntime"] and "onnxruntime" not in reference["env"]
+    ours, theirs = onnx_row["streams"]["small"], reference["streams"]["small"]
+    assert ours["latents"] == theirs["latents"] and len(ours["latents"]) == 3
+    assert ours["control_raw"] != theirs["control_raw"]
