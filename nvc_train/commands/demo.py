@@ -116,28 +116,28 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
         except OSError as exc:
             raise UserError(f"cannot create {folder}: {exc.strerror or exc}") from None
     float_pth = checkpoints / "ssf-float.pth.tar"
-    _say(quiet, "[demo] 1/5 float SSF training (configs/demo/float.yaml)")
+    _say(quiet, "[demo] 1/6 float SSF training (configs/demo/float.yaml)")
     float_ckpt = _fit(out, "float", float_steps, [], quiet)
     float_module, _ = lit_module_from_checkpoint(float_ckpt)
     save_float_state_dict(float_module.model, float_pth, float_module.hparams.get("quality"), float_module.lmbda)
 
     stage, name = ("qat_decoder", "ssf-pixel") if pixel_exact else ("qat", "ssf-int")
     what = "the whole decoder" if pixel_exact else "the hyper-decoders"
-    _say(quiet, f"[demo] 2/5 QAT fine-tuning of {what} (configs/demo/{stage}.yaml)")
+    _say(quiet, f"[demo] 2/6 QAT fine-tuning of {what} (configs/demo/{stage}.yaml)")
     qat_ckpt = _fit(out, stage, qat_steps, ["--model.init_weights", str(float_pth)], quiet)
 
-    _say(quiet, "[demo] 3/5 integer export")
+    _say(quiet, "[demo] 3/6 integer export")
     int_path = export_integer_from_lightning(qat_ckpt, checkpoints, name)
     fixed = checkpoints / f"{name}.ckpt"
     shutil.copyfile(int_path, fixed)
     shutil.copyfile(int_path.with_suffix(".md"), fixed.with_suffix(".md"))
 
-    _say(quiet, "[demo] 4/5 conformance")
+    _say(quiet, "[demo] 4/6 conformance")
     ck = load_integer_checkpoint(fixed)
     checks = list(run_checks(ck.codec, ck.conformance))
     conformance_ok = all(c.ok for c in checks)
 
-    _say(quiet, "[demo] 5/5 encode and decode a generated clip (3 frames, 256x256)")
+    _say(quiet, "[demo] 5/6 encode and decode a generated clip (3 frames, 256x256)")
     frames = [f.unsqueeze(0) for f in synthetic_clip(EVAL_SEED, 3, 256, 256)]
     model = float_module.model.eval()
 
@@ -146,16 +146,19 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
             strings, shapes = model.compress(fr)
             return bits_of(strings), model.decompress(strings, shapes)
 
-    md5s = []
+    md5s, coded, decoded_torch = [], [], []
 
     def int_codec(fr):
         c, _ = ck.codec.compress(fr)
         decoded = ck.codec.decompress(c)
+        coded.extend(c)
+        decoded_torch.extend(decoded)
         md5s.extend(f"{t} {cf.frame_type} {d.md5}" for t, (cf, d) in enumerate(zip(c, decoded)))
         return coded_bits(c), [d.x_hat for d in decoded]
 
     f_bpp, f_psnr = _rd_on_clip(float_codec, frames)
     i_bpp, i_psnr = _rd_on_clip(int_codec, frames)
+    onnx_line = _onnx_step(fixed, checkpoints / f"{name}-onnx", coded, decoded_torch, quiet)
     print()
     print("| model | bpp | PSNR-RGB (dB) |")
     print("|---|---|---|")
@@ -171,5 +174,29 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
         print("\n".join(f"  {line}" for line in md5s))
     print(f"conformance:        {'PASS' if conformance_ok else 'FAIL'} ({len(checks)} checks: "
           f"{ck.conformance.describe()})")
+    print(f"ONNX Runtime:       {onnx_line}")
     print(f"demo took {time.perf_counter() - start:.0f} s")
-    return 0 if conformance_ok else 1
+    return 0 if conformance_ok and not onnx_line.startswith("DIFFERS") else 1
+
+
+def _onnx_step(checkpoint: Path, folder: Path, coded: list, decoded_torch: list, quiet: bool) -> str:
+    """Step 6: export the checkpoint's integer networks to ONNX and decode the demo clip's
+    stream with them in ONNX Runtime; returns the result line (same latents, same frames?)."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"not run ({' and '.join(missing)} not installed: pip install 'nvc-train[onnx]')"
+    from nvc_train.portable.export import export_onnx
+    from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    _say(quiet, f"[demo] 6/6 the same stream in ONNX Runtime (nvc-train export-onnx → {folder})")
+    ck = load_integer_checkpoint(checkpoint)
+    export_onnx(ck, folder, overwrite=True)
+    codec = onnx_codec(ck.codec, load_onnx_folder(folder, ck.sha256), str(folder), conformance=ck.conformance)
+    decoded = codec.decompress(coded)
+    same = sum(a.latent_sha256 == b.latent_sha256 and a.md5 == b.md5 for a, b in zip(decoded, decoded_torch))
+    what = "latents and frame MD5s" if codec.pixel_exact else "latents"
+    verdict = "identical" if same == len(decoded_torch) == len(decoded) else "DIFFERS"
+    return f"{verdict}: {same} of {len(decoded_torch)} frames' {what} equal PyTorch's (graphs in {folder})"
