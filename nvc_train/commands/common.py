@@ -81,14 +81,16 @@ def add_runtime(s: argparse.ArgumentParser) -> None:
 
 def checked_runtime(args) -> str:
     """The runtime the arguments ask for, checked before any heavy import."""
-    runtime = args.runtime or ("onnx" if args.onnx else "torch")
-    if runtime == "torch" and args.onnx:
+    # getattr: callers that build their own Namespace (tests, scripts) need not know the options.
+    onnx = getattr(args, "onnx", None)
+    runtime = getattr(args, "runtime", None) or ("onnx" if onnx else "torch")
+    if runtime == "torch" and onnx:
         raise UserError("--onnx DIR runs the networks in ONNX Runtime: drop --runtime torch, or drop --onnx")
     if runtime == "onnx":
         if getattr(args, "device", "cpu") != "cpu":
             raise UserError(f"--runtime onnx runs on ONNX Runtime's CPU provider: drop --device {args.device}")
-        if args.onnx and not Path(args.onnx).is_dir():
-            raise UserError(f"--onnx {args.onnx}: no such folder (write one with `nvc-train export-onnx CKPT "
+        if onnx and not Path(onnx).is_dir():
+            raise UserError(f"--onnx {onnx}: no such folder (write one with `nvc-train export-onnx CKPT "
                             "--out-dir DIR`)")
     return runtime
 
@@ -103,7 +105,7 @@ def use_runtime(args, ck, runtime: str, self_check: bool = True):
 
     from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
 
-    folder, temporary = args.onnx, None
+    folder, temporary = getattr(args, "onnx", None), None
     if folder is None:
         from nvc_train.portable.export import export_onnx
 

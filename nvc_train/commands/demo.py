@@ -180,8 +180,8 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
 
 
 def _onnx_step(checkpoint: Path, folder: Path, coded: list, decoded_torch: list, quiet: bool) -> str:
-    """Step 6: export the checkpoint's integer networks to ONNX and decode the demo clip's
-    stream with them in ONNX Runtime; returns the result line (same latents, same frames?)."""
+    """Step 6: export the checkpoint's integer networks to ONNX, decode the demo clip's stream
+    and the conformance records with them in ONNX Runtime; returns the result line."""
     import importlib.util
 
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -189,6 +189,7 @@ def _onnx_step(checkpoint: Path, folder: Path, coded: list, decoded_torch: list,
         return f"not run ({' and '.join(missing)} not installed: pip install 'nvc-train[onnx]')"
     from nvc_train.portable.export import export_onnx
     from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+    from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
     _say(quiet, f"[demo] 6/6 the same stream in ONNX Runtime (nvc-train export-onnx → {folder})")
@@ -197,6 +198,10 @@ def _onnx_step(checkpoint: Path, folder: Path, coded: list, decoded_torch: list,
     codec = onnx_codec(ck.codec, load_onnx_folder(folder, ck.sha256), str(folder), conformance=ck.conformance)
     decoded = codec.decompress(coded)
     same = sum(a.latent_sha256 == b.latent_sha256 and a.md5 == b.md5 for a, b in zip(decoded, decoded_torch))
+    # The conformance records too: their 768×512 stream, and every layer at its stress input.
+    checks = list(run_checks(codec, ck.conformance))
+    passed = sum(c.ok for c in checks)
     what = "latents and frame MD5s" if codec.pixel_exact else "latents"
-    verdict = "identical" if same == len(decoded_torch) == len(decoded) else "DIFFERS"
-    return f"{verdict}: {same} of {len(decoded_torch)} frames' {what} equal PyTorch's (graphs in {folder})"
+    ok = same == len(decoded_torch) == len(decoded) and passed == len(checks)
+    return (f"{'identical' if ok else 'DIFFERS'}: the demo clip's {what} ({same} of {len(decoded_torch)} frames) "
+            f"and {passed} of {len(checks)} conformance checks as in PyTorch (graphs in {folder})")
