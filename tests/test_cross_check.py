@@ -199,6 +199,9 @@ def test_aarch64_row_says_what_is_missing(tmp_path, monkeypatch):
     env = E.aarch64_environment(quiet=True)
     assert env.skip.startswith("the aarch64 row needs qemu-aarch64-static, debootstrap, aarch64-linux-gnu-g++")
     assert "apt-get install qemu-user-static debootstrap g++-aarch64-linux-gnu" in env.skip
+    # its ONNX Runtime row (--envs onnx,aarch64) says the same, and runs the worker with --runtime onnx
+    onnx_row = E.aarch64_onnx_environment(env, quiet=True)
+    assert onnx_row.name == "aarch64 (qemu-user), ONNX Runtime, PyTorch 2.10.0" and onnx_row.skip == env.skip
     assert not (tmp_path / "cache").exists()
 
 

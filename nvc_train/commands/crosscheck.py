@@ -28,7 +28,7 @@ def add_parsers(sub) -> None:
                         f"stand-ins of both kinds")
     s.add_argument("--envs", default=",".join(ENVIRONMENT_GROUPS), metavar="LIST",
                    help="comma-separated groups: host (CPU kernel levels, 1 thread, oneDNN off, CUDA), onnx (the integer "
-                        "networks in ONNX Runtime, default threads and 1), release "
+                        "networks in ONNX Runtime, default threads and 1; with aarch64, also there), release "
                         "(another PyTorch release in its own venv), aarch64 (qemu-user) (default: %(default)s)")
     s.add_argument("--torch", dest="torch_releases", action="append", default=None, metavar="VERSION",
                    help=f"the release of the 'release' group, repeatable (default: {OLDEST_TORCH}, the oldest "
@@ -105,6 +105,9 @@ def cross_check(args) -> int:
         rows += E.onnx_environments()
     if "aarch64" in groups:
         rows.append(_or_skipped("aarch64 (qemu-user)", lambda: E.aarch64_environment(args.quiet)))
+        if "onnx" in groups:  # the same userland, the networks in ONNX Runtime's aarch64 build
+            rows.append(_or_skipped("aarch64 (qemu-user), ONNX Runtime",
+                                    lambda base=rows[-1]: E.aarch64_onnx_environment(base, args.quiet)))
     return run(checkpoints, rows, work, width, height, args.frames, args.timeout, report, args.quiet)
 
 

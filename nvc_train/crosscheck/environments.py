@@ -229,6 +229,20 @@ def _aarch64_wheels(site: Path, quiet: bool) -> None:
          what=f"downloading torch=={torch} for aarch64")
     _pip([sys.executable], *common, "--upgrade", f"numpy=={NUMPY}", *_WITH_DEPS,
          what="downloading CompressAI's dependencies for aarch64")
+    _aarch64_onnxruntime(site, quiet)
+
+
+ONNX_PACKAGES = ("onnx", "onnxruntime")
+"""What the aarch64 userland needs for its ONNX Runtime row (aarch64 wheels on the index)."""
+
+
+def _aarch64_onnxruntime(site: Path, quiet: bool) -> None:
+    """ONNX Runtime and onnx for aarch64 (about 40 MB), with numpy held at CompressAI's."""
+    _say(quiet, "cross-check: aarch64 ONNX Runtime and onnx (aarch64 wheels, about 40 MB)")
+    platform = [x for p in _AARCH64_PLATFORMS for x in ("--platform", p)]
+    _pip([sys.executable], "--target", str(site), *platform, "--python-version", "3.11", "--implementation", "cp",
+         "--abi", "cp311", "--only-binary=:all:", "--upgrade", f"numpy=={NUMPY}", *ONNX_PACKAGES,
+         what="downloading ONNX Runtime for aarch64")
 
 
 def _aarch64_compressai(root: Path, site: Path, work: Path, quiet: bool) -> None:
@@ -254,6 +268,20 @@ def _aarch64_compressai(root: Path, site: Path, work: Path, quiet: bool) -> None
              f"cross-compiling CompressAI's {name} extension")
 
 
+def aarch64_onnx_environment(base: Environment, quiet: bool = False) -> Environment:
+    """The aarch64 row with the integer networks in ONNX Runtime: ``base``'s userland, ONNX
+    Runtime added to a set-up that predates it."""
+    name = base.name.replace("(qemu-user)", "(qemu-user), ONNX Runtime")
+    if base.skip:
+        return Environment(name, base.command, base.env, skip=base.skip, short=True)
+    folder = cache_root() / f"aarch64-{DEBIAN_SUITE}-torch{AARCH64_TORCH}"
+    ready = _ready(folder) or {}
+    if "onnxruntime" not in ready:
+        _aarch64_onnxruntime(folder / "site", quiet)
+        _finish(folder, {**ready, "onnxruntime": True})
+    return Environment(name, base.command, base.env, options=["--runtime", "onnx"], short=True)
+
+
 def aarch64_environment(quiet: bool = False) -> Environment:
     """The aarch64 row (set up on first use); ``skip`` says why it cannot run here."""
     torch = AARCH64_TORCH
@@ -276,7 +304,7 @@ def aarch64_environment(quiet: bool = False) -> Environment:
         _aarch64_compressai(root, site, work, quiet)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        _finish(folder, {"debian": DEBIAN_SUITE, "torch": torch, "compressai": COMPRESSAI,
+        _finish(folder, {"debian": DEBIAN_SUITE, "torch": torch, "compressai": COMPRESSAI, "onnxruntime": True,
                          "seconds": round(time.perf_counter() - start)})
         _say(quiet, f"cross-check: aarch64 ready in {folder} ({_mb(_size(folder))} on disk, "
                     f"{time.perf_counter() - start:.0f} s)")

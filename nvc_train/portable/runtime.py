@@ -1,15 +1,16 @@
 """ONNX Runtime decoding: a folder from ``nvc-train export-onnx`` in place of the PyTorch decoders.
 
 :func:`load_onnx_folder` checks the folder against its checkpoint (the checkpoint's SHA-256,
-every file's SHA-256, integer-only graphs, the opset) and opens the sessions;
+every file's SHA-256, integer-only graphs, the opset); its sessions open on first use;
 :func:`onnx_codec` returns the checkpoint's :class:`IntegerSSF` with every integer network
 replaced by its ONNX Runtime session. The entropy decoding stays CompressAI's rANS with the
 checkpoint's tables, so everything but the networks is shared with ``--runtime torch`` and
 the decoded latents, frame MD5s and conformance hashes compare one to one.
 
 Then a self-test, as loading a checkpoint does for PyTorch (:func:`onnx_codec`): every layer
-graph at a stress input built from its weights against the host's float64 reference, and
-the small conformance record against the stored hashes. A runtime whose integer convolution saturates is refused with one line.
+graph at a stress input built from its weights against the host's float64 reference, and the
+small conformance record against the stored hashes. A runtime whose integer convolution
+saturates is refused with one line.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from torch import Tensor, nn
 
 from nvc_train.errors import UserError
 from nvc_train.portable.export import MANIFEST
-
-RUNTIMES = ("torch", "onnx")
 
 OPSET_RUNTIME = {17: (1, 12)}
 """Oldest ONNX Runtime (major, minor) that runs each opset the graphs may carry."""
@@ -75,8 +74,8 @@ class OnnxFolder:
             options.log_severity_level = 3  # errors only: no per-session warnings on stderr
             if self.threads:
                 options.intra_op_num_threads = self.threads
-            # Memory patterns pre-plan every intermediate of a run: 0.9 GB against 0.5 GB for
-            # synth.res at 768×512, and slower (BENCHMARKS.md, "ONNX Runtime decoding").
+            # Memory patterns pre-plan every intermediate of a run: synth.res at 768×512 peaked at
+            # 0.9 GB with them, 0.5 GB without, and ran no faster with them.
             options.enable_mem_pattern = False
             if _shared_arena(ort):
                 options.add_session_config_entry("session.use_env_allocators", "1")
