@@ -232,13 +232,17 @@ def _aarch64_wheels(site: Path, quiet: bool) -> None:
     _aarch64_onnxruntime(site, quiet)
 
 
-ONNX_PACKAGES = ("onnx", "onnxruntime")
-"""What the aarch64 userland needs for its ONNX Runtime row (aarch64 wheels on the index)."""
+AARCH64_ONNXRUNTIME = "1.19.2"
+ONNX_PACKAGES = ("onnx", f"onnxruntime=={AARCH64_ONNXRUNTIME}")
+"""What the aarch64 userland needs for its ONNX Runtime row (aarch64 wheels on the index).
+onnxruntime 1.32.0's aarch64 wheel dies with SIGSEGV on import under Debian bookworm's
+qemu-user 7.2 (with -cpu max, cortex-a72 and neoverse-n1 alike; 2026-12-07); 1.19.2 imports and
+runs there, and it is another release than this venv's besides (opset 17 needs ≥ 1.12)."""
 
 
 def _aarch64_onnxruntime(site: Path, quiet: bool) -> None:
     """ONNX Runtime and onnx for aarch64 (about 40 MB), with numpy held at CompressAI's."""
-    _say(quiet, "cross-check: aarch64 ONNX Runtime and onnx (aarch64 wheels, about 40 MB)")
+    _say(quiet, f"cross-check: aarch64 ONNX Runtime {AARCH64_ONNXRUNTIME} and onnx (aarch64 wheels, about 40 MB)")
     platform = [x for p in _AARCH64_PLATFORMS for x in ("--platform", p)]
     _pip([sys.executable], "--target", str(site), *platform, "--python-version", "3.11", "--implementation", "cp",
          "--abi", "cp311", "--only-binary=:all:", "--upgrade", f"numpy=={NUMPY}", *ONNX_PACKAGES,
@@ -276,9 +280,9 @@ def aarch64_onnx_environment(base: Environment, quiet: bool = False) -> Environm
         return Environment(name, base.command, base.env, skip=base.skip, short=True)
     folder = cache_root() / f"aarch64-{DEBIAN_SUITE}-torch{AARCH64_TORCH}"
     ready = _ready(folder) or {}
-    if "onnxruntime" not in ready:
+    if ready.get("onnxruntime") != AARCH64_ONNXRUNTIME:
         _aarch64_onnxruntime(folder / "site", quiet)
-        _finish(folder, {**ready, "onnxruntime": True})
+        _finish(folder, {**ready, "onnxruntime": AARCH64_ONNXRUNTIME})
     return Environment(name, base.command, base.env, options=["--runtime", "onnx"], short=True)
 
 
@@ -304,8 +308,8 @@ def aarch64_environment(quiet: bool = False) -> Environment:
         _aarch64_compressai(root, site, work, quiet)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-        _finish(folder, {"debian": DEBIAN_SUITE, "torch": torch, "compressai": COMPRESSAI, "onnxruntime": True,
-                         "seconds": round(time.perf_counter() - start)})
+        _finish(folder, {"debian": DEBIAN_SUITE, "torch": torch, "compressai": COMPRESSAI,
+                         "onnxruntime": AARCH64_ONNXRUNTIME, "seconds": round(time.perf_counter() - start)})
         _say(quiet, f"cross-check: aarch64 ready in {folder} ({_mb(_size(folder))} on disk, "
                     f"{time.perf_counter() - start:.0f} s)")
     elif shutil.which("qemu-aarch64-static") is None:
