@@ -101,21 +101,9 @@ def use_runtime(args, ck, runtime: str, self_check: bool = True):
     temporary folder, then its load-time self-test."""
     if runtime != "onnx":
         return ck
-    import tempfile
+    from nvc_train.portable.runtime import run_in_onnx_runtime
 
-    from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
-
-    folder, temporary = getattr(args, "onnx", None), None
-    if folder is None:
-        from nvc_train.portable.export import export_onnx
-
-        temporary = tempfile.TemporaryDirectory(prefix="nvc-onnx-")
-        folder = Path(temporary.name) / "onnx"
-        export_onnx(ck, folder)
-    loaded = load_onnx_folder(folder, ck.sha256)
-    loaded.temporary = temporary  # removed when the sessions go
-    onnx_codec(ck.codec, loaded, str(folder), self_check, ck.conformance)
-    return ck
+    return run_in_onnx_runtime(ck, getattr(args, "onnx", None), self_check=self_check)
 
 
 def device(name: str) -> str:

@@ -182,20 +182,19 @@ def run_demo(out: Path, checkpoints: Path, float_steps: int | None, qat_steps: i
 def _onnx_step(checkpoint: Path, folder: Path, coded: list, decoded_torch: list, quiet: bool) -> str:
     """Step 6: export the checkpoint's integer networks to ONNX, decode the demo clip's stream
     and the conformance records with them in ONNX Runtime; returns the result line."""
-    import importlib.util
+    from nvc_train.portable import missing_packages
 
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"not run ({' and '.join(missing)} not installed: pip install 'nvc-train[onnx]')"
+    if missing_packages():
+        return f"not run ({missing_packages()})"
     from nvc_train.portable.export import export_onnx
-    from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+    from nvc_train.portable.runtime import run_in_onnx_runtime
     from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
     _say(quiet, f"[demo] 6/6 the same stream in ONNX Runtime (nvc-train export-onnx → {folder})")
     ck = load_integer_checkpoint(checkpoint)
     export_onnx(ck, folder, overwrite=True)
-    codec = onnx_codec(ck.codec, load_onnx_folder(folder, ck.sha256), str(folder), conformance=ck.conformance)
+    codec = run_in_onnx_runtime(ck, folder).codec
     decoded = codec.decompress(coded)
     same = sum(a.latent_sha256 == b.latent_sha256 and a.md5 == b.md5 for a, b in zip(decoded, decoded_torch))
     # The conformance records too: their 768×512 stream, and every layer at its stress input.

@@ -119,23 +119,18 @@ def run(checkpoint: str, streams: dict[str, str], device: str, conformance: bool
     decode ``streams`` ({name: path}); returns the JSON-able record. ``runtime`` "onnx": the
     integer networks run in ONNX Runtime, from graphs exported here to a temporary folder
     (with the ONNX load-time self-test), and so do the float control's synthesis decoders."""
-    import tempfile
-
     import torch
 
     from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
     start = time.perf_counter()
-    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="nvc-onnx-") as tmp:
+    with torch.no_grad():
         ck = load_integer_checkpoint(checkpoint, device=device)
         if runtime == "onnx":
-            from nvc_train.portable.export import export_onnx
-            from nvc_train.portable.runtime import load_onnx_folder, onnx_codec
+            from nvc_train.portable.runtime import run_in_onnx_runtime
 
-            export_onnx(ck, os.path.join(tmp, "onnx"))
-            folder = load_onnx_folder(os.path.join(tmp, "onnx"), ck.sha256, threads=torch.get_num_threads())
-            onnx_codec(ck.codec, folder, "ONNX export", conformance=ck.conformance)
+            run_in_onnx_runtime(ck, threads=torch.get_num_threads())
             float_synthesis_in_onnx_runtime(ck.codec.model, torch.get_num_threads())
         codec = ck.codec.eval()
         record = {"env": environment(device, runtime), "checkpoint_sha256": ck.sha256, "pixel_exact": codec.pixel_exact,

@@ -122,10 +122,9 @@ def onnx_environments() -> list[Environment]:
     `export-onnx` graphs, made afresh by the worker: the runtime's default threads, and one.
     Their float control runs the checkpoint's float synthesis decoders in ONNX Runtime too
     (float32 ``ConvTranspose`` graphs of the same weights), the warp in PyTorch."""
-    import importlib.util
+    from nvc_train.portable import missing_packages
 
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    skip = f"{' and '.join(missing)} not installed (pip install 'nvc-train[onnx]')" if missing else ""
+    skip = missing_packages()
     python = [sys.executable]
     return [Environment("ONNX Runtime", python, options=["--runtime", "onnx"], skip=skip),
             Environment("ONNX Runtime, 1 thread", python, options=["--runtime", "onnx", "--threads", "1"], skip=skip)]

@@ -9,3 +9,11 @@
 - :mod:`.runtime`: loading a folder into ONNX Runtime sessions bound to its checkpoint, and
   the decoders that replace the PyTorch ones (``--runtime onnx``).
 """
+
+
+def missing_packages() -> str:
+    """"" when onnx and onnxruntime are installed, else one line saying what to install."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed (pip install 'nvc-train[onnx]')" if missing else ""

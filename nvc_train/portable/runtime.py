@@ -162,27 +162,9 @@ class OnnxDecoder(nn.Module):
         self.folder = folder
         self.graph = name
 
-    @property
-    def num_layers(self) -> int:
-        return self.frozen.num_layers
-
-    def layer_weight(self, i: int) -> Tensor:
-        return self.frozen.layer_weight(i)
-
-    def layer_bias(self, i: int) -> Tensor:
-        return self.frozen.layer_bias(i)
-
-    def activation_range(self, i: int) -> tuple[int, int]:
-        return self.frozen.activation_range(i)
-
-    def _t(self, key: str) -> Tensor:
-        return self.frozen._t(key)
-
-    def _fixed_point(self, i: int):
-        return self.frozen._fixed_point(i)
-
     def __getattr__(self, key: str):
-        # Buffer names (``layer0_acc_bound`` …) as the conformance checks read them.
+        # Everything but the computation is the frozen decoder's: ``num_layers``,
+        # ``layer_weight``, ``activation_range``, its buffers (``layer0_acc_bound`` …).
         try:
             return super().__getattr__(key)
         except AttributeError:
@@ -243,3 +225,24 @@ def onnx_codec(codec, folder: OnnxFolder, source: str = "ONNX folder", self_chec
             raise UserError(f"{source}: refused: ONNX Runtime computes {', '.join(problems)} differently from the "
                             "contract's integers — it would mis-decode; `nvc-train conformance --onnx DIR` shows every check")
     return codec
+
+
+def run_in_onnx_runtime(ck, folder=None, threads: int | None = None, self_check: bool = True):
+    """Put a loaded :class:`IntegerCheckpoint`'s networks in ONNX Runtime; returns ``ck``.
+
+    ``folder``: its `export-onnx` folder (checked against the checkpoint); None exports one
+    to a temporary folder that lives as long as the sessions. Then :func:`onnx_codec`, with
+    the load-time self-test unless ``self_check`` is False."""
+    temporary = None
+    if folder is None:
+        import tempfile
+
+        from nvc_train.portable.export import export_onnx
+
+        temporary = tempfile.TemporaryDirectory(prefix="nvc-onnx-")
+        folder = Path(temporary.name) / "onnx"
+        export_onnx(ck, folder)
+    loaded = load_onnx_folder(folder, ck.sha256, threads=threads)
+    loaded.temporary = temporary  # removed when the sessions go
+    onnx_codec(ck.codec, loaded, str(folder), self_check, ck.conformance)
+    return ck
