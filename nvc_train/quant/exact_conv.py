@@ -123,12 +123,12 @@ class PreparedWeights(NamedTuple):
     c_out: int
 
 
-def _round_up(v: int, m: int) -> int:
+def round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
 def padded_channels(c: int) -> int:
-    return _round_up(c, PITCH_ALIGN)
+    return round_up(c, PITCH_ALIGN)
 
 
 def _tap(shift: int, parity: int) -> int | None:
@@ -200,7 +200,7 @@ def empty_planes(n: int, c: int, h: int, w: int, lo: int, hi: int, path: PathNam
     dtype = PATH_DTYPES[path]
     pad = torch.empty(count, 1, dtype=dtype)
     write_digits(pad, torch.zeros(1, dtype=torch.int64), offset, path)
-    pitch = _round_up(w + 2, PITCH_ALIGN)
+    pitch = round_up(w + 2, PITCH_ALIGN)
     padded = pad.to(device).view(count, 1, 1, 1, 1).repeat(1, n, padded_channels(c), h + 3, pitch)
     return Planes(padded, offset, c, h, w)
 
@@ -210,7 +210,7 @@ def to_planes(x_int: Tensor, path: PathName) -> Planes:
     the fewest digits that hold the data (more digits would be all zero: same result)."""
     n, c, h, w = x_int.shape
     x = x_int.long()
-    lo, hi = _span(x)
+    lo, hi = value_span(x)
     planes = empty_planes(n, c, h, w, lo, hi, path, x.device)
     write_digits(planes.padded[:, :, :c, 1:h + 1, 1:w + 1], x, planes.offset, path)
     return planes
@@ -220,7 +220,7 @@ def weight_digits(weight_int: Tensor) -> Tensor:
     """(J, C_in, C_out, 5, 5) int64 balanced base-256 digits of integer weights, lowest first,
     on the weights' device: J = 1 for int8 weights, 2 for PTQ's affine weights in [−255, 255]."""
     rest = weight_int.detach().long()
-    lo, hi = _span(rest)
+    lo, hi = value_span(rest)
     if lo >= DIGIT_MIN and hi <= DIGIT_MAX:
         return rest.unsqueeze(0)  # int8 weights are their own single digit
     count = 1  # no offset for weights (it would need a data-dependent correction)
@@ -233,7 +233,7 @@ def weight_digits(weight_int: Tensor) -> Tensor:
     return out
 
 
-def _span(t: Tensor) -> tuple[int, int]:
+def value_span(t: Tensor) -> tuple[int, int]:
     """(min, max) of an integer-valued tensor as Python ints: one host round trip."""
     if not t.numel():
         return 0, 0
@@ -301,7 +301,7 @@ def plane_bound_ceiling(c_in: int) -> int:
     return c_in * CLASS_TAPS * -DIGIT_MIN * -DIGIT_MIN
 
 
-def _float32_cuts(a: Tensor) -> list[int]:
+def float32_cuts(a: Tensor) -> list[int]:
     """Column indexes where the float32 path cuts ``a`` (int64) so that every row's
     Σ|a| · 128 over one chunk stays below 2**24 (greedy: each chunk as long as it can be)."""
     col = a.abs() * -DIGIT_MIN
@@ -332,7 +332,7 @@ def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str |
     w = weight_int.detach()
     c_in, c_out = w.shape[:2]
     algorithm = algorithm or algorithm_for(c_out)
-    lo, hi = _span(w)
+    lo, hi = value_span(w)
     single = DIGIT_MIN <= lo and hi <= DIGIT_MAX
     if path == "int8" and not (single and plane_bound_ceiling(c_in) < INT32_LIMIT) \
             and plane_bound(w) >= INT32_LIMIT:
@@ -346,9 +346,9 @@ def prepare_weights(weight_int: Tensor, path: PathName, device, algorithm: str |
         chunks_j = []
         for mats in per_digit:
             a = mats[g]
-            padded = a.new_zeros(max(32, _round_up(a.shape[0], PITCH_ALIGN)), a.shape[1])
+            padded = a.new_zeros(max(32, round_up(a.shape[0], PITCH_ALIGN)), a.shape[1])
             padded[:a.shape[0]] = a
-            cuts = [0, *(_float32_cuts(padded.long()) if path == "float32" else []), a.shape[1]]
+            cuts = [0, *(float32_cuts(padded.long()) if path == "float32" else []), a.shape[1]]
             chunks_j.append(tuple(Chunk(k0, k1, padded[:, k0:k1].contiguous())
                                   for k0, k1 in zip(cuts[:-1], cuts[1:])))
         groups.append(tuple(chunks_j))
@@ -397,7 +397,7 @@ def default_path(device) -> PathName:
     return "int8" if int_mm_works(device.type, device.index) else "float32"
 
 
-def _gemm(chunks: tuple[Chunk, ...], cols: Tensor, k_start: int, path: PathName) -> Tensor:
+def chunked_gemm(chunks: tuple[Chunk, ...], cols: Tensor, k_start: int, path: PathName) -> Tensor:
     """Σ over chunks of ``chunk.matrix @ cols[k_start + k0 : k_start + k1]``: (M, N) int32
     (int8 and float32 paths: every chunk exact) or float64."""
     total = None
@@ -421,7 +421,7 @@ def _group_accumulators(group, digit_matrices: list[Tensor], k_start: int, rows:
     for j, chunks in enumerate(group):
         total = None
         for matrix in reversed(digit_matrices):
-            g = _gemm(chunks, matrix, k_start, path)[:rows]
+            g = chunked_gemm(chunks, matrix, k_start, path)[:rows]
             if path == "float64":
                 g = g.round_()  # exact integers; rounded, never truncated
             total = g.to(torch.int64) if total is None else total.bitwise_left_shift_(DIGIT_BITS).add_(g)

@@ -82,14 +82,16 @@ class LayerCache:
 
 class _ValueOfIntegers(torch.autograd.Function):
     """Forward ``acc · acc_scale``; backward the gradients of ``conv_transpose2d(x, w_q, b)``
-    passed straight through to the float weight and bias."""
+    (or, with ``transposed`` False, of ``conv2d(x, w_q, b, padding=1)``, the 3×3 layers of
+    the image hyper-decoders) passed straight through to the float weight and bias."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, acc: Tensor, acc_scale: Tensor,
-                weight_value: Tensor) -> Tensor:
+                weight_value: Tensor, transposed: bool = True) -> Tensor:
         ctx.save_for_backward(x)
         ctx.weight_value = weight_value
         ctx.has_bias = bias is not None
+        ctx.transposed = transposed
         return acc.to(torch.float32).mul_(acc_scale.to(acc.device, torch.float32).view(1, -1, 1, 1))
 
     @staticmethod
@@ -97,12 +99,16 @@ class _ValueOfIntegers(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
         if not any(mask):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         w = ctx.weight_value
+        if ctx.transposed:
+            geometry = [STRIDE, STRIDE], [PADDING, PADDING], [1, 1], True, [OUTPUT_PADDING, OUTPUT_PADDING]
+        else:
+            geometry = [1, 1], [1, 1], [1, 1], False, [0, 0]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad.to(x.dtype), x, w, [w.shape[1]] if ctx.has_bias else None,
-            [STRIDE, STRIDE], [PADDING, PADDING], [1, 1], True, [OUTPUT_PADDING, OUTPUT_PADDING], 1, mask)
-        return grad_x, grad_w, grad_b, None, None, None
+            grad.to(x.dtype), x, w, [w.shape[1 if ctx.transposed else 0]] if ctx.has_bias else None,
+            *geometry, 1, mask)
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def conv_transpose_qat(x: Tensor, x_int: Tensor, weight: Tensor, bias: Tensor | None, layer: QuantizedLayer,
@@ -126,6 +132,15 @@ def conv_transpose_qat(x: Tensor, x_int: Tensor, weight: Tensor, bias: Tensor | 
     """
     acc = exact_conv.accumulators(x_int, layer.prepared, layer.path, bias_int)
     return _ValueOfIntegers.apply(x, weight, bias, acc, acc_scale, layer.weight_value), acc
+
+
+def value_of_accumulators(x: Tensor, weight: Tensor, bias: Tensor | None, acc: Tensor, acc_scale: Tensor,
+                          weight_value: Tensor, transposed: bool) -> Tensor:
+    """``acc · acc_scale`` (N, C_out, H, W) float32, with the gradients of the float
+    convolution of ``x`` by ``weight_value`` (transposed: k=5, stride 2, as
+    :func:`conv_transpose_qat`; else 3×3, stride 1, padding 1) passed straight through to
+    ``x``, ``weight`` and ``bias``. For a caller that computed the exact accumulators itself."""
+    return _ValueOfIntegers.apply(x, weight, bias, acc, acc_scale, weight_value, transposed)
 
 
 class _FakeQuantLSQ(torch.autograd.Function):

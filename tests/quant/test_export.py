@@ -135,7 +135,7 @@ def test_an_inexact_float64_gemm_is_caught_by_the_stress_record(int_checkpoint, 
     from nvc_train.quant import exact_conv
 
     monkeypatch.setenv(exact_conv.PATH_ENV, "float64")
-    monkeypatch.setattr(exact_conv, "_gemm", gemm_accurate_to_32_bits(exact_conv._gemm))
+    monkeypatch.setattr(exact_conv, "chunked_gemm", gemm_accurate_to_32_bits(exact_conv.chunked_gemm))
     with pytest.raises(UserError, match=r"computes keyframe\.mean layer 0 on the float64 path differently") as err:
         load_integer_checkpoint(int_checkpoint)
     assert "\n" not in str(err.value) and "float32 path" not in str(err.value)
@@ -153,13 +153,13 @@ def test_a_broken_int8_gemm_is_refused_at_load_one_line_naming_each_layer(int_ch
     path, names each failing layer; the float32 fallback is checked too and stays exact."""
     from nvc_train.quant import exact_conv
 
-    real = exact_conv._gemm
+    real = exact_conv.chunked_gemm
 
     def saturating(chunks, cols, k_start, path):
         out = real(chunks, cols, k_start, path)
         return out.clamp(-2**20, 2**20) if path == "int8" else out
 
-    monkeypatch.setattr(exact_conv, "_gemm", saturating)
+    monkeypatch.setattr(exact_conv, "chunked_gemm", saturating)
     monkeypatch.delenv(exact_conv.PATH_ENV, raising=False)
     with pytest.raises(UserError) as err:
         load_integer_checkpoint(int_checkpoint)

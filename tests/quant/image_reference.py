@@ -1,0 +1,75 @@
+"""An independent reference of the image hyper-decoders' integer function: numpy int64 and
+Python integers, sharing no code with ``nvc_train.quant``.
+
+It starts from the *float* weights of ``h_s`` and the learned activation steps and follows
+docs/integer-contract.md ("Image architectures"): weights quantized per output channel, the
+3×3 convolution and the transposed convolution as explicit tap loops, ReLU and LeakyReLU
+requantized with unbounded Python integers (the LeakyReLU's negative side by the
+multiplier times 0.01), means onto the 2**-8 grid, and CDF indexes as float64 comparisons
+with the scale table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.quant.reference import MEAN_BOUND, MEAN_FRAC_BITS, conv_transpose, quantize_weight, requantize
+
+LEAKY_SLOPE = 0.01
+
+
+def conv3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Conv2d(k=3, stride 1, padding 1) of int64 arrays as nine tap sums; w is (C_out, C_in, 3, 3)."""
+    n, _, h, wd = x.shape
+    padded = np.zeros((n, x.shape[1], h + 2, wd + 2), dtype=np.int64)
+    padded[:, :, 1:-1, 1:-1] = x
+    out = np.zeros((n, w.shape[0], h, wd), dtype=np.int64)
+    for ky in range(3):
+        for kx in range(3):
+            out += np.einsum("nchw,dc->ndhw", padded[:, :, ky:ky + h, kx:kx + wd], w[:, :, ky, kx].astype(np.int64))
+    return out
+
+
+def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_steps: list[float], act_qmax: int,
+                  input_frac_bits: int, z_int: np.ndarray, scale_table: np.ndarray,
+                  has_means: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """(means·2**8 or None, CDF indexes) of an image hyper-decoder.
+
+    Args:
+        layers: per layer (kind "transposed" | "conv3", float32 weight in the module's layout,
+            float32 bias, activation "relu" | "leaky_relu" | "none").
+        act_steps: the real value of one unit of each intermediate activation (float32).
+    """
+    s_in = np.float32(2.0**-input_frac_bits)
+    x = z_int
+    for i, (kind, weight, bias, activation) in enumerate(layers):
+        if kind == "transposed":
+            w_int, s_w = quantize_weight(weight)
+            acc_scale = np.float64(s_in) * s_w.astype(np.float64)
+            b_int = np.rint(bias.astype(np.float64) / acc_scale).astype(np.int64)
+            acc = conv_transpose(x, w_int) + b_int.reshape(1, -1, 1, 1)
+        else:
+            w_t, s_w = quantize_weight(weight.transpose(1, 0, 2, 3))
+            acc_scale = np.float64(s_in) * s_w.astype(np.float64)
+            b_int = np.rint(bias.astype(np.float64) / acc_scale).astype(np.int64)
+            acc = conv3(x, w_t.transpose(1, 0, 2, 3)) + b_int.reshape(1, -1, 1, 1)
+        if i < len(layers) - 1:
+            s_out = np.float32(act_steps[i])
+            real = acc_scale / np.float64(s_out)
+            lo = -(act_qmax // 8) if activation == "leaky_relu" else 0
+            bound = max(-lo, act_qmax)
+            x = requantize(acc, real, bound, lo, act_qmax)
+            if activation == "leaky_relu":
+                negative = requantize(acc, real * LEAKY_SLOPE, bound, lo, act_qmax)
+                x = np.where(acc < 0, negative, x)
+            s_in = s_out
+    channels = acc.shape[1]
+    scale_channels = channels // 2 if has_means else channels
+    scales = acc[:, :scale_channels].astype(np.float64) * acc_scale[:scale_channels].reshape(1, -1, 1, 1)
+    indexes = (scales[..., None] > scale_table.astype(np.float64)[:-1]).sum(-1)
+    if not has_means:
+        return None, indexes
+    means = requantize(acc[:, scale_channels:], acc_scale[scale_channels:] * 2.0**MEAN_FRAC_BITS, MEAN_BOUND,
+                       -MEAN_BOUND, MEAN_BOUND)
+    return means, indexes
+
