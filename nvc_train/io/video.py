@@ -428,7 +428,7 @@ class RawYUVReader(FrameReader):
 
 # --------------------------------------------------------------------------- PNG folders
 
-def _natural_key(path: Path):
+def natural_key(path: Path):
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
 
 
@@ -436,7 +436,7 @@ class PNGFolderReader(FrameReader):
     """A folder of PNG files in natural order (frame2 before frame10); 8 or 16 bit RGB(A)/grey."""
 
     def __init__(self, path: Path, options: InputOptions):
-        self.files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
+        self.files = sorted((p for p in path.iterdir() if p.suffix.lower() == ".png"), key=natural_key)
         if not self.files:
             raise VideoError(f"{path} holds no .png files")
         self.path = path
