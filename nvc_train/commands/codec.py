@@ -30,26 +30,32 @@ from nvc_train.io.paths import check_input_path, check_output_path
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("encode", help="video file → .nvc bitstream (integer checkpoint)",
+    s = sub.add_parser("encode", help="video file (or image) → .nvc bitstream (integer checkpoint)",
                        description="Encode a video (.mp4/.mov/.mkv/.avi/.webm, .y4m, raw .yuv, PNG folder) "
-                                   "as a keyframe every --gop frames and P-frames between.")
-    s.add_argument("input", help="video file, .y4m, .yuv or a folder of PNG frames")
+                                   "as a keyframe every --gop frames and P-frames between. With an integer image "
+                                   "checkpoint (bmshj2018-hyperprior, mbt2018-mean), encode one image (PNG 8/16 "
+                                   "bit, JPEG, PPM, BMP) instead.")
+    s.add_argument("input", help="video file, .y4m, .yuv or a folder of PNG frames; an image for image checkpoints")
     s.add_argument("-o", "--output", required=True, metavar="FILE", help="output .nvc file")
     s.add_argument("--checkpoint", required=True,
                    help=f"integer checkpoint from `nvc-train export-integer` or `ptq` ({CHECKPOINT_HELP})")
     s.add_argument("--frames", type=int, default=None, help="encode at most N frames")
     s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
     add_md5(s, "the encoder's reconstruction (what a decoder must output)")
+    s.add_argument("--drop-alpha", action="store_true",
+                   help="image checkpoints: code an RGBA/LA image's colour channels and ignore its alpha "
+                        "(without it, an image with alpha is refused)")
     add_device(s)
     add_input_options(s, "input")
     add_overwrite(s)
     add_quiet(s)
     s.set_defaults(run=encode)
 
-    s = sub.add_parser("decode", help=".nvc bitstream → video (y4m, yuv, mp4/mkv/mov, PNG folder)",
+    s = sub.add_parser("decode", help=".nvc bitstream → video (y4m, yuv, mp4/mkv/mov, PNG folder) or PNG image",
                        description="Decode a .nvc bitstream. The output format follows the suffix of -o; a path "
                                    "without a suffix becomes a folder of PNG frames. Without -o, decode only "
-                                   "(e.g. to measure against --reference).")
+                                   "(e.g. to measure against --reference). An image stream decodes to one PNG "
+                                   "at the source's bit depth.")
     s.add_argument("bitstream")
     s.add_argument("-o", "--output", default=None, metavar="FILE",
                    help="output .y4m, .yuv (yuv420p), .mp4/.mkv/.mov or PNG folder")
@@ -107,6 +113,22 @@ def add_parsers(sub) -> None:
     s.set_defaults(run=compare)
 
 
+def is_image_checkpoint(path) -> bool:
+    """Whether ``path`` is an integer image checkpoint (read from its header, without torch)."""
+    from nvc_train.quant.header import read_checkpoint_header
+
+    try:
+        return read_checkpoint_header(path).image
+    except UserError:
+        return False  # the loader says what is wrong with it, in its own words
+
+
+def is_image_stream(path) -> bool:
+    from nvc_train.codec.image_files import is_image_stream as starts_like_one
+
+    return starts_like_one(path)
+
+
 def add_md5(parser, what: str) -> None:
     parser.add_argument("--md5", action="store_true",
                         help=f"print the MD5 of {what}, one line per frame: index, type (I/P), MD5 of the "
@@ -144,6 +166,10 @@ def encode(args) -> int:
         raise UserError(f"encode writes a .nvc bitstream, not {out.name}")
     dev = device(args.device)
     checkpoint = checkpoint_path(args.checkpoint)
+    if is_image_checkpoint(checkpoint):
+        from nvc_train.commands.image import encode_image
+
+        return encode_image(args, checkpoint, out, dev)
     options = input_options(args)  # checks the options, then imports the video module (and torch)
     # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
     from nvc_train.codec.files import encode_video
@@ -171,6 +197,10 @@ def decode(args) -> int:
     from fractions import Fraction
 
     bitstream = require_file(args.bitstream, "bitstream")
+    if is_image_stream(bitstream):
+        from nvc_train.commands.image import decode_image
+
+        return decode_image(args, bitstream, checkpoint_path(args.checkpoint), device(args.device))
     out = check_output_path(args.output, args.overwrite) if args.output else None
     if out is not None and out.suffix == ".nvc":
         raise UserError("decode writes video (.y4m, .yuv, .mp4, .mkv, .mov or a PNG folder), not .nvc")
@@ -181,6 +211,9 @@ def decode(args) -> int:
     dev = device(args.device)
     runtime = checked_runtime(args)
     checkpoint = checkpoint_path(args.checkpoint)
+    if is_image_checkpoint(checkpoint):
+        raise UserError(f"{checkpoint} is an integer image checkpoint and {bitstream} a video stream: decode it "
+                        "with the video checkpoint it was encoded with")
     bits = output_depth(args, bitstream, out)
     # Arguments and paths are checked; now the heavy imports (torch, CompressAI).
     from nvc_train.codec.files import decode_video
@@ -247,6 +280,10 @@ def info(args) -> int:
     from nvc_train.quant.header import read_checkpoint_header
 
     path = require_file(args.bitstream, "bitstream")
+    if is_image_stream(path):
+        from nvc_train.commands.image import info_image
+
+        return info_image(args, path)
     with open(path, "rb") as f:
         header = read_header(f)
         frames = [(cf.frame_type, frame_record_size(cf)) for cf in iter_frames(f, header)]
@@ -294,6 +331,10 @@ def hashes(args) -> int:
     dev = device(args.device)
     runtime = checked_runtime(args)
     checkpoint = checkpoint_path(args.checkpoint)
+    if is_image_stream(path) or is_image_checkpoint(checkpoint):
+        from nvc_train.commands.image import hashes_image
+
+        return hashes_image(args, path, checkpoint, dev)
     from nvc_train.codec.bitstream import read_bitstream_bytes
     from nvc_train.codec.files import open_checked, output_md5
     from nvc_train.quant.export import load_integer_checkpoint

@@ -26,12 +26,18 @@ def add_parsers(sub) -> None:
 def conformance(args) -> int:
     """Decode every conformance record of the checkpoint on ``--device``: one line per record
     and part, exit 1 on any difference (a missing or short record is a difference)."""
+    from nvc_train.commands.codec import is_image_checkpoint
+
     dev = device(args.device)
+    path = checkpoint_path(args.checkpoint)
+    if is_image_checkpoint(path):
+        from nvc_train.commands.image import conformance_image
+
+        return conformance_image(args, path, dev)
     runtime = checked_runtime(args)
     from nvc_train.quant.conformance import run_checks
     from nvc_train.quant.export import load_integer_checkpoint
 
-    path = checkpoint_path(args.checkpoint)
     ck = use_runtime(args, load_integer_checkpoint(path, device=dev, self_check=False), runtime, self_check=False)
     total = failures = 0
     for check in run_checks(ck.codec, ck.conformance, dev):

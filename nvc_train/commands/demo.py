@@ -36,6 +36,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--pixel-exact", action="store_true",
                    help="QAT of the whole decoder (configs/demo/qat_decoder.yaml): the integer checkpoint "
                         "(ssf-pixel.ckpt) decodes identical frames (MD5) on every machine")
+    s.add_argument("--model", default="ssf2020", choices=("ssf2020", "bmshj2018-hyperprior", "mbt2018-mean"),
+                   help="the architecture: ssf2020 (video, the default) or a CompressAI image hyperprior, trained "
+                        "on generated images (configs/demo/image_*.yaml, run folders DIR/<model>/)")
     add_quiet(s, "no steps or progress bars: only the result")
     s.set_defaults(run=demo, models_dir=None)
 
@@ -45,6 +48,15 @@ def demo(args) -> int:
         if steps is not None and steps < 1:
             raise UserError(f"{flag} {steps}: must be ≥ 1")
     out = Path(args.out_dir)
+    if args.model != "ssf2020":
+        if args.pixel_exact:
+            raise UserError(f"--pixel-exact: {args.model} has no integer synthesis yet (its decoder is float after "
+                            "the integer hyper-decoder)")
+        from nvc_train.commands.image_demo import run_image_demo
+
+        if args.quiet:
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        return run_image_demo(args.model, out, args.float_steps, args.qat_steps, quiet=args.quiet)
     return run_demo(out, Path(args.models_dir) if args.models_dir else out, args.float_steps, args.qat_steps,
                     quiet=args.quiet, pixel_exact=args.pixel_exact)
 

@@ -44,10 +44,13 @@ def add_parsers(sub) -> None:
                                    "It says which before it starts, stores conformance "
                                    "records decoded on this machine, and writes <name>-<sha8>.ckpt with its model card "
                                    "(<name>-<sha8>.md) into --out-dir. The content hash in the name means an export "
-                                   "never replaces a different one. `export` is the old name of this command.")
+                                   "never replaces a different one. An image run (bmshj2018-hyperprior, mbt2018-mean, "
+                                   "configs/image/qat.yaml) gives an integer image checkpoint (integer hyper-decoder, "
+                                   "identical latents). `export` is the old name of this command.")
     s.add_argument("checkpoint", help="Lightning .ckpt of a QAT run")
     add_out_dir(s, "output folder")
-    s.add_argument("--name", default="ssf-int", help="file name stem (default: %(default)s)")
+    s.add_argument("--name", default=None, help="file name stem (default: ssf-int, or <architecture>-int for an "
+                                                 "image run)")
     add_quiet(s, "print only the files written")
     s.set_defaults(run=export_integer)
 
@@ -119,11 +122,11 @@ def export_integer(args) -> int:
 
     kinds = []
 
-    def announce(pixel_exact: bool) -> None:
-        kinds.append(SCOPE_KINDS[pixel_exact])
+    def announce(kind: bool | str) -> None:
+        kinds.append(SCOPE_KINDS[kind])
         if not args.quiet:
-            print(f"exporting {args.checkpoint} ({kinds[0][1]}), then the conformance records (small, realistic, "
-                  f"stress) decoded on this machine …")
+            print(f"exporting {args.checkpoint} ({kinds[0][1]}), then the conformance records "
+                  f"({kinds[0][2]}) decoded on this machine …")
 
     path = export_integer_from_lightning(args.checkpoint, out, args.name, announce)
     print(f"wrote {path}" + ("" if args.quiet else f" ({kinds[0][0]} checkpoint)"))
@@ -133,10 +136,15 @@ def export_integer(args) -> int:
 
 SCOPE_KINDS = {
     False: ("integer hyperprior",
-            "qat.scope=hyperprior: integer hyper-decoders, identical latents everywhere; float synthesis"),
-    True: ("pixel-exact", "qat.scope=decoder: the whole decoder integer, identical frames (MD5) everywhere"),
+            "qat.scope=hyperprior: integer hyper-decoders, identical latents everywhere; float synthesis",
+            "small, realistic, stress"),
+    True: ("pixel-exact", "qat.scope=decoder: the whole decoder integer, identical frames (MD5) everywhere",
+           "small, realistic, stress"),
+    "image": ("integer image", "image model: integer hyper-decoder, identical latents everywhere; float synthesis",
+              "small, stress"),
 }
-"""What export-integer makes of a run, by whether it was trained with ``qat.scope: decoder``."""
+"""What export-integer makes of a run: by whether it was trained with ``qat.scope: decoder``,
+or an image architecture's."""
 
 
 def ptq(args) -> int:

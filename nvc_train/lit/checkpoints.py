@@ -48,18 +48,24 @@ def read_lightning_checkpoint(path: str | Path) -> dict:
 
 
 def lit_module_from_checkpoint(path: str | Path):
-    """(SSFLitModule in eval mode, the raw checkpoint dict) of a `nvc-train fit` checkpoint."""
-    from nvc_train.lit.module import SSFLitModule
+    """(the LightningModule in eval mode, the raw checkpoint dict) of a `nvc-train fit`
+    checkpoint; the module is the one of the architecture its hyper-parameters record."""
+    import inspect
+
+    from nvc_train.models.architectures import DEFAULT_ARCHITECTURE, lit_module_class
 
     ckpt = read_lightning_checkpoint(path)
+    recorded = ckpt["hyper_parameters"]
+    cls = lit_module_class(recorded.get("architecture", DEFAULT_ARCHITECTURE))
     # The weights come from the checkpoint, and its hyper-parameters record the rate point and
     # flow reference in effect: no parent to read or to compare with.
-    hparams = {**ckpt["hyper_parameters"], "init_weights": None, "pretrained": False}
-    module = SSFLitModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    accepted = inspect.signature(cls.__init__).parameters
+    hparams = {**recorded, "init_weights": None, **({"pretrained": False} if "pretrained" in accepted else {})}
+    module = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         keys = (missing or unexpected)[:3]
-        raise UserError(f"{path} does not match the SSF training module (e.g. {', '.join(keys)})")
+        raise UserError(f"{path} does not match the {cls.__name__} training module (e.g. {', '.join(keys)})")
     return module.eval(), ckpt
 
 
@@ -108,26 +114,34 @@ def save_float_state_dict(model, path: Path, quality: int | None = None, lmbda: 
     atomic_write_bytes(path, buf.getvalue())
 
 
-def export_integer_from_lightning(checkpoint: str | Path, out_dir: Path, name: str,
-                                  announce: Callable[[bool], None] | None = None) -> Path:
-    """``out_dir/<name>-<sha8>.ckpt`` (+ model card) from a QAT run's Lightning checkpoint;
-    ``announce(pixel_exact)`` is called once the run's QAT scope is known, before the export."""
+def export_integer_from_lightning(checkpoint: str | Path, out_dir: Path, name: str | None,
+                                  announce: Callable[[bool | str], None] | None = None) -> Path:
+    """``out_dir/<name>-<sha8>.ckpt`` (+ model card) from a QAT run's Lightning checkpoint, an
+    integer image checkpoint for an image architecture (``name`` None: ``ssf-int`` or
+    ``<architecture>-int``); ``announce(kind)`` is called once the run's kind is known (its
+    pixel_exact flag, or "image"), before the export."""
     from nvc_train.quant.export import export_integer_checkpoint
     from nvc_train.quant.integer import ExportError
 
     module, ckpt = lit_module_from_checkpoint(checkpoint)
     if module.qat is None:
         raise UserError(f"{checkpoint} was trained without QAT (model.qat is unset): fine-tune it with a qat config first")
-    if announce is not None:
-        announce(module.qat.config.pixel_exact)
     hp = dict(ckpt["hyper_parameters"])
+    image = hp.get("architecture", "ssf2020") != "ssf2020"
+    if announce is not None:
+        announce("image" if image else module.qat.config.pixel_exact)
     meta = {
         "quality": hp.get("quality"), "lmbda": module.lmbda, "config": {"model": hp, "data": ckpt.get("datamodule_hyper_parameters")},
         "packages": package_versions(), "global_step": ckpt.get("global_step"),
         "training_data": _describe_data(ckpt), "init_weights": describe_parent(hp),
     }
+    meta = json.loads(json.dumps(meta, default=str))
     try:
-        return export_integer_checkpoint(module.model, module.qat, out_dir, name, json.loads(json.dumps(meta, default=str)))
+        if image:
+            from nvc_train.quant.image_export import export_image_checkpoint
+
+            return export_image_checkpoint(module.model, module.qat, out_dir, name or f"{hp['architecture']}-int", meta)
+        return export_integer_checkpoint(module.model, module.qat, out_dir, name or "ssf-int", meta)
     except ExportError as exc:
         raise UserError(f"export failed: {exc}") from None
 

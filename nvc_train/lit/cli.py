@@ -17,6 +17,7 @@ def run_lightning(args: list[str] | None) -> None:
 def make_cli(args: list[str] | None, run: bool = True):
     """nvc-train's LightningCLI; ``run=False`` (no subcommand in ``args``) only instantiates
     the model, data and trainer, as tests of the shipped presets do."""
+    import sys
     import warnings
 
     import lightning as L
@@ -26,14 +27,22 @@ def make_cli(args: list[str] | None, run: bool = True):
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
 
     from nvc_train.errors import UserError, root_cause
-    from nvc_train.lit.data import SyntheticClipDataModule
-    from nvc_train.lit.module import SSFLitModule
+    from nvc_train.models.architectures import architecture, architecture_in_arguments, lit_module_class
+
+    # The architecture decides the LightningModule and the default data (video clips or
+    # images); the model's own ``architecture`` argument then accepts only its names.
+    chosen = architecture(architecture_in_arguments(list(sys.argv[1:] if args is None else args)))
+    lit_module = lit_module_class(chosen.name)
+    if chosen.kind == "image":
+        from nvc_train.lit.image_data import SyntheticImageDataModule as default_data
+    else:
+        from nvc_train.lit.data import SyntheticClipDataModule as default_data
 
     class NVCTrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
             from jsonargparse import lazy_instance
 
-            parser.set_defaults({"data": lazy_instance(SyntheticClipDataModule)})
+            parser.set_defaults({"data": lazy_instance(default_data)})
 
         def _parse_ckpt_path(self):
             # On --ckpt_path, LightningCLI (2.6) reads the checkpoint's hyper_parameters back as
@@ -101,7 +110,7 @@ def make_cli(args: list[str] | None, run: bool = True):
 
     created: list = []  # folders made for this run; a run refused before it starts takes them back
     try:
-        return NVCTrainCLI(SSFLitModule, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+        return NVCTrainCLI(lit_module, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
                            save_config_kwargs={"overwrite": True},
                            parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, seed_everything_default=0)
     except BaseException:

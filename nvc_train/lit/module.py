@@ -1,11 +1,7 @@
-"""The one LightningModule: trains a stock ScaleSpaceFlow, optionally with QAT hyperpriors.
+"""The video LightningModule: trains a stock ScaleSpaceFlow, optionally with QAT hyperpriors.
 
-Optimisation follows CompressAI's ``examples/train_video.py``: Adam on the network, a
-separate Adam learning rate for the entropy bottlenecks' quantiles (auxiliary loss),
-gradient clipping on the network only. Because the auxiliary loss only reaches the
-quantiles and the RD loss never does, one Adam with two parameter groups on the summed
-loss computes exactly the same updates as two optimizers, and keeps Lightning's automatic
-optimisation (global step, accumulation, precision plugins, checkpoints) intact.
+Optimisation, the checkpointed random state and the loggers' cadence are the shared ones of
+:class:`~nvc_train.lit.base.CodecLitModule` (CompressAI's ``examples/train_video.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +10,12 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import Tensor
 
 from nvc_train.codec.integer_codec import IntegerSSF, coded_bits
 from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
+from nvc_train.lit.base import CodecLitModule, is_aux_parameter  # noqa: F401 (re-exported)
 from nvc_train.models.loss import quality_to_lambda, rd_loss
 from nvc_train.models.ssf import (
     HYPERPRIOR_ATTR,
@@ -27,7 +23,6 @@ from nvc_train.models.ssf import (
     build_ssf,
     float_hyperprior_forward,
     read_state_dict,
-    resize_entropy_buffers,
     ssf_forward,
     ssf_from_checkpoint,
 )
@@ -64,15 +59,12 @@ def _rate_point(quality: int | None, lmbda: float | None, parent: FloatCheckpoin
     return DEFAULT_QUALITY, value, f"quality {DEFAULT_QUALITY} (λ={value}), the default: {why}; --model.quality sets it"
 
 
-def is_aux_parameter(name: str) -> bool:
-    """EntropyBottleneck quantiles are trained by the auxiliary loss only."""
-    return name.endswith("quantiles")
-
-
-class SSFLitModule(L.LightningModule):
+class SSFLitModule(CodecLitModule):
     """Scale-Space Flow training.
 
     Args:
+        architecture: "ssf2020", the one video architecture (``nvc-train fit`` picks the
+            LightningModule by this argument; see :mod:`nvc_train.models.architectures`).
         quality: preset 1–9 mapped to λ (see ``models.loss.QUALITY_LAMBDAS``). ``None``
             (the fine-tuning presets): the parent's — the λ and quality that ``init_weights``
             records, or the zoo model's quality — else 3. A value that differs from the
@@ -114,6 +106,7 @@ class SSFLitModule(L.LightningModule):
 
     def __init__(
         self,
+        architecture: Literal["ssf2020"] = "ssf2020",
         quality: int | None = None,
         lmbda: float | None = None,
         learning_rate: float = 1e-4,
@@ -204,21 +197,6 @@ class SSFLitModule(L.LightningModule):
         rank_zero_info(f"training at {self.describe_start()}")
         rank_zero_info(f"QAT: {self.describe_qat()}")
 
-    def on_fit_end(self) -> None:
-        # The run's result in one line, where the progress bar ended: the last validation RD.
-        from lightning.pytorch.utilities import rank_zero_info
-
-        metrics = self.trainer.callback_metrics
-        if all(f"val/{k}" in metrics for k in ("bpp", "psnr", "loss")):
-            rank_zero_info(f"validation after step {self.global_step}: {float(metrics['val/bpp']):.4f} bpp, "
-                           f"PSNR {float(metrics['val/psnr']):.2f} dB, RD loss {float(metrics['val/loss']):.4f} "
-                           f"(λ={self.lmbda})")
-
-    def describe_start(self) -> str:
-        """One line: the rate point (quality, λ) and flow reference the run trains at, and
-        whether they are the parent's."""
-        return self.start_note
-
     def describe_qat(self) -> str:
         """One line: which decoders train through their integer arithmetic, and what
         ``export-integer`` will make of this run."""
@@ -236,22 +214,6 @@ class SSFLitModule(L.LightningModule):
 
     def on_test_start(self) -> None:
         self._start_from_zoo()
-
-    # --- checkpoints carry the random state (nvc_train/lit/rng.py) ----------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from nvc_train.lit.rng import KEY, collect_rng_states
-
-        checkpoint[KEY] = collect_rng_states()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from nvc_train.lit.rng import KEY, restore_rng_states
-
-        if KEY in checkpoint and self._trainer is not None:  # a resume, not a plain load of the weights
-            restore_rng_states(checkpoint[KEY], self.trainer.global_rank)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        resize_entropy_buffers(self.model, state_dict, prefix="model.")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- forward -------------------------------------------------------------------------
     @property
@@ -279,20 +241,6 @@ class SSFLitModule(L.LightningModule):
             self.log_dict({f"{stage}/bpp.{k}": v for k, v in rd.bpp_parts.items()}, on_step=on_step,
                           on_epoch=not on_step, batch_size=n, sync_dist=not on_step)
         return outputs, frames, rd
-
-    def _logs_this_step(self) -> bool:
-        """Whether the loggers receive this training step's metrics (Lightning's rule: every
-        ``trainer.log_every_n_steps`` steps, or when the trainer is stopping).
-
-        Each ``self.log`` costs about a millisecond of Python; on a GPU, where a step of batch
-        8 at 256² takes ~90 ms, ten of them were a tenth of the step. The metrics that only the
-        loggers read are therefore logged on the steps that are written; the progress-bar ones
-        (loss, bpp, PSNR, MSE) every step.
-        """
-        trainer = self._trainer
-        if trainer is None:
-            return True
-        return trainer._logger_connector.should_update_logs  # Lightning's own rule, checked before the step
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         _, _, rd = self._step(batch, "train")
@@ -341,44 +289,3 @@ class SSFLitModule(L.LightningModule):
         real_psnr = sum(psnr(d, x) for d, x in zip(decoded, frames)) / len(frames)
         self.log_dict({"val/real_bpp": real_bpp, "val/real_psnr": real_psnr}, on_epoch=True, batch_size=1)
         self._log_images(frames[-1], decoded[-1])
-
-    def _log_images(self, original: Tensor, decoded: Tensor) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                pair = torch.cat([original[0], decoded[0]], dim=-1).clamp(0, 1)
-                # uint8 HWC: W&B's float-tensor path does not assume the [0, 1] range.
-                image = (pair * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                logger.log_image("val/reconstruction", [image], step=self.global_step,
-                                 caption=["original | decoded (last frame)"])
-
-    # --- optimisation --------------------------------------------------------------------
-    def configure_optimizers(self):
-        named = list(self.named_parameters())
-        main = [p for n, p in named if not is_aux_parameter(n) and p.requires_grad]
-        aux = [p for n, p in named if is_aux_parameter(n) and p.requires_grad]
-        optimizer = torch.optim.Adam([
-            {"params": main, "lr": self.hparams.learning_rate, "name": "net"},
-            {"params": aux, "lr": self.hparams.aux_learning_rate, "name": "aux"},
-        ])
-        milestones = sorted(self.hparams.lr_milestones or [])
-        gamma = self.hparams.lr_gamma
-
-        def net_factor(step: int) -> float:
-            return gamma ** sum(step >= m for m in milestones)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [net_factor, lambda step: 1.0])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # Lightning clears gradients only before the next backward; freeing them here keeps
-        # the previous step's 34 M gradients (130 MB fp32) out of the next forward's peak.
-        optimizer.zero_grad(set_to_none=True)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip the network's gradient norm only, as CompressAI does (quantiles excluded)."""
-        if self.hparams.clip_max_norm > 0:
-            params = [p for n, p in self.named_parameters() if not is_aux_parameter(n)]
-            torch.nn.utils.clip_grad_norm_(params, self.hparams.clip_max_norm)

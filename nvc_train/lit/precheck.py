@@ -6,7 +6,8 @@ exactly without Lightning is checked here; everything else is left to LightningC
 
 - option names: the top-level ones (``--config``, ``--ckpt_path``, …), and the first name after
   ``--trainer.`` and ``--model.``, read from the *installed* Lightning's ``Trainer.__init__``
-  and nvc-train's ``SSFLitModule.__init__`` source with :mod:`ast` (nothing imported, so the
+  and the ``__init__`` source of the LightningModule of the architecture the command line
+  chooses (:mod:`nvc_train.models.architectures`) with :mod:`ast` (nothing imported, so the
   lists cannot go stale). ``--data.*``, ``--optimizer.*`` and ``--lr_scheduler.*`` depend
   on the class chosen and are not checked;
 - files: every ``--config``, ``--ckpt_path`` (unless ``last``, ``best``, ``hpc``, ``registry``
@@ -38,7 +39,15 @@ CLI_OPTIONS = ("config", "print_config", "seed_everything", "trainer", "model", 
 FILLED_BY_CLI = ("model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule")
 UNCHECKED_GROUPS = ("data", "optimizer", "lr_scheduler")
 CKPT_PATH_WORDS = ("last", "best", "hpc", "registry", "null", "none")
-MODULE_SOURCE = Path(__file__).resolve().parent / "module.py"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_source(architecture_name: str) -> tuple[Path, str]:
+    """(source file, class name) of the LightningModule that trains ``architecture_name``."""
+    from nvc_train.models.architectures import architecture
+
+    module, cls = architecture(architecture_name).lit_module.split(":")
+    return PACKAGE_ROOT / (module.removeprefix("nvc_train.").replace(".", "/") + ".py"), cls
 
 
 @lru_cache(maxsize=None)
@@ -73,15 +82,15 @@ def _trainer_source() -> Path | None:
 
 
 @lru_cache(maxsize=None)
-def group_parameters() -> dict[str, frozenset[str]]:
-    """``{"trainer": Trainer's parameters, "model": SSFLitModule's}``; a group whose source
-    cannot be read is absent (and so not checked)."""
+def group_parameters(architecture_name: str = "ssf2020") -> dict[str, frozenset[str]]:
+    """``{"trainer": Trainer's parameters, "model": the architecture's LightningModule's}``; a
+    group whose source cannot be read is absent (and so not checked)."""
     groups = {}
     source = _trainer_source()
     names = method_parameters(source, "Trainer", "__init__") if source else None
     if names:
         groups["trainer"] = names
-    names = method_parameters(MODULE_SOURCE, "SSFLitModule", "__init__")
+    names = method_parameters(*module_source(architecture_name), "__init__")
     if names:
         groups["model"] = names
     return groups
@@ -104,7 +113,7 @@ def _unknown(option: str, known: list[str], command: str) -> UserError:
     return UserError(f"{command}: unrecognized option {option}{hint} (see `nvc-train {command} --help`)")
 
 
-def check_option(name: str, command: str) -> None:
+def check_option(name: str, command: str, architecture_name: str = "ssf2020") -> None:
     """``name`` without its leading ``--`` (and without ``=value``)."""
     top, _, rest = name.removesuffix("+").partition(".")  # `--trainer.callbacks+=…` appends
     top_level = top_level_options(command)
@@ -114,7 +123,7 @@ def check_option(name: str, command: str) -> None:
         raise _unknown(f"--{name}", sorted(f"--{t}" for t in top_level), command)
     if not rest or top in UNCHECKED_GROUPS or rest.split(".")[-1] == "help":
         return
-    params = group_parameters().get(top)
+    params = group_parameters(architecture_name).get(top)
     if params is None:
         return
     first = rest.split(".")[0]
@@ -204,14 +213,17 @@ def command_line_options(args: list[str]) -> list[tuple[str, str | None]]:
 def precheck(argv: list[str]) -> None:
     """Raise a one-line :class:`UserError` for what is wrong in ``argv`` (``[command, *options]``,
     presets already resolved); return quietly where only LightningCLI can judge."""
+    from nvc_train.models.architectures import architecture, architecture_in_arguments
+
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         return
+    chosen = architecture(architecture_in_arguments(args))
     for name, value in command_line_options(args):
         if name == "help":
             return  # LightningCLI prints the help; nothing to check
-        check_option(name, command)
+        check_option(name, command, chosen.name)
         if value is not None:
             check_value(name, value)
-    if command == "fit":
+    if command == "fit" and chosen.kind == "video":
         check_zoo_start(args)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.entropy_models import EntropyBottleneck
 from compressai.models.video import ScaleSpaceFlow
 from torch import Tensor, nn
 
 from nvc_train.errors import UserError, require_file
+from nvc_train.models.entropy import resize_entropy_buffers  # noqa: F401 (re-exported)
 from nvc_train.models.geometry import MODEL_MULTIPLE  # noqa: F401 (re-exported)
 
 PARTS = ("keyframe", "motion", "residual")
@@ -200,25 +201,6 @@ def ssf_forward(
         outputs.append(FrameOutput(x_rec, {"motion": lik_motion, "residual": lik_res}))
         x_ref = x_rec.detach()
     return outputs
-
-
-def resize_entropy_buffers(model: ScaleSpaceFlow, state_dict: dict[str, Tensor], prefix: str = "") -> None:
-    """Resize the entropy models' CDF buffers to those in ``state_dict`` (no recomputation).
-
-    CompressAI sizes these buffers in ``update()``; a plain ``nn.Module.load_state_dict`` of a
-    parent module (e.g. Lightning restoring a checkpoint) would otherwise reject them.
-    """
-    for name, module in model.named_modules():
-        if isinstance(module, EntropyBottleneck):
-            buffers = ["_quantized_cdf", "_offset", "_cdf_length"]
-        elif isinstance(module, GaussianConditional):
-            buffers = ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"]
-        else:
-            continue
-        for buf in buffers:
-            key = f"{prefix}{name}.{buf}"
-            if key in state_dict:
-                getattr(module, buf).resize_(state_dict[key].shape)
 
 
 class FloatCheckpoint(NamedTuple):

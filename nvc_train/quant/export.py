@@ -42,6 +42,7 @@ from nvc_train.quant.conformance import Conformance, build_records, from_payload
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.fake_quant import ROLES, HyperpriorQAT, hyper_decoder, input_bound, quantize_medians
 from nvc_train.quant.header import FORMAT_VERSION, HYPERPRIOR_FORMAT_VERSION, MAGIC  # noqa: F401 (re-exported)
+from nvc_train.quant.header import IMAGE_FORMAT_VERSION, MAX_FORMAT_VERSION
 from nvc_train.quant.header import HEADER as _HEADER
 from nvc_train.quant.integer import convert_decoder
 from nvc_train.quant.integer_warp import COORD_FRAC_BITS, KERNEL_BITS, SAMPLE_FRAC_BITS
@@ -143,6 +144,29 @@ def _float_checkpoint_advice(path: Path) -> str:
             f"configs/qat.yaml --model.init_weights {path}`) and `nvc-train export-integer` the result")
 
 
+def read_verified_payload(path: str | Path) -> tuple[Path, int, bytes, bytes]:
+    """(path, format version, payload, SHA-256) of an integer checkpoint file whose magic,
+    version, length and hash check out; every failure is a one-line :class:`UserError`."""
+    path = require_file(path, "checkpoint")
+    data = path.read_bytes()
+    if len(data) < _HEADER.size or not data.startswith(MAGIC):
+        if data[:2] == b"PK" or data[:1] == b"\x80":
+            raise UserError(_float_checkpoint_advice(path))
+        raise UserError(f"{path} is not an nvc-train integer checkpoint (bad magic)")
+    _, version, length, digest = _HEADER.unpack_from(data)
+    if version > MAX_FORMAT_VERSION:
+        raise UserError(f"{path} has format version {version}; this nvc-train reads up to {MAX_FORMAT_VERSION}: "
+                        "upgrade nvc-train")
+    if version < 1:
+        raise UserError(f"{path} has an invalid format version {version}")
+    payload = data[_HEADER.size:]
+    if len(payload) != length:
+        raise UserError(f"{path} is truncated or padded: payload has {len(payload)} bytes, header says {length}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise UserError(f"{path} failed its SHA-256 check: the file is corrupted or was modified")
+    return path, version, payload, digest
+
+
 def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: bool = True) -> IntegerCheckpoint:
     """Verify and load an integer checkpoint; every failure is a one-line :class:`UserError`.
 
@@ -152,22 +176,10 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
     checkpoint or machine that fails is refused with one line naming the layers
     (``nvc-train conformance`` turns it off to report every check instead).
     """
-    path = require_file(path, "checkpoint")
-    data = path.read_bytes()
-    if len(data) < _HEADER.size or not data.startswith(MAGIC):
-        if data[:2] == b"PK" or data[:1] == b"\x80":
-            raise UserError(_float_checkpoint_advice(path))
-        raise UserError(f"{path} is not an nvc-train integer checkpoint (bad magic)")
-    _, version, length, digest = _HEADER.unpack_from(data)
-    if version > FORMAT_VERSION:
-        raise UserError(f"{path} has format version {version}; this nvc-train reads up to {FORMAT_VERSION}: upgrade nvc-train")
-    if version < 1:
-        raise UserError(f"{path} has an invalid format version {version}")
-    payload = data[_HEADER.size:]
-    if len(payload) != length:
-        raise UserError(f"{path} is truncated or padded: payload has {len(payload)} bytes, header says {length}")
-    if hashlib.sha256(payload).digest() != digest:
-        raise UserError(f"{path} failed its SHA-256 check: the file is corrupted or was modified")
+    path, version, payload, digest = read_verified_payload(path)
+    if version == IMAGE_FORMAT_VERSION:
+        raise UserError(f"{path} is an integer image checkpoint, not a video (ssf2020) one: image commands take it "
+                        "(`nvc-train encode IMAGE.png --checkpoint …`)")
     try:
         obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         metadata = json.loads(obj["metadata"])
@@ -214,12 +226,15 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
         "only if every record decodes to its stored hashes; loading also runs the stress record's layer-0",
         "self-test and refuses a machine that does not reproduce it).",
         "",
-        "## Resolved config",
-        "```json",
-        json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str),
-        "```",
+        *resolved_config_section(metadata),
     ]
     return "\n".join(lines) + "\n"
+
+
+def resolved_config_section(metadata: dict) -> list[str]:
+    """A model card's last section: the run's resolved config as JSON."""
+    return ["## Resolved config", "```json", json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str),
+            "```"]
 
 
 def _flow_reference_line(flow_reference: int | None) -> str:

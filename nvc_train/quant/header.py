@@ -23,6 +23,11 @@ would silently ignore and decode with float pixels: it refuses the version inste
 Format 4 (pixel-exact) adds the synthesis decoders' stress checks to the
 stress record, which a format-3 reader cannot run: it refuses the version too. Formats 1–3
 still load."""
+IMAGE_FORMAT_VERSION = 5
+"""Integer image checkpoints (:mod:`nvc_train.quant.image_export`): a CompressAI image model
+with an integer hyper-decoder. A distinct version, so that a video reader (and nvc-train
+before image support) refuses them by their version instead of misreading them."""
+MAX_FORMAT_VERSION = IMAGE_FORMAT_VERSION
 HEADER = struct.Struct(">12sIQ32s")
 
 
@@ -34,10 +39,16 @@ class CheckpointHeader(NamedTuple):
     @property
     def pixel_exact(self) -> bool:
         """Formats 3 and 4 hold the integer synthesis decoders: decoded frames are identical."""
-        return self.version >= 3
+        return self.version in (3, 4)
+
+    @property
+    def image(self) -> bool:
+        return self.version == IMAGE_FORMAT_VERSION
 
     @property
     def kind(self) -> str:
+        if self.image:
+            return "integer image hyperprior (identical latents on every machine; pixels from the float synthesis)"
         return ("pixel-exact (the whole decoder integer: identical frames on every machine)" if self.pixel_exact
                 else "hyperprior-integer (identical latents on every machine; frames from the float synthesis)")
 
@@ -50,7 +61,7 @@ def read_checkpoint_header(path: str | Path) -> CheckpointHeader:
     if len(data) < HEADER.size or not data.startswith(MAGIC):
         raise UserError(f"{path} is not an nvc-train integer checkpoint (`nvc-train export-integer` writes them)")
     _, version, length, digest = HEADER.unpack(data)
-    if not 1 <= version <= FORMAT_VERSION:
-        raise UserError(f"{path} has format version {version}; this nvc-train reads 1..{FORMAT_VERSION}"
-                        + (": upgrade nvc-train" if version > FORMAT_VERSION else ""))
+    if not 1 <= version <= MAX_FORMAT_VERSION:
+        raise UserError(f"{path} has format version {version}; this nvc-train reads 1..{MAX_FORMAT_VERSION}"
+                        + (": upgrade nvc-train" if version > MAX_FORMAT_VERSION else ""))
     return CheckpointHeader(version, length, digest)

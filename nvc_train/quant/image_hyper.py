@@ -362,12 +362,24 @@ class IntegerImageHyperDecoder(nn.Module):
     def forward(self, z_int: Tensor) -> tuple[Tensor | None, Tensor]:
         """(N, N_z, h, w) int64 → (means·2**8 int64 or None, CDF indexes int32), each
         (N, S, 4h, 4w)."""
+        return self.run(z_int)
+
+    def accumulators(self, z_int: Tensor) -> list[Tensor]:
+        """Every layer's int64 accumulators (bias included) on ``z_int``: what the stress
+        conformance record hashes, so that a change of any one weight shows."""
+        trace: list[Tensor] = []
+        self.run(z_int, trace)
+        return trace
+
+    def run(self, z_int: Tensor, trace: list[Tensor] | None = None) -> tuple[Tensor | None, Tensor]:
         path = self.gemm_path or exact_conv.default_path(z_int.device)
         x = z_int
         layout = self._t("layout").tolist()
         for i, (kind, activation) in enumerate(layout):
             kind, activation = KINDS[kind], ACTIVATIONS[activation]
             acc = layer_accumulators(kind, x, self._t(f"layer{i}.weight"), self._t(f"layer{i}.bias"), path)
+            if trace is not None:
+                trace.append(acc)
             if i < len(layout) - 1:
                 negative = self._fp(f"layer{i}.neg_") if activation == "leaky_relu" else None
                 step = Requantization(self._fp(f"layer{i}."), negative, int(self._t(f"layer{i}.act_lo")),

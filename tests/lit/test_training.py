@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from nvc_train.lit.image_module import ImageLitModule
 from nvc_train.lit.module import SSFLitModule
 from tests.conftest import FLOAT_MODULE_STEPS, _fit
 from tests.cli_runner import cli_process as cli
@@ -136,19 +137,29 @@ def test_every_shipped_config_instantiates(config, tmp_path, monkeypatch, data_r
     for name, root in data_roots.items():
         if f"nvc_train.lit.data.{name}" in text:
             args += ["--data.root", root, "--data.crop", "128"]
-    if "init_weights" in Path(config).read_text():  # fine-tuning presets need a float model file
-        from compressai.models.video import ScaleSpaceFlow
+    from nvc_train.models.architectures import architecture_in_arguments
 
-        torch.save(ScaleSpaceFlow().state_dict(), tmp_path / "float.pth.tar")
+    image = architecture_in_arguments(args) != "ssf2020"
+    if "init_weights" in Path(config).read_text():  # fine-tuning presets need a float model file
+        if image:
+            from nvc_train.models.image import build_image_model
+
+            model = build_image_model(architecture_in_arguments(args), (32, 48))
+        else:
+            from compressai.models.video import ScaleSpaceFlow
+
+            model = ScaleSpaceFlow()
+        torch.save(model.state_dict(), tmp_path / "float.pth.tar")
         args += ["--model.init_weights", str(tmp_path / "float.pth.tar")]
     cli_obj = make_cli(args, run=False)  # nvc-train's own CLI class, as `nvc-train fit` builds it
-    assert isinstance(cli_obj.model, SSFLitModule)
+    assert isinstance(cli_obj.model, ImageLitModule if image else SSFLitModule)
     assert isinstance(cli_obj.datamodule, L.LightningDataModule)
     assert cli_obj.trainer.max_steps > 0
     assert isinstance(cli_obj.datamodule, ClipDataModule)
     cli_obj.datamodule.setup("fit")
-    assert cli_obj.datamodule.train_set[0].ndim == 4
-    assert cli_obj.datamodule.val_set[0].ndim == 4
+    # video clips (T, 3, H, W), images (3, H, W)
+    assert cli_obj.datamodule.train_set[0].ndim == (3 if image else 4)
+    assert cli_obj.datamodule.val_set[0].ndim == (3 if image else 4)
 
 
 @pytest.mark.slow  # over 9 s on the 2-core machine: `make test` runs it, `make test-fast` does not

@@ -12,6 +12,7 @@ import torch
 
 from nvc_train.errors import UserError
 from nvc_train.quant.export import _HEADER, FORMAT_VERSION, HYPERPRIOR_FORMAT_VERSION, MAGIC, load_integer_checkpoint
+from nvc_train.quant.header import MAX_FORMAT_VERSION
 from tests.cli_runner import assert_one_line_error, cli
 
 
@@ -205,7 +206,7 @@ def test_damaged_checkpoints_are_refused(int_checkpoint, tmp_path, damage):
     elif damage == "truncate":
         data = data[: len(data) - 1000]
     elif damage == "version":
-        data[12:16] = (FORMAT_VERSION + 1).to_bytes(4, "big")
+        data[12:16] = (MAX_FORMAT_VERSION + 1).to_bytes(4, "big")  # a version no reader knows yet
     elif damage == "magic":
         data[:4] = b"JUNK"
     else:

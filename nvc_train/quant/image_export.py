@@ -1,0 +1,260 @@
+"""The integer image checkpoint: export, conformance records, load with a self-test.
+
+The file is the integer checkpoint container of :mod:`nvc_train.quant.export` (magic,
+version, length, SHA-256, payload) with format version 5, which only image-aware readers
+accept: ``tensors`` holds CompressAI's image model state dict (``model.*``, entropy tables
+computed once here) and the integer hyper-decoder (``int.*``, see
+:func:`nvc_train.quant.image_hyper.image_integer_tensors`); ``metadata`` names the
+architecture and its channels.
+
+Conformance records (decoded on the exporting machine, checked on every other):
+
+* ``small``: a generated 128×128 image coded by the checkpoint; its strings must decode to
+  the stored latent SHA-256;
+* ``stress``: the hyper-decoder at two fixed inputs, symbols at the clamp (±2**15, a
+  checkerboard of signs) and a ramp of ordinary symbols; SHA-256 of every layer's
+  accumulators (a change of any weight or bias shows) and of the means and CDF indexes.
+
+Loading runs a self-test before anything decodes: accumulator bounds recomputed from the
+stored integers, every layer at a bound-reaching input on every GEMM path against int64
+tap sums on the host, and the stress record's hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from nvc_train.codec.image_codec import IntegerImageCodec, build_integer_image_codec
+from nvc_train.errors import UserError
+from nvc_train.io.atomic import atomic_write_bytes
+from nvc_train.models.image import IMAGE_MODELS, architecture_of, build_image_model
+from nvc_train.quant import exact_conv
+from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
+from nvc_train.quant.export import read_verified_payload, resolved_config_section
+from nvc_train.quant.fake_quant import input_bound, integer_hyper_input
+from nvc_train.quant.header import HEADER, IMAGE_FORMAT_VERSION, MAGIC
+from nvc_train.quant.image_hyper import KINDS, ImageHyperpriorQAT, image_integer_tensors, layer_bound
+
+SMALL_SIZE = 128
+"""Side of the small record's generated image (pixels)."""
+
+STRESS_SHAPE = (4, 6)
+"""(h, w) of the stress record's hyper-latent."""
+
+
+class ImageCheckpoint(NamedTuple):
+    """A loaded integer image checkpoint."""
+
+    codec: IntegerImageCodec
+    metadata: dict
+    records: list[dict]
+    sha256: str
+
+
+def int_digest(*tensors: Tensor | None) -> str:
+    """SHA-256 of integer tensors: shapes and little-endian int64 values, in order (None: absent)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().to("cpu", torch.int64).contiguous()
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.numpy().astype("<i8", copy=False).tobytes())
+    return h.hexdigest()
+
+
+def stress_inputs(channels: int) -> dict[str, Tensor]:
+    """The stress record's z symbols, (1, channels, 4, 6) int64, built without randomness."""
+    h, w = STRESS_SHAPE
+    idx = torch.arange(channels * h * w).reshape(1, channels, h, w)
+    checker = (idx + idx // w) % 2 * 2 - 1  # ±1 alternating within rows and between rows
+    return {"clamp": checker * SYMBOL_LIMIT, "ramp": (idx * 7) % 121 - 60}
+
+
+def build_records(codec: IntegerImageCodec) -> list[dict]:
+    """The conformance records of ``codec``, decoded here (see the module docstring)."""
+    from nvc_train.data.synthetic import synthetic_clip
+
+    hp = codec.hyperprior
+    x = synthetic_clip(0, 1, SMALL_SIZE, SMALL_SIZE)
+    coded, decoded = codec.compress(x)
+    records = [{"kind": "small", "size": SMALL_SIZE, "y_string": coded.y_string.hex(), "z_string": coded.z_string.hex(),
+                "z_shape": list(coded.z_shape), "latent_sha256": decoded.latent_sha256}]
+    checks = []
+    for name, symbols in stress_inputs(hp.median_q.numel()).items():
+        z_int = integer_hyper_input(symbols, hp.median_q, hp.input_frac_bits)
+        checks.append({"input": name, "sha256": int_digest(*hp.scale_decoder(z_int)),
+                       "layers_sha256": [int_digest(acc) for acc in hp.scale_decoder.accumulators(z_int)]})
+    records.append({"kind": "stress", "checks": checks})
+    return records
+
+
+def run_records(codec: IntegerImageCodec, records: list[dict], device: torch.device | str = "cpu") -> list[tuple[str, bool]]:
+    """(description, passed) of every check of ``records`` on ``device``."""
+    from nvc_train.codec.frames import CodedLatent
+
+    hp = codec.hyperprior
+    results = []
+    for rec in records:
+        if rec["kind"] == "small":
+            coded = CodedLatent(bytes.fromhex(rec["y_string"]), bytes.fromhex(rec["z_string"]), tuple(rec["z_shape"]))
+            got = codec.decompress(coded, device).latent_sha256
+            results.append((f"small record ({rec['size']}x{rec['size']} image): latent SHA-256",
+                            got == rec["latent_sha256"]))
+        elif rec["kind"] == "stress":
+            inputs = stress_inputs(hp.median_q.numel())
+            for check in rec["checks"]:
+                z_int = integer_hyper_input(inputs[check["input"]].to(device), hp.median_q.to(device), hp.input_frac_bits)
+                got = int_digest(*hp.scale_decoder(z_int))
+                results.append((f"stress record ({check['input']} symbols): means and CDF indexes", got == check["sha256"]))
+                for i, (acc, want) in enumerate(zip(hp.scale_decoder.accumulators(z_int), check["layers_sha256"])):
+                    results.append((f"stress record ({check['input']} symbols): layer {i} accumulators",
+                                    int_digest(acc) == want))
+    return results
+
+
+def _tap_sums(kind: str, x: Tensor, w: Tensor) -> Tensor:
+    """int64 tap sums on the host (einsum per tap), independent of the GEMM paths."""
+    x, w = x.cpu().long(), w.cpu().long()
+    n, _, h, wd = x.shape
+    if kind == "conv3":
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        return sum(torch.einsum("nchw,dc->ndhw", padded[:, :, ky:ky + h, kx:kx + wd], w[:, :, ky, kx])
+                   for ky in range(3) for kx in range(3))
+    full = torch.zeros(n, w.shape[1], 2 * h + 4, 2 * wd + 4, dtype=torch.int64)
+    for ky in range(5):
+        for kx in range(5):
+            full[:, :, ky:ky + 2 * h:2, kx:kx + 2 * wd:2] += torch.einsum("nchw,cd->ndhw", x, w[:, :, ky, kx])
+    return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd]
+
+
+def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: torch.device | str) -> list[str]:
+    """What is wrong on ``device`` (empty: nothing): bounds, layers on every GEMM path, the
+    stress record's hashes."""
+    from nvc_train.quant.image_hyper import layer_accumulators
+
+    device = torch.device(device)
+    dec = codec.hyperprior.scale_decoder
+    problems = []
+    bound = input_bound(codec.hyperprior.median_q, codec.hyperprior.input_frac_bits)
+    paths = [p for p in exact_conv.PATHS if p != "int8" or exact_conv.int_mm_works(device.type, device.index)]
+    for i, (kind_code, _) in enumerate(dec._t("layout").tolist()):
+        kind = KINDS[kind_code]
+        w, b = dec._t(f"layer{i}.weight"), dec._t(f"layer{i}.bias")
+        if layer_bound(kind, w, b, bound) != int(dec._t(f"layer{i}.acc_bound")) or int(dec._t(f"layer{i}.acc_bound")) >= 2**53:
+            problems.append(f"layer {i}'s accumulator bound does not hold")
+        c_in = w.shape[0] if kind == "transposed" else w.shape[1]
+        idx = torch.arange(c_in * 3 * 5).reshape(1, c_in, 3, 5)
+        x = ((idx + idx // 5) % 2 * 2 - 1) * bound  # the bound with alternating signs
+        expected = _tap_sums(kind, x, w) + b.cpu().view(1, -1, 1, 1)
+        for path in paths:
+            got = layer_accumulators(kind, x.to(device), w.to(device), b.to(device), path)
+            if not torch.equal(got.cpu(), expected):
+                problems.append(f"computes layer {i} on the {path} path differently from int64 arithmetic")
+        if i < len(dec._t("layout")) - 1:
+            bound = max(abs(int(dec._t(f"layer{i}.act_lo"))), abs(int(dec._t(f"layer{i}.act_hi"))))
+    for description, passed in run_records(codec, [r for r in records if r["kind"] == "stress"], device):
+        if not passed:
+            problems.append(f"fails the {description}")
+    return problems
+
+
+def export_image_checkpoint(model, qat: ImageHyperpriorQAT, out_dir: Path, name: str, metadata: dict) -> Path:
+    """Freeze ``model`` + ``qat`` into ``out_dir/<name>-<sha8>.ckpt`` and its model card."""
+    model = model.cpu().eval()
+    qat = qat.cpu().eval()
+    model.update(force=True)
+    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    tensors.update({f"int.{k}": v for k, v in image_integer_tensors(model, qat).items()})
+    metadata = {**metadata, "format_version": IMAGE_FORMAT_VERSION, "architecture": architecture_of(model),
+                "channels": [int(model.N), int(model.M)], "quant": asdict(qat.config),
+                "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
+                             "weights": "int8 per output channel", "accumulation": "exact, float64 < 2**53",
+                             "requantization": "int64 (acc*m + 2**(s-1)) >> s; LeakyReLU: m*0.01 below zero"}}
+    records = build_records(_codec_from_tensors(tensors, metadata))
+    buf = io.BytesIO()
+    torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True), "records": json.dumps(records)}, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    path = Path(out_dir) / f"{name}-{digest[:8]}.ckpt"
+    atomic_write_bytes(path, HEADER.pack(MAGIC, IMAGE_FORMAT_VERSION, len(payload), bytes.fromhex(digest)) + payload)
+    atomic_write_bytes(path.with_suffix(".md"), model_card(path.name, digest, metadata, tensors, records).encode())
+    return path
+
+
+def _codec_from_tensors(tensors: dict[str, Tensor], metadata: dict) -> IntegerImageCodec:
+    architecture = metadata["architecture"]
+    if architecture not in IMAGE_MODELS:
+        raise UserError(f"unknown image architecture {architecture!r}")
+    model = build_image_model(architecture, tuple(metadata["channels"]))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    int_tensors = {k[len("int."):]: v for k, v in tensors.items() if k.startswith("int.")}
+    return build_integer_image_codec(model.eval(), int_tensors, QuantConfig(**metadata["quant"]).input_frac_bits).eval()
+
+
+def load_image_checkpoint(path: str | Path, device: str = "cpu", self_check: bool = True) -> ImageCheckpoint:
+    """Verify and load an integer image checkpoint; every failure is one line (:class:`UserError`)."""
+    path, version, payload, digest = read_verified_payload(path)
+    if version != IMAGE_FORMAT_VERSION:
+        raise UserError(f"{path} is a video (ssf2020) integer checkpoint, not an image one: video commands take it "
+                        "(`nvc-train encode VIDEO --checkpoint …`)")
+    try:
+        obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        metadata = json.loads(obj["metadata"])
+        records = json.loads(obj["records"])
+        codec = _codec_from_tensors(obj["tensors"], metadata).to(device)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{path} passed its hash check but its content is not a valid image checkpoint ({exc})") from None
+    if self_check:
+        problems = self_test_problems(codec, records, device)
+        if problems:
+            raise UserError(f"{path}: refused on {device}: " + "; ".join(problems)
+                            + " — it would mis-decode; `nvc-train conformance` shows every check")
+    return ImageCheckpoint(codec, metadata, records, digest.hex())
+
+
+def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Tensor], records: list[dict]) -> str:
+    """Markdown model card written beside the checkpoint."""
+    from nvc_train.models.architectures import architecture
+
+    bounds = [int(v) for k, v in tensors.items() if k.endswith("acc_bound")]
+    arch = metadata["architecture"]
+    checks = sum(1 if r["kind"] == "small" else sum(1 + len(c["layers_sha256"]) for c in r["checks"]) for r in records)
+    lines = [
+        f"# {filename}",
+        "",
+        f"CompressAI `{arch}` ({architecture(arch).summary}) with an integer hyper-decoder: the decoded",
+        "latents are bit-identical on every machine, under nvc-train's integer contract",
+        "(docs/integer-contract.md in the nvc-train repository, \"Image architectures\"). The synthesis",
+        "is CompressAI's float one: pixels may differ in the last level between machines.",
+        "",
+        f"- SHA-256 of the payload: `{digest}`",
+        f"- format version: {metadata['format_version']} (integer image checkpoint)",
+        f"- channels: N={metadata['channels'][0]}, M={metadata['channels'][1]}",
+        f"- quality: {metadata.get('quality')}, lambda: {metadata.get('lmbda')}",
+        f"- quantization: {metadata.get('quant')}",
+        f"- largest accumulator bound: {max(bounds)} (< 2**53 = {2**53}: exact in float64)",
+        f"- training data: {metadata.get('training_data')}",
+        *([f"- started from the float weights: {metadata['init_weights']}"] if metadata.get("init_weights") else []),
+        f"- packages: {metadata.get('packages')}",
+        f"- conformance records: small (a generated {SMALL_SIZE}x{SMALL_SIZE} image) and stress, {checks} checks",
+        "",
+        f"Check it on your machine: `nvc-train conformance {filename}` (exit status 0 only if every record",
+        "decodes to its stored hashes; loading also runs a self-test of every layer and refuses a machine",
+        "that does not reproduce it).",
+        "",
+        *resolved_config_section(metadata),
+    ]
+    return "\n".join(lines) + "\n"
+
