@@ -27,6 +27,25 @@ class CodecLitModule(L.LightningModule):
     """The shared part of :class:`~nvc_train.lit.module.SSFLitModule` and
     :class:`~nvc_train.lit.image_module.ImageLitModule`."""
 
+    _zoo_pending = False
+    """Set by a subclass whose run starts from CompressAI's zoo: the weights are loaded once,
+    at the start of a run from scratch (never on a resume, whose checkpoint brings its own)."""
+
+    def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
+        """Load the zoo weights now (subclasses that start from the zoo)."""
+
+    def _start_from_zoo(self) -> None:
+        """Load the zoo weights once, unless the trainer restored a checkpoint (a resume)."""
+        if not self._zoo_pending:
+            return
+        self.load_zoo_weights(resuming=self.trainer.ckpt_path is not None, progress=self.trainer.is_global_zero)
+
+    def on_validation_start(self) -> None:
+        self._start_from_zoo()
+
+    def on_test_start(self) -> None:
+        self._start_from_zoo()
+
     def on_fit_end(self) -> None:
         # The run's result in one line, where the progress bar ended: the last validation RD.
         from lightning.pytorch.utilities import rank_zero_info

@@ -19,6 +19,7 @@ from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.lit.base import CodecLitModule
 from nvc_train.models.image import ZOO_CHANNELS, build_image_model, image_forward, image_hyperprior
 from nvc_train.models.loss import quality_to_lambda, rd_loss
+from nvc_train.models.zoo_files import zoo_entry
 from nvc_train.models.ssf import FrameOutput
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.image_hyper import Head, ImageHyperpriorQAT, decoder_layers
@@ -47,11 +48,20 @@ class ImageLitModule(CodecLitModule):
             :class:`~nvc_train.lit.module.SSFLitModule`.
         init_weights: a CompressAI state dict of the same architecture to start from (a zoo
             file such as ``bmshj2018-hyperprior-3-6d87be32.pth.tar``, or ``export-float``'s),
-            loaded strictly; its channels win over ``channels``.
+            loaded strictly; its channels win over ``channels``. Wins over ``pretrained``.
+        pretrained: start from CompressAI's pretrained weights of ``architecture``: ``true``
+            for the MSE model of ``quality``, or a zoo name such as
+            ``"mbt2018-mean-ms-ssim-3"``; fetched by ``torch.hub`` into its cache and
+            hash-checked (:mod:`nvc_train.models.zoo`), loaded when a run starts from scratch
+            (never on a resume). The zoo's channels for that quality.
         qat: quantization settings (scope "hyperprior"); the hyper-decoder then trains
             through the exact integer arithmetic from ``qat_start_step`` on.
         qat_start_step: global step at which QAT begins.
         real_coding_images: validation images that are also really compressed and decoded.
+        train_scope: "all" trains every parameter; "hyperprior" freezes the analysis and
+            synthesis transforms and trains only the hyperprior (``h_a``, ``h_s``, the entropy
+            bottleneck) and the QAT scales, so that a QAT fine-tuning changes nothing but the
+            entropy model and its RD compares directly with the float parent's.
     """
 
     def __init__(
@@ -69,6 +79,8 @@ class ImageLitModule(CodecLitModule):
         qat: QuantConfig | None = None,
         qat_start_step: int = 0,
         real_coding_images: int = 1,
+        train_scope: Literal["all", "hyperprior"] = "all",
+        pretrained: bool | str = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +90,13 @@ class ImageLitModule(CodecLitModule):
         if init_weights:
             state_dict = _read_image_state_dict(init_weights)
             channels = [state_dict["g_a.0.weight"].shape[0], state_dict["g_a.6.weight"].shape[0]]
+        # Resolved now (a bad name fails before any training starts), loaded at the start.
+        self.zoo = None if init_weights else zoo_entry(pretrained, quality if quality is not None else 3, architecture)
+        if self.zoo is not None:
+            quality = quality if quality is not None or lmbda is not None else self.zoo.quality
+            channels = list(ZOO_CHANNELS[architecture][self.zoo.quality])
+        self._zoo_pending = self.zoo is not None
+        self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
         self.model = build_image_model(architecture, _channels(architecture, quality, channels))
         if state_dict is not None:
             _load_image_state_dict(self.model, state_dict, str(init_weights))
@@ -87,7 +106,8 @@ class ImageLitModule(CodecLitModule):
         self.hparams.quality, self.hparams.lmbda = quality, self.lmbda
         self.start_note = (f"{architecture} (N={self.model.N}, M={self.model.M}) at "
                            + (f"quality {quality} (λ={self.lmbda})" if lmbda is None else f"λ={self.lmbda}")
-                           + (f", from {init_weights}" if init_weights else ""))
+                           + (f", from {init_weights}" if init_weights else "")
+                           + (f", from CompressAI's {self.zoo.name}" if self.zoo is not None else ""))
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
             qat = QuantConfig(**qat)
         self.qat = None
@@ -95,13 +115,28 @@ class ImageLitModule(CodecLitModule):
             hp = image_hyperprior(self.model)
             layers = decoder_layers(hp.hyper_decoder)
             self.qat = ImageHyperpriorQAT(len(layers), Head.of(layers[-1].conv.out_channels, hp.has_means), qat)
+        if train_scope == "hyperprior":
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(("h_a.", "h_s.", "entropy_bottleneck.")))
 
     def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
-        """Image runs start from ``init_weights`` (read in the constructor): nothing to fetch."""
+        """Load the zoo weights now (once; not on a resume). ``nvc-train fit`` calls this before
+        Lightning starts, so a zoo file that is neither cached nor downloadable is one line."""
+        if not self._zoo_pending:
+            return
+        self._zoo_pending = False
+        if resuming:
+            return
+        from nvc_train.models.zoo import zoo_weights
+
+        device = next(self.model.parameters()).device
+        _load_image_state_dict(self.model, zoo_weights(self.zoo, progress=progress), f"CompressAI's {self.zoo.name}")
+        self.model.to(device)
 
     def on_fit_start(self) -> None:
         from lightning.pytorch.utilities import rank_zero_info
 
+        self._start_from_zoo()
         rank_zero_info(f"training {self.describe_start()}")
         rank_zero_info(f"QAT: {self.describe_qat()}")
 

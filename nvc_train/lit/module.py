@@ -166,12 +166,6 @@ class SSFLitModule(CodecLitModule):
                 p.requires_grad_(name.startswith(trainable))
 
     # --- initial weights from CompressAI's zoo ------------------------------------------
-    def _start_from_zoo(self) -> None:
-        """Load the zoo weights once, unless the trainer restored a checkpoint (a resume)."""
-        if not self._zoo_pending:
-            return
-        self.load_zoo_weights(resuming=self.trainer.ckpt_path is not None, progress=self.trainer.is_global_zero)
-
     def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
         """Load the zoo weights now (once; not on a resume, whose checkpoint brings its own).
         ``nvc-train fit`` calls this before Lightning starts the run, so a zoo file that is
@@ -208,12 +202,6 @@ class SSFLitModule(CodecLitModule):
                     "export-integer writes a pixel-exact checkpoint (identical frames everywhere)")
         return (f"qat.scope=hyperprior{start}: the six hyper-decoders integer; export-integer writes an integer "
                 "hyperprior checkpoint (identical latents everywhere, float synthesis)")
-
-    def on_validation_start(self) -> None:
-        self._start_from_zoo()
-
-    def on_test_start(self) -> None:
-        self._start_from_zoo()
 
     # --- forward -------------------------------------------------------------------------
     @property

@@ -175,7 +175,7 @@ def model_settings(args: list[str]) -> dict | None:
     return settings
 
 
-def check_zoo_start(args: list[str]) -> None:
+def check_zoo_start(args: list[str], architecture_name: str = "ssf2020") -> None:
     """A ``fit`` from CompressAI's zoo: the name is one CompressAI publishes, and its file is
     cached intact, or may be downloaded at the start."""
     from nvc_train.models.zoo_files import DEFAULT_QUALITY, check_cached_zoo_file, zoo_entry
@@ -188,7 +188,7 @@ def check_zoo_start(args: list[str]) -> None:
         quality = DEFAULT_QUALITY
     if not isinstance(quality, int) or not 1 <= quality <= 9:
         return  # the module's own check says what is wrong with it
-    entry = zoo_entry(settings.get("pretrained", False), quality)
+    entry = zoo_entry(settings.get("pretrained", False), quality, architecture_name)
     if entry is not None:
         check_cached_zoo_file(entry)
 
@@ -225,5 +225,5 @@ def precheck(argv: list[str]) -> None:
         check_option(name, command, chosen.name)
         if value is not None:
             check_value(name, value)
-    if command == "fit" and chosen.kind == "video":
-        check_zoo_start(args)
+    if command == "fit":
+        check_zoo_start(args, chosen.name)

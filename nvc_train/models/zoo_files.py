@@ -28,7 +28,6 @@ from typing import NamedTuple
 from nvc_train.errors import UserError
 
 ARCHITECTURE = "ssf2020"
-_NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])$")
 _HASHED_NAME = re.compile(r"-([0-9a-f]{8})\.")
 _FILE_NAME = re.compile(r"^ssf2020-(mse|ms-ssim)-([1-9])(?:-[0-9a-f]{8})?(?:\.pth)?(?:\.tar)?$")
 OFFLINE_VARIABLES = ("NVC_TRAIN_OFFLINE", "HF_HUB_OFFLINE")
@@ -61,25 +60,32 @@ def zoo_name_parts(name: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-def compressai_model_urls() -> dict:
-    """``compressai.zoo.video.model_urls``: the live table when CompressAI is imported, else the
-    table as its source writes it (``root_url`` f-strings resolved), else by importing it."""
-    live = sys.modules.get("compressai.zoo.video")
+ZOO_MODULES = {"ssf2020": "video", "bmshj2018-hyperprior": "image", "mbt2018-mean": "image"}
+"""Which of CompressAI's zoo modules (``compressai.zoo.video`` or ``.image``) lists each architecture."""
+
+QUALITIES = {"video": 9, "image": 8}
+"""How many qualities CompressAI's zoo publishes per architecture kind."""
+
+
+def compressai_model_urls(module: str = "video") -> dict:
+    """``compressai.zoo.<module>.model_urls``: the live table when CompressAI is imported, else
+    the table as its source writes it (``root_url`` f-strings resolved), else by importing it."""
+    import importlib
+
+    live = sys.modules.get(f"compressai.zoo.{module}")
     if live is not None:
         return live.model_urls
-    table = _model_urls_from_source()
+    table = _model_urls_from_source(module)
     if table is not None:
         return table
-    from compressai.zoo.video import model_urls
-
-    return model_urls
+    return importlib.import_module(f"compressai.zoo.{module}").model_urls
 
 
-def _model_urls_from_source() -> dict | None:
+def _model_urls_from_source(module: str = "video") -> dict | None:
     spec = importlib.util.find_spec("compressai")  # locates the package without running it
     if spec is None or not spec.submodule_search_locations:
         return None
-    source = Path(list(spec.submodule_search_locations)[0]) / "zoo" / "video.py"
+    source = Path(list(spec.submodule_search_locations)[0]) / "zoo" / f"{module}.py"
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
@@ -110,31 +116,38 @@ def _model_urls_from_source() -> dict | None:
     return table if isinstance(table, dict) else None
 
 
-def zoo_entry(pretrained: bool | str | None, quality: int) -> ZooEntry | None:
+def zoo_entry(pretrained: bool | str | None, quality: int, architecture: str = ARCHITECTURE) -> ZooEntry | None:
     """The zoo file that ``--model.pretrained`` names, or ``None`` when it is off.
 
     Args:
         pretrained: ``False``/``None`` (off), ``True`` (the MSE model of ``quality``), or a
-            name ``ssf2020-<metric>-<quality>`` as CompressAI's zoo spells it.
-        quality: the quality 1..9 that ``True`` refers to.
+            name ``<architecture>-<metric>-<quality>`` (``ssf2020-mse-3``,
+            ``bmshj2018-hyperprior-mse-3``).
+        quality: the quality (1..9 for ssf2020, 1..8 for the image models) ``True`` refers to.
+        architecture: CompressAI's architecture name.
     """
     if pretrained is None or pretrained is False:
         return None
+    kind = ZOO_MODULES.get(architecture)
+    if kind is None:
+        raise UserError(f"CompressAI's zoo has no architecture {architecture!r} that nvc-train trains")
+    top = QUALITIES[kind]
     if pretrained is True:
-        name = f"{ARCHITECTURE}-mse-{quality}"
+        name = f"{architecture}-mse-{quality}"
     elif isinstance(pretrained, str):
         name = pretrained.strip().lower()
     else:
-        raise UserError(f"--model.pretrained must be true, false or a zoo name like ssf2020-mse-3, got {pretrained!r}")
-    match = _NAME.match(name)
-    if not match:
-        raise UserError(f"--model.pretrained {pretrained!r}: not a CompressAI zoo name; use true (with --model.quality) "
-                        f"or ssf2020-mse-Q with Q in 1..9")
+        raise UserError(f"--model.pretrained must be true, false or a zoo name like {architecture}-mse-3, "
+                        f"got {pretrained!r}")
+    match = re.match(rf"^{re.escape(architecture)}-(mse|ms-ssim)-([1-9])$", name)
+    if not match or int(match.group(2)) > top:
+        raise UserError(f"--model.pretrained {pretrained!r}: not a CompressAI zoo name of {architecture}; use true "
+                        f"(with --model.quality) or {architecture}-mse-Q with Q in 1..{top}")
     metric, q = match.group(1), int(match.group(2))
-    model_urls = compressai_model_urls()
-    url = model_urls.get(ARCHITECTURE, {}).get(metric, {}).get(q)
+    model_urls = compressai_model_urls(kind)
+    url = model_urls.get(architecture, {}).get(metric, {}).get(q)
     if url is None or not _HASHED_NAME.search(url.rsplit("/", 1)[-1]):
-        available = ", ".join(f"{ARCHITECTURE}-{m}-{k}" for m, table in model_urls.get(ARCHITECTURE, {}).items()
+        available = ", ".join(f"{architecture}-{m}-{k}" for m, table in model_urls.get(architecture, {}).items()
                               for k in sorted(table))
         raise UserError(f"CompressAI publishes no weights named {name} (available: {available or 'none'})")
     return ZooEntry(name, metric, q, url)
