@@ -39,7 +39,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--anchor-crf", nargs="+", type=int, default=None, metavar="CRF",
                    help="the anchors' CRFs (default: x264/x265 22 27 32 37, av1 27 35 43 51)")
     s.add_argument("--data", nargs="+", required=True,
-                   help="video files, PNG folders, folders of them, or a prepare-footage folder (its validation files)")
+                   help="video files, PNG folders, folders of them, or a prepare-footage folder (its validation files); "
+                        "for image models: image files and folders of images (e.g. Kodak)")
     add_out_dir(s, "output folder")
     s.add_argument("--frames", type=int, default=None, help="code at most N frames per sequence")
     s.add_argument("--gop", type=int, default=32, help="keyframe every G frames; 0 = only the first (default: %(default)s)")
@@ -68,11 +69,19 @@ def evaluate(args) -> int:
         raise UserError("--anchor-crf sets the CRFs of --anchor codecs: name them with --anchor x264 ...")
     if not args.checkpoint and not args.anchor:
         raise UserError("eval: give models to evaluate: --checkpoint FILE ... and/or --anchor CODEC ...")
-    results = ("summary.md", "float.json", "qat.json", "ptq.json", "pixel-exact.json", "rd.png",
+    results = ("summary.md", "float.json", "qat.json", "ptq.json", "pixel-exact.json", "rd.png", "images.json",
                *(f"{a}.json" for a in ANCHORS))
     check_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
     dev = device(args.device)
     checkpoints = [checkpoint_path(p) for p in args.checkpoint]  # every file there before any work
+    from nvc_train.eval.images import is_image_model_file
+
+    image_models = [p for p in checkpoints if is_image_model_file(p)]
+    if image_models:
+        if len(image_models) != len(checkpoints) or args.anchor:
+            raise UserError("eval: image models (integer image checkpoints, float image state dicts) are evaluated "
+                            "on images, by themselves: give them without video models or --anchor")
+        return evaluate_images(args, checkpoints, results, dev)
     points = anchor_points(args.anchor, args.anchor_crf)  # every codec in this FFmpeg build, too
     from tqdm import tqdm
 
@@ -105,14 +114,7 @@ def evaluate(args) -> int:
         record = {k: res[k] for k in ("name", "description", "results", "frames", "bitstream")}
         atomic_write_bytes(out / "sequences" / f"{seq.stem}-{model.name}.json", json.dumps(record, indent=2).encode())
     frames.close()
-    per_model = {m.name: {"family": m.family, "quality": m.quality, "series": m.series,
-                          "results": E.aggregate(per_sequence[m.name])} for m in models}
-    curves = E.family_curves(per_model)
-    for family, curve in curves.items():
-        atomic_write_bytes(out / f"{family}.json", json.dumps(curve, indent=2).encode())
-    E.plot_rd(curves, out / "rd.png")
-    table = _eval_table(per_model)
-    atomic_write_bytes(out / "summary.md", table.encode())
+    per_model, curves, table = _write_results(out, models, per_sequence)
     _log_eval_to_wandb(out, per_model, per_sequence, curves, args)
     if not args.quiet:
         print(table)
@@ -128,9 +130,59 @@ def evaluate(args) -> int:
     return 1 if mismatches or frame_mismatches else 0
 
 
-def _eval_table(per_model: dict[str, dict]) -> str:
-    cols = ("bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb", "encoding_time", "decoding_time", "latents_match",
-            "frames_match")
+def evaluate_images(args, checkpoints: list[Path], results: tuple, dev: str) -> int:
+    """``nvc-train eval`` of image models on images: CompressAI results JSON per family, the
+    per-image results, RD plot and summary (see :mod:`nvc_train.eval.images`)."""
+    from tqdm import tqdm
+
+    from nvc_train.eval import images as I
+    from nvc_train.io.atomic import atomic_write_bytes
+
+    for name, default in (("frames", None), ("gop", 32)):
+        if getattr(args, name) != default:
+            raise UserError(f"eval: --{name} is for video; image models code one picture at a time")
+    paths = I.collect_images(args.data)
+    out = prepare_output_dir(args.out_dir, args.overwrite, results, flag="--out-dir")
+    models = [I.load_image_eval_model(p, dev) for p in checkpoints]
+    if len({m.name for m in models}) != len(models):
+        raise UserError("two checkpoints share a file name; rename one so results stay apart")
+    per_image: dict[str, list[dict]] = {m.name: [] for m in models}
+    for model, path in tqdm([(m, p) for m in models for p in paths], desc=f"eval on {len(paths)} images",
+                            unit=" images", disable=args.quiet):
+        per_image[model.name].append(I.evaluate_image(model, path, dev))
+    atomic_write_bytes(out / "images.json", json.dumps(per_image, indent=2).encode())
+    _, curves, table = _write_results(out, models, per_image, ("bpp", "psnr-rgb", "ms-ssim-rgb", "coding_time",
+                                                               "latents_match"))
+    if not args.quiet:
+        print(table)
+    print(f"wrote {', '.join(str(out / f'{f}.json') for f in curves)}, {out / 'images.json'}, {out / 'rd.png'}")
+    mismatches = [(name, r["image"]) for name, rs in per_image.items() for r in rs
+                  if r["results"].get("latents_match") == 0.0]
+    for name, image in mismatches:
+        print(f"LATENT MISMATCH: {name} on {image}: the decoder's latents differ from the encoder's")
+    return 1 if mismatches else 0
+
+
+def _write_results(out: Path, models: list, per_input: dict[str, list[dict]], cols: tuple[str, ...] | None = None):
+    """Aggregate each model's results over its inputs and write the family curves (CompressAI
+    results JSON), the RD plot and the summary table; returns (per model, curves, table)."""
+    from nvc_train.eval import evaluate as E
+    from nvc_train.io.atomic import atomic_write_bytes
+
+    per_model = {m.name: {"family": m.family, "quality": m.quality, "series": m.series,
+                          "results": E.aggregate(per_input[m.name])} for m in models}
+    curves = E.family_curves(per_model)
+    for family, curve in curves.items():
+        atomic_write_bytes(out / f"{family}.json", json.dumps(curve, indent=2).encode())
+    E.plot_rd(curves, out / "rd.png")
+    table = _eval_table(per_model, *([cols] if cols else []))
+    atomic_write_bytes(out / "summary.md", table.encode())
+    return per_model, curves, table
+
+
+def _eval_table(per_model: dict[str, dict], cols: tuple[str, ...] = (
+        "bpp", "bitrate", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb", "encoding_time", "decoding_time", "latents_match",
+        "frames_match")) -> str:
     lines = ["| model | family | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, m in per_model.items():
         r = m["results"]

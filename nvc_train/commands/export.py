@@ -106,7 +106,7 @@ def export_float(args) -> int:
         print(f"wrote {path}" + ("" if args.quiet else f" (CompressAI zoo format, λ={module.lmbda})"))
         return 0
     save_float_state_dict(module.model, Path(args.output), module.hparams.get("quality"), module.lmbda)
-    print(f"wrote {args.output}" + ("" if args.quiet else f" (ScaleSpaceFlow state dict, λ={module.lmbda})"))
+    print(f"wrote {args.output}" + ("" if args.quiet else f" ({type(module.model).__name__} state dict, λ={module.lmbda})"))
     return 0
 
 

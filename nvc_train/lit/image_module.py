@@ -88,7 +88,7 @@ class ImageLitModule(CodecLitModule):
             raise ValueError(f"quality must be one of 1..8 for image models, got {quality}")
         state_dict = None
         if init_weights:
-            state_dict = _read_image_state_dict(init_weights)
+            state_dict = read_image_state_dict(init_weights)
             channels = [state_dict["g_a.0.weight"].shape[0], state_dict["g_a.6.weight"].shape[0]]
         # Resolved now (a bad name fails before any training starts), loaded at the start.
         self.zoo = None if init_weights else zoo_entry(pretrained, quality if quality is not None else 3, architecture)
@@ -209,7 +209,7 @@ class ImageLitModule(CodecLitModule):
         self._log_images(x, decoded)
 
 
-def _read_image_state_dict(path: str) -> dict[str, Tensor]:
+def read_image_state_dict(path: str) -> dict[str, Tensor]:
     """A CompressAI image state dict (plain, ``{"state_dict": …}``, or a float fit run's
     ``model.*`` weights), with CompressAI's zoo key renaming applied."""
     from compressai.zoo.pretrained import load_pretrained

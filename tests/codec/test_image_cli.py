@@ -187,3 +187,27 @@ def test_fit_options_follow_the_architecture(tmp_path):
     assert_one_line_error(cli("fit", "--model.architecture", "cheng2020-anchor"), "unknown architecture 'cheng2020-anchor'")
     assert_one_line_error(cli("fit", "--config", "configs/image/float.yaml", "--model.flow_reference", "128"),
                           "unrecognized option --model.flow_reference")
+
+
+def test_eval_on_images_writes_compressai_results_for_both_families(trained, images, tmp_path):
+    _, tmp, float_run, _, ckpt = trained
+    float_pth = tmp_path / "float.pth.tar"
+    assert cli("export-float", float_run / "checkpoints" / "last.ckpt", "-o", float_pth).returncode == 0
+    out = tmp_path / "eval"
+    result = cli("eval", "--checkpoint", float_pth, ckpt, "--data", images, "--out-dir", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    per_image = json.loads((out / "images.json").read_text())
+    for family in ("float", "qat"):
+        curve = json.loads((out / f"{family}.json").read_text())
+        assert curve["results"]["bpp"][0] > 0 and curve["results"]["psnr-rgb"][0] > 5
+    integer = per_image[ckpt.stem]
+    assert [r["image"] for r in integer] == ["a.png", "b10.png"]
+    assert all(r["results"]["latents_match"] == 1.0 for r in integer)
+    # The rate is the strings over the source's pixels: what `encode` writes, less its container.
+    stream = tmp_path / "a.nvc"
+    assert cli("encode", images / "a.png", "-o", stream, "--checkpoint", ckpt, "--quiet").returncode == 0
+    container = 4 + 2 + 32 + 4 + 4 + 1 + 2 + 2 + 4 + 4 + 4 + 4
+    assert integer[0]["results"]["bpp"] == pytest.approx(8 * (stream.stat().st_size - container) / (150 * 100))
+    assert (out / "rd.png").is_file() and "| float |" in (out / "summary.md").read_text()
+    assert_one_line_error(cli("eval", "--checkpoint", ckpt, "--data", images, "--out-dir", tmp_path / "e2", "--gop", "4"),
+                          "--gop is for video")
