@@ -49,7 +49,7 @@ def is_image_model_file(path: Path) -> bool:
 
 
 def _float_state_dict(path: Path) -> dict:
-    from nvc_train.lit.image_module import read_image_state_dict
+    from nvc_train.models.image import read_image_state_dict
 
     return read_image_state_dict(str(path))
 

@@ -17,7 +17,14 @@ from torch import Tensor
 
 from nvc_train.eval.metrics import bits_of, ms_ssim, psnr
 from nvc_train.lit.base import CodecLitModule
-from nvc_train.models.image import ZOO_CHANNELS, build_image_model, image_forward, image_hyperprior
+from nvc_train.models.image import (
+    ZOO_CHANNELS,
+    build_image_model,
+    image_forward,
+    image_hyperprior,
+    load_image_state_dict,
+    read_image_state_dict,
+)
 from nvc_train.models.loss import quality_to_lambda, rd_loss
 from nvc_train.models.zoo_files import zoo_entry
 from nvc_train.models.ssf import FrameOutput
@@ -99,7 +106,7 @@ class ImageLitModule(CodecLitModule):
         self.hparams.pretrained = self.zoo.name if self.zoo is not None else False
         self.model = build_image_model(architecture, _channels(architecture, quality, channels))
         if state_dict is not None:
-            _load_image_state_dict(self.model, state_dict, str(init_weights))
+            load_image_state_dict(self.model, state_dict, str(init_weights))
         self.hparams.channels = [self.model.N, self.model.M]
         quality = quality if quality is not None or lmbda is not None else 3
         self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
@@ -130,7 +137,7 @@ class ImageLitModule(CodecLitModule):
         from nvc_train.models.zoo import zoo_weights
 
         device = next(self.model.parameters()).device
-        _load_image_state_dict(self.model, zoo_weights(self.zoo, progress=progress), f"CompressAI's {self.zoo.name}")
+        load_image_state_dict(self.model, zoo_weights(self.zoo, progress=progress), f"CompressAI's {self.zoo.name}")
         self.model.to(device)
 
     def on_fit_start(self) -> None:
@@ -207,39 +214,3 @@ class ImageLitModule(CodecLitModule):
         self.log_dict({"val/real_bpp": bits / x[0, 0].numel(), "val/real_psnr": psnr(decoded, x)},
                       on_epoch=True, batch_size=1)
         self._log_images(x, decoded)
-
-
-def read_image_state_dict(path: str) -> dict[str, Tensor]:
-    """A CompressAI image state dict (plain, ``{"state_dict": …}``, or a float fit run's
-    ``model.*`` weights), with CompressAI's zoo key renaming applied."""
-    from compressai.zoo.pretrained import load_pretrained
-
-    from nvc_train.errors import UserError, require_file
-
-    path = require_file(path, "checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise UserError(f"{path} is not a readable state dict ({type(exc).__name__})") from None
-    if isinstance(obj, dict) and "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
-        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors")
-    obj = load_pretrained(obj)
-    if "g_a.0.weight" not in obj or "g_a.6.weight" not in obj:
-        raise UserError(f"{path} is not an image hyperprior state dict (no g_a.0/g_a.6 weights; a video checkpoint?)")
-    return obj
-
-
-def _load_image_state_dict(model, state_dict: dict[str, Tensor], source: str) -> None:
-    from nvc_train.errors import UserError
-
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise UserError(f"{source} is not a {type(model).__name__} state dict: "
-                        + "; ".join(f"{label}: {', '.join(keys[:3])}" for label, keys in
-                                    (("missing", missing), ("unexpected", unexpected)) if keys))
-    model.load_state_dict(state_dict)  # CompressAI's loader resizes the entropy tables

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
+
+from nvc_train.errors import UserError, require_file
 
 IMAGE_MODELS: dict[str, type[ScaleHyperprior]] = {
     "bmshj2018-hyperprior": ScaleHyperprior,
@@ -103,3 +106,35 @@ def float_hyperprior_forward(hp: ImageHyperprior, y: Tensor) -> tuple[Tensor, di
     _, y_likelihoods = hp.gaussian_conditional(y, scales, means=means)
     y_hat = quantize_ste(y - means) + means if means is not None else quantize_ste(y)
     return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
+
+
+def read_image_state_dict(path: str) -> dict[str, Tensor]:
+    """A CompressAI image state dict (plain, ``{"state_dict": …}``, or a float fit run's
+    ``model.*`` weights), with CompressAI's zoo key renaming applied."""
+    from compressai.zoo.pretrained import load_pretrained
+
+    path = require_file(path, "checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise UserError(f"{path} is not a readable state dict ({type(exc).__name__})") from None
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
+        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    obj = load_pretrained(obj)
+    if "g_a.0.weight" not in obj or "g_a.6.weight" not in obj:
+        raise UserError(f"{path} is not an image hyperprior state dict (no g_a.0/g_a.6 weights; a video checkpoint?)")
+    return obj
+
+
+def load_image_state_dict(model, state_dict: dict[str, Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"{source} is not a {type(model).__name__} state dict: "
+                        + "; ".join(f"{label}: {', '.join(keys[:3])}" for label, keys in
+                                    (("missing", missing), ("unexpected", unexpected)) if keys))
+    model.load_state_dict(state_dict)  # CompressAI's loader resizes the entropy tables

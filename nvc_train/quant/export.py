@@ -178,8 +178,8 @@ def load_integer_checkpoint(path: str | Path, device: str = "cpu", self_check: b
     """
     path, version, payload, digest = read_verified_payload(path)
     if version == IMAGE_FORMAT_VERSION:
-        raise UserError(f"{path} is an integer image checkpoint, not a video (ssf2020) one: image commands take it "
-                        "(`nvc-train encode IMAGE.png --checkpoint …`)")
+        raise UserError(f"{path} is an integer image checkpoint, not a video (ssf2020) one: encode, decode, hashes, "
+                        "info, conformance and eval take it with images (export-onnx, publish, cross-check: not yet)")
     try:
         obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         metadata = json.loads(obj["metadata"])
