@@ -79,5 +79,11 @@ def read_stream(path: Path) -> ImageStream:
     payload = data[start:end]
     if zlib.crc32(payload) != _CRC.unpack_from(data, end)[0]:
         raise UserError(f"{path}: payload CRC mismatch (the file is damaged)")
+    # The hyper-latent of an image padded to multiples of 64: a crafted z shape would make the
+    # decoder allocate for another size (or crop the wrong one).
+    expected = (-(-height // 64), -(-width // 64))
+    if (z_h, z_w) != expected:
+        raise UserError(f"{path}: header's hyper-latent {z_h}x{z_w} does not fit a {width}x{height} image "
+                        f"(expected {expected[0]}x{expected[1]}): the file is damaged")
     coded = CodedLatent(payload[:y_len], payload[y_len:], (z_h, z_w))
     return ImageStream(sha, width, height, bits, coded)

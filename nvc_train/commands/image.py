@@ -36,9 +36,13 @@ def encode_image(args, checkpoint: Path, out: Path, dev: str) -> int:
     from nvc_train.io.images import image_md5, read_image, to_levels, to_unit_float
 
     refuse_video_options(args, "encode")
+    from nvc_train.codec.image_files import MAX_SIDE
+
     image = read_image(args.input, drop_alpha=getattr(args, "drop_alpha", False))
-    ck = _load(checkpoint, dev)
     _, height, width = image.levels.shape
+    if max(height, width) > MAX_SIDE:
+        raise UserError(f"{args.input} is {width}x{height}: image streams hold at most {MAX_SIDE} pixels a side")
+    ck = _load(checkpoint, dev)
     x = to_unit_float(image.levels, image.bits).unsqueeze(0).to(dev)
     coded, decoded = ck.codec.compress(pad_image(x))
     size = write_stream(out, ImageStream(bytes.fromhex(ck.sha256), width, height, image.bits, coded))
@@ -140,9 +144,12 @@ def conformance_image(args, checkpoint: Path, dev: str) -> int:
 
     refuse_video_options(args, "conformance")
     ck = _load(checkpoint, dev, self_check=False)
-    results = run_records(ck.codec, ck.records, dev)
-    layer_problems = [p for p in self_test_problems(ck.codec, ck.records, dev)
-                      if not p.startswith("fails the")]  # the stress records are already above
+    try:
+        results = run_records(ck.codec, ck.records, dev)
+        layer_problems = [p for p in self_test_problems(ck.codec, ck.records, dev)
+                          if not p.startswith("fails the")]  # the stress records are already above
+    except Exception as exc:  # a re-hashed file with malformed records or tensors
+        raise UserError(f"{checkpoint}: its records or tensors are malformed ({type(exc).__name__}: {exc})") from None
     results.append(("self-test: bounds, every layer on every GEMM path vs int64", not layer_problems))
     for problem in layer_problems:
         print(f"self-test: {problem}")

@@ -249,7 +249,8 @@ def accumulator_bound(weight_int: Tensor, bias_int: Tensor, input_bound: int) ->
     channels and the four parity classes, of ``Σ|w| · input_bound + |bias|``. An interior
     output of a signed input attains it (the stress conformance record does).
     """
-    per_class = exact_conv.parity_class_sums(weight_int.detach().abs().long()).reshape(4, -1)  # (4, C_out)
+    # Widened before abs(): |−128| of an int8 tensor wraps to −128 (a tampered weight would shrink the bound).
+    per_class = exact_conv.parity_class_sums(weight_int.detach().long().abs()).reshape(4, -1)  # (4, C_out)
     worst = per_class.amax(dim=0) * int(input_bound) + bias_int.abs().to(per_class.device)
     return int(worst.max().item())
 

@@ -135,6 +135,6 @@ def conv3x3_exact(x_int: Tensor, weight_int: Tensor, bias_int: Tensor | None = N
 def accumulator_bound(weight_int: Tensor, bias_int: Tensor, input_bound: int) -> int:
     """Worst |accumulator| over inputs with |x| <= input_bound: ``max_c Σ|w_c| · bound + |b_c|``,
     attained at an interior output (Python int)."""
-    per_channel = weight_int.detach().abs().long().sum(dim=(1, 2, 3))
+    per_channel = weight_int.detach().long().abs().sum(dim=(1, 2, 3))  # widened first: |−128| in int8 wraps
     return int((per_channel * int(input_bound) + bias_int.abs().to(per_channel.device)).max().item())
 

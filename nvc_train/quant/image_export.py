@@ -36,7 +36,7 @@ from nvc_train.codec.image_codec import IntegerImageCodec, build_integer_image_c
 from nvc_train.errors import UserError
 from nvc_train.io.atomic import atomic_write_bytes
 from nvc_train.models.image import IMAGE_MODELS, architecture_of, build_image_model
-from nvc_train.quant import exact_conv
+from nvc_train.quant import arith, exact_conv
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.export import read_verified_payload, resolved_config_section
 from nvc_train.quant.fake_quant import input_bound, integer_hyper_input
@@ -147,6 +147,9 @@ def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: to
     problems = []
     bound = input_bound(codec.hyperprior.median_q, codec.hyperprior.input_frac_bits)
     paths = [p for p in exact_conv.PATHS if p != "int8" or exact_conv.int_mm_works(device.type, device.index)]
+    # The input: the bound with alternating signs. It does not drive every accumulator to its
+    # bound (that needs sign(w)·bound per output) but uses every digit plane the bound needs,
+    # which is where a GEMM path that drops or saturates a plane shows.
     for i, (kind_code, _) in enumerate(dec._t("layout").tolist()):
         kind = KINDS[kind_code]
         w, b = dec._t(f"layer{i}.weight"), dec._t(f"layer{i}.bias")
@@ -162,6 +165,13 @@ def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: to
                 problems.append(f"computes layer {i} on the {path} path differently from int64 arithmetic")
         if i < len(dec._t("layout")) - 1:
             bound = max(abs(int(dec._t(f"layer{i}.act_lo"))), abs(int(dec._t(f"layer{i}.act_hi"))))
+        fixed = [f"layer{i}.", f"layer{i}.neg_"] if i < len(dec._t("layout")) - 1 else ["mean."]
+        for prefix in fixed:
+            if hasattr(dec, (prefix + "multiplier").replace(".", "_")):
+                try:
+                    arith.check_fixed_point(dec._fp(prefix))
+                except ValueError as exc:
+                    problems.append(f"layer {i}: {exc}")
     for description, passed in run_records(codec, [r for r in records if r["kind"] == "stress"], device):
         if not passed:
             problems.append(f"fails the {description}")
@@ -217,7 +227,11 @@ def load_image_checkpoint(path: str | Path, device: str = "cpu", self_check: boo
     except Exception as exc:
         raise UserError(f"{path} passed its hash check but its content is not a valid image checkpoint ({exc})") from None
     if self_check:
-        problems = self_test_problems(codec, records, device)
+        try:
+            problems = self_test_problems(codec, records, device)
+        except Exception as exc:  # a re-hashed file with a bad layout code, a missing key, …
+            raise UserError(f"{path} passed its hash check but its content is not a valid image checkpoint "
+                            f"({type(exc).__name__}: {exc})") from None
         if problems:
             raise UserError(f"{path}: refused on {device}: " + "; ".join(problems)
                             + " — it would mis-decode; `nvc-train conformance` shows every check")

@@ -211,3 +211,38 @@ def test_eval_on_images_writes_compressai_results_for_both_families(trained, ima
     assert (out / "rd.png").is_file() and "| float |" in (out / "summary.md").read_text()
     assert_one_line_error(cli("eval", "--checkpoint", ckpt, "--data", images, "--out-dir", tmp_path / "e2", "--gop", "4"),
                           "--gop is for video")
+
+
+def test_crafted_streams_and_checkpoints_are_one_line_errors(trained, images, tmp_path):
+    """Damage that passes the CRCs or the SHA-256 (rewritten after the change) is still refused
+    in one line: a hyper-latent shape that does not fit the image, a layer of unknown kind."""
+    import hashlib
+    import struct
+    import zlib
+
+    _, _, _, _, ckpt = trained
+    stream = tmp_path / "a.nvc"
+    assert cli("encode", images / "a.png", "-o", stream, "--checkpoint", ckpt, "--quiet").returncode == 0
+    data = bytearray(stream.read_bytes())
+    head = struct.Struct(">4sH32sIIBHHII")
+    fields = list(head.unpack_from(data))
+    fields[6], fields[7] = 4000, 4000  # z_h, z_w
+    data[:head.size] = head.pack(*fields)
+    data[head.size:head.size + 4] = struct.pack(">I", zlib.crc32(bytes(data[:head.size])))
+    crafted = tmp_path / "crafted.nvc"
+    crafted.write_bytes(bytes(data))
+    assert_one_line_error(cli("decode", crafted, "-o", tmp_path / "c.png", "--checkpoint", ckpt), "does not fit")
+
+    raw = ckpt.read_bytes()
+    obj = torch.load(io.BytesIO(raw[HEADER.size:]), weights_only=True)
+    obj["tensors"]["int.decoder.layout"][0, 0] = 7
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    _, version, _, _ = HEADER.unpack_from(raw)
+    bad = tmp_path / "bad-layout.ckpt"
+    bad.write_bytes(HEADER.pack(MAGIC, version, len(payload), hashlib.sha256(payload).digest()) + payload)
+    assert_one_line_error(cli("encode", images / "a.png", "-o", tmp_path / "x.nvc", "--checkpoint", bad),
+                          "not a valid image checkpoint")
+    assert_one_line_error(cli("conformance", bad), "malformed")
+

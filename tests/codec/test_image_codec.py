@@ -73,6 +73,12 @@ def test_coded_size_is_the_models_rate(trained):
     for name, string in (("y", coded.y_string), ("z", coded.z_string)):
         promised = float(-likelihoods[name].log2().sum()) / 8
         assert abs(len(string) - promised) < 0.1 * promised + 8, (name, len(string), promised)
+    # Independently: CompressAI's own compress() of the same weights (float hyper-decoder) codes
+    # the same z and a y of nearly the same size (its scales and means differ in the last bits).
+    with torch.no_grad():
+        stock = model.compress(x)["strings"]
+    assert stock[1][0] == coded.z_string
+    assert abs(len(stock[0][0]) - len(coded.y_string)) < 0.05 * len(stock[0][0]) + 8
 
 
 def test_pad_image_reaches_multiples_of_64_by_replication():

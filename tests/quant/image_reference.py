@@ -32,8 +32,8 @@ def conv3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_steps: list[float], act_qmax: int,
                   input_frac_bits: int, z_int: np.ndarray, scale_table: np.ndarray,
-                  has_means: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """(means·2**8 or None, CDF indexes) of an image hyper-decoder.
+                  has_means: bool) -> tuple[np.ndarray | None, np.ndarray, list[np.ndarray]]:
+    """(means·2**8 or None, CDF indexes, every layer's int64 accumulators) of an image hyper-decoder.
 
     Args:
         layers: per layer (kind "transposed" | "conv3", float32 weight in the module's layout,
@@ -42,6 +42,7 @@ def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_ste
     """
     s_in = np.float32(2.0**-input_frac_bits)
     x = z_int
+    accumulators = []
     for i, (kind, weight, bias, activation) in enumerate(layers):
         if kind == "transposed":
             w_int, s_w = quantize_weight(weight)
@@ -53,6 +54,7 @@ def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_ste
             acc_scale = np.float64(s_in) * s_w.astype(np.float64)
             b_int = np.rint(bias.astype(np.float64) / acc_scale).astype(np.int64)
             acc = conv3(x, w_t.transpose(1, 0, 2, 3)) + b_int.reshape(1, -1, 1, 1)
+        accumulators.append(acc)
         if i < len(layers) - 1:
             s_out = np.float32(act_steps[i])
             real = acc_scale / np.float64(s_out)
@@ -68,8 +70,8 @@ def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_ste
     scales = acc[:, :scale_channels].astype(np.float64) * acc_scale[:scale_channels].reshape(1, -1, 1, 1)
     indexes = (scales[..., None] > scale_table.astype(np.float64)[:-1]).sum(-1)
     if not has_means:
-        return None, indexes
+        return None, indexes, accumulators
     means = requantize(acc[:, scale_channels:], acc_scale[scale_channels:] * 2.0**MEAN_FRAC_BITS, MEAN_BOUND,
                        -MEAN_BOUND, MEAN_BOUND)
-    return means, indexes
+    return means, indexes, accumulators
 

@@ -35,6 +35,7 @@ FRAC_BITS = 8
     (8, 40, (-31, 255), (-127, 127)),           # LeakyReLU activations (signed, offset digits)
     (12, 10, (-2**20, 2**20), (-255, 255)),     # multi-digit input, two-digit (PTQ-like) weights
     (5, 3, (-2**30, 2**30), (-127, 127)),       # four digit planes
+    (288, 40, (-31, 255), (-127, 127)),         # mbt2018-mean's 3M/2 inputs: the float32 path cuts its sums
 ])
 def test_conv3x3_equals_tap_sums_on_every_path(c_in, c_out, x_range, w_range):
     g = torch.Generator().manual_seed(c_in)
@@ -42,9 +43,16 @@ def test_conv3x3_equals_tap_sums_on_every_path(c_in, c_out, x_range, w_range):
     w = torch.randint(w_range[0], w_range[1] + 1, (c_out, c_in, 3, 3), generator=g)
     b = torch.randint(-1000, 1000, (c_out,), generator=g)
     expected = image_reference.conv3(x.numpy(), w.numpy()) + b.numpy().reshape(1, -1, 1, 1)
+    if x_range[1] <= 2**20:
+        # The reference's orientation is PyTorch's: float64 conv2d is exact at these magnitudes.
+        torch_conv = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+        assert np.array_equal(torch_conv.round().long().numpy(), expected)
     for path in ("int8", "float32", "float64"):
         got = exact_conv2d.conv3x3_exact(x, w, b, path)
         assert got.dtype == torch.int64 and np.array_equal(got.numpy(), expected), path
+    if c_in >= 128:
+        chunks = exact_conv2d.prepare_conv_weights(w, "float32", "cpu").digits[0]
+        assert len(chunks) > 1, "the float32 path did not cut this reduction"
     if x_range[1] >= 2**20:
         # Control: float32 convolution of the same integers rounds at these magnitudes.
         twin = F.conv2d(x.float(), w.float(), b.float(), padding=1).double().round().long()
@@ -81,8 +89,16 @@ def tensors_median_q(hp) -> torch.Tensor:
 
 
 def _reference(hp, qat, z_int):
-    spec = [(ly.kind, ly.conv.weight.detach().numpy(), ly.conv.bias.detach().numpy(), ly.activation)
-            for ly in decoder_layers(hp.hyper_decoder)]
+    # The layer list read from the modules themselves, not through the package's decoder_layers.
+    modules = list(hp.hyper_decoder.children())
+    spec = []
+    for i, m in enumerate(modules):
+        if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Conv2d)):
+            after = modules[i + 1] if i + 1 < len(modules) else None
+            activation = ("leaky_relu" if isinstance(after, torch.nn.LeakyReLU) else
+                          "relu" if isinstance(after, torch.nn.ReLU) else "none")
+            kind = "transposed" if isinstance(m, torch.nn.ConvTranspose2d) else "conv3"
+            spec.append((kind, m.weight.detach().numpy(), m.bias.detach().numpy(), activation))
     steps = [float(qat.decoder.act_step(i).detach()) for i in range(len(spec) - 1)]
     return image_reference.hyper_decoder(spec, steps, qat.config.activation_qmax, FRAC_BITS, z_int.numpy(),
                                          hp.gaussian_conditional.scale_table.numpy(), hp.has_means)
@@ -102,9 +118,14 @@ def _stress_input(z_int: torch.Tensor, median_q: torch.Tensor) -> torch.Tensor:
 def test_integer_decoder_equals_reference_on_every_path(architecture):
     model, hp, qat, tensors, z_typical = _decoder_setup(architecture)
     z_stress = _stress_input(z_typical, tensors_median_q(hp))
+    # The reference's own reading of the input (median rounding, symbol clamp) agrees.
+    medians = hp.entropy_bottleneck._get_medians().detach().numpy()
+    symbols = (z_typical - tensors_median_q(hp).view(1, -1, 1, 1)) // 2**FRAC_BITS
+    assert np.array_equal(reference.z_int(symbols.numpy(), reference.median_q(medians, FRAC_BITS), FRAC_BITS),
+                          z_typical.numpy())
     decoder = IntegerImageHyperDecoder(tensors)
     for z_int in (z_typical, z_stress):
-        ref_means, ref_indexes = _reference(hp, qat, z_int)
+        ref_means, ref_indexes, ref_accs = _reference(hp, qat, z_int)
         if z_int is z_typical:
             assert len(np.unique(ref_indexes)) >= 10  # the outputs span the table, not one index
             assert ref_means is None or len(np.unique(ref_means)) > 100
@@ -115,6 +136,9 @@ def test_integer_decoder_equals_reference_on_every_path(architecture):
             assert (means is None) == (ref_means is None)
             if means is not None:
                 assert np.array_equal(means.numpy(), ref_means), path
+            # Every layer's accumulators, not only the outputs (saturated activations hide errors).
+            for i, (acc, ref) in enumerate(zip(decoder.accumulators(z_int), ref_accs)):
+                assert np.array_equal(acc.numpy(), ref), (path, i)
 
     # The stress input's first-layer accumulators pass 2**33: the package's equal the
     # reference tap sums, and a float32 convolution of the same integers (the control) does not.
@@ -130,15 +154,25 @@ def test_integer_decoder_equals_reference_on_every_path(architecture):
 def test_qat_forward_is_the_integer_decoder(architecture):
     """What training sees (prepare) is what the frozen decoder computes (convert)."""
     _, hp, qat, tensors, z_int = _decoder_setup(architecture, seed=1)
-    with torch.no_grad():
-        out = qat.decoder(hp.hyper_decoder, z_int, z_int.float() * 2.0**-FRAC_BITS)
+
+    def qat_outputs():
+        with torch.no_grad():
+            out = qat.decoder(hp.hyper_decoder, z_int, z_int.float() * 2.0**-FRAC_BITS)
+        scales = out.scale_acc.double() * out.scale_acc_scale.view(1, -1, 1, 1)
+        table = hp.gaussian_conditional.scale_table.double()[:-1]
+        return out, (scales[..., None] > table).sum(-1).int()
+
     means, indexes = IntegerImageHyperDecoder(tensors)(z_int)
-    scales = out.scale_acc.double() * out.scale_acc_scale.view(1, -1, 1, 1)
-    table = hp.gaussian_conditional.scale_table.double()[:-1]
-    assert torch.equal((scales[..., None] > table).sum(-1).int(), indexes)
+    out, qat_indexes = qat_outputs()
+    assert torch.equal(qat_indexes, indexes)
     if means is not None:
         assert torch.equal(out.mean_q, means)
         assert torch.equal(out.means, means.float() / 256)
+    # Control: a step moved by 1 % after conversion, and training no longer sees the export.
+    with torch.no_grad():
+        qat.decoder.act_log_range.add_(0.01)
+    out, qat_indexes = qat_outputs()
+    assert not torch.equal(qat_indexes, indexes) or (means is not None and not torch.equal(out.mean_q, means))
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
