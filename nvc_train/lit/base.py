@@ -32,7 +32,37 @@ class CodecLitModule(L.LightningModule):
     at the start of a run from scratch (never on a resume, whose checkpoint brings its own)."""
 
     def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
-        """Load the zoo weights now (subclasses that start from the zoo)."""
+        """Load the zoo weights (``self.zoo``) now: once, and not on a resume, whose checkpoint
+        brings its own. ``nvc-train fit`` calls this before Lightning starts the run, so a zoo
+        file that is neither cached nor downloadable is one line before any banner, summary or
+        W&B run."""
+        if not self._zoo_pending:
+            return
+        self._zoo_pending = False
+        if resuming:
+            return
+        from nvc_train.models.zoo import zoo_weights
+
+        device = next(self.model.parameters()).device
+        self.load_parent_weights(zoo_weights(self.zoo, progress=progress), f"CompressAI's {self.zoo.name}")
+        self.model.to(device)
+
+    def load_parent_weights(self, state_dict: dict[str, Tensor], source: str) -> None:
+        """Strictly load a parent's state dict into ``self.model`` (one line naming the keys
+        that do not match)."""
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        self._start_from_zoo()
+        # The model summary names only the module types; say what the run trains at and what
+        # the exported checkpoint will be.
+        rank_zero_info(f"training at {self.describe_start()}")
+        rank_zero_info(f"QAT: {self.describe_qat()}")
+
+    def describe_qat(self) -> str:
+        raise NotImplementedError
 
     def _start_from_zoo(self) -> None:
         """Load the zoo weights once, unless the trainer restored a checkpoint (a resume)."""

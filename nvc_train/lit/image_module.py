@@ -111,8 +111,8 @@ class ImageLitModule(CodecLitModule):
         quality = quality if quality is not None or lmbda is not None else 3
         self.lmbda = float(lmbda) if lmbda is not None else quality_to_lambda(quality)
         self.hparams.quality, self.hparams.lmbda = quality, self.lmbda
-        self.start_note = (f"{architecture} (N={self.model.N}, M={self.model.M}) at "
-                           + (f"quality {quality} (λ={self.lmbda})" if lmbda is None else f"λ={self.lmbda}")
+        self.start_note = ((f"quality {quality} (λ={self.lmbda})" if lmbda is None else f"λ={self.lmbda}")
+                           + f": {architecture} (N={self.model.N}, M={self.model.M})"
                            + (f", from {init_weights}" if init_weights else "")
                            + (f", from CompressAI's {self.zoo.name}" if self.zoo is not None else ""))
         if isinstance(qat, dict):  # as stored in checkpoint hyper-parameters
@@ -126,26 +126,8 @@ class ImageLitModule(CodecLitModule):
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(("h_a.", "h_s.", "entropy_bottleneck.")))
 
-    def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
-        """Load the zoo weights now (once; not on a resume). ``nvc-train fit`` calls this before
-        Lightning starts, so a zoo file that is neither cached nor downloadable is one line."""
-        if not self._zoo_pending:
-            return
-        self._zoo_pending = False
-        if resuming:
-            return
-        from nvc_train.models.zoo import zoo_weights
-
-        device = next(self.model.parameters()).device
-        load_image_state_dict(self.model, zoo_weights(self.zoo, progress=progress), f"CompressAI's {self.zoo.name}")
-        self.model.to(device)
-
-    def on_fit_start(self) -> None:
-        from lightning.pytorch.utilities import rank_zero_info
-
-        self._start_from_zoo()
-        rank_zero_info(f"training {self.describe_start()}")
-        rank_zero_info(f"QAT: {self.describe_qat()}")
+    def load_parent_weights(self, state_dict: dict[str, Tensor], source: str) -> None:
+        load_image_state_dict(self.model, state_dict, source)
 
     def describe_qat(self) -> str:
         if self.qat is None:

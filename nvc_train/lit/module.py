@@ -26,7 +26,7 @@ from nvc_train.models.ssf import (
     ssf_forward,
     ssf_from_checkpoint,
 )
-from nvc_train.models.zoo import ZOO_FLOW_REFERENCE, zoo_weights
+from nvc_train.models.zoo import ZOO_FLOW_REFERENCE
 from nvc_train.models.zoo_files import DEFAULT_QUALITY, zoo_entry
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.fake_quant import HyperpriorQAT
@@ -166,30 +166,10 @@ class SSFLitModule(CodecLitModule):
                 p.requires_grad_(name.startswith(trainable))
 
     # --- initial weights from CompressAI's zoo ------------------------------------------
-    def load_zoo_weights(self, resuming: bool, progress: bool = True) -> None:
-        """Load the zoo weights now (once; not on a resume, whose checkpoint brings its own).
-        ``nvc-train fit`` calls this before Lightning starts the run, so a zoo file that is
-        neither cached nor downloadable is one line before any banner, summary or W&B run."""
-        if not self._zoo_pending:
-            return
-        self._zoo_pending = False
-        if resuming:
-            return
+    def load_parent_weights(self, state_dict: dict[str, Tensor], source: str) -> None:
         from nvc_train.models.ssf import load_ssf_state_dict
 
-        state_dict = zoo_weights(self.zoo, progress=progress)
-        device = next(self.model.parameters()).device
-        load_ssf_state_dict(self.model, state_dict, source=f"CompressAI's {self.zoo.name}")
-        self.model.to(device)
-
-    def on_fit_start(self) -> None:
-        self._start_from_zoo()
-        from lightning.pytorch.utilities import rank_zero_info
-
-        # The model summary names only the module types; say what the run trains at and what
-        # the exported checkpoint will be.
-        rank_zero_info(f"training at {self.describe_start()}")
-        rank_zero_info(f"QAT: {self.describe_qat()}")
+        load_ssf_state_dict(self.model, state_dict, source=source)
 
     def describe_qat(self) -> str:
         """One line: which decoders train through their integer arithmetic, and what

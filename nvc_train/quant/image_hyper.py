@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from nvc_train.quant import arith, exact_conv, exact_conv2d
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, QuantConfig
 from nvc_train.quant.fake_quant import hyper_input, input_bound, quantize_medians
+from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer import ExportError
 from nvc_train.quant.qat_conv import fake_quant_lsq, value_of_accumulators
 
@@ -336,20 +337,12 @@ def convert_image_decoder(h_s: nn.Module, fq: FakeQuantImageHyperDecoder, in_bou
     return out
 
 
-class IntegerImageHyperDecoder(nn.Module):
-    """Inference of a frozen image hyper-decoder from :func:`convert_image_decoder` tensors.
-
-    ``gemm_path``: "int8", "float32" or "float64", or None for the device's default.
-    """
-
-    def __init__(self, tensors: dict[str, Tensor]):
-        super().__init__()
-        for key, value in tensors.items():
-            self.register_buffer(key.replace(".", "_"), value.clone())
-        self.gemm_path: str | None = None
-
-    def _t(self, key: str) -> Tensor:
-        return getattr(self, key.replace(".", "_"))
+class IntegerImageHyperDecoder(FrozenLayers):
+    """Inference of a frozen image hyper-decoder from :func:`convert_image_decoder` tensors,
+    held as buffers by :class:`~nvc_train.quant.frozen.FrozenLayers` (``gemm_path``: "int8",
+    "float32" or "float64", or None for the device's default). Its layers run one by one with
+    int64 activations: the hyper-latent is 1/64 of the image, where SSF's banded digit-plane
+    pipeline would buy nothing."""
 
     def _fp(self, prefix: str) -> arith.FixedPoint:
         return arith.FixedPoint(self._t(prefix + "multiplier"), self._t(prefix + "shift"), self._t(prefix + "saturation"))
