@@ -38,7 +38,8 @@ def add_parsers(sub) -> None:
                         "(ssf-pixel.ckpt) decodes identical frames (MD5) on every machine")
     s.add_argument("--model", default="ssf2020", choices=("ssf2020", "bmshj2018-hyperprior", "mbt2018-mean"),
                    help="the architecture: ssf2020 (video, the default) or a CompressAI image hyperprior, trained "
-                        "on generated images (configs/demo/image_*.yaml, run folders DIR/<model>/)")
+                        "on generated images (configs/demo/image_*.yaml, run folders DIR/<model>/) into a pixel-exact "
+                        "integer checkpoint")
     add_quiet(s, "no steps or progress bars: only the result")
     s.set_defaults(run=demo, models_dir=None)
 

@@ -33,7 +33,7 @@ def encode_image(args, checkpoint: Path, out: Path, dev: str) -> int:
     from nvc_train.codec.image_codec import pad_image
     from nvc_train.codec.image_files import ImageStream, write_stream
     from nvc_train.eval.metrics import psnr
-    from nvc_train.io.images import image_md5, read_image, to_levels, to_unit_float
+    from nvc_train.io.images import image_md5, read_image, to_unit_float
 
     refuse_video_options(args, "encode")
     from nvc_train.codec.image_files import MAX_SIDE
@@ -54,14 +54,16 @@ def encode_image(args, checkpoint: Path, out: Path, dev: str) -> int:
               f"{8 * size / (width * height):.4f} bpp, PSNR {float(psnr(x_hat.clamp(0, 1), x)):.2f} dB "
               f"(the encoder's reconstruction)", file=stream)
     if args.md5:
-        print(f"0 I {image_md5(to_levels(x_hat[0].cpu(), image.bits), image.bits)}")
-        _float_note()
+        print(f"0 I {image_md5(decoded.levels(image.bits, height, width), image.bits)}")
+        _float_note(ck.codec)
     return 0
 
 
-def _float_note() -> None:
-    print("nvc-train: note: image checkpoints decode pixels with CompressAI's float synthesis: these MD5s can "
-          "differ between machines (the latents cannot: `nvc-train hashes`)", file=sys.stderr)
+def _float_note(codec) -> None:
+    if not codec.pixel_exact:
+        print("nvc-train: note: this checkpoint decodes pixels with CompressAI's float synthesis: these MD5s can "
+              "differ between machines (the latents cannot: `nvc-train hashes`); a checkpoint trained with "
+              "model.qat.scope=decoder decodes identical pixels everywhere", file=sys.stderr)
 
 
 def _decode(bitstream: Path, checkpoint: Path, dev: str):
@@ -73,13 +75,13 @@ def _decode(bitstream: Path, checkpoint: Path, dev: str):
         raise UserError(f"{bitstream} was encoded with checkpoint {stream.checkpoint_sha256.hex()[:8]}, not "
                         f"{ck.sha256[:8]} ({checkpoint}): decode it with the checkpoint of that SHA-256")
     decoded = ck.codec.decompress(stream.coded, dev)
-    return stream, decoded
+    return stream, decoded, ck.codec
 
 
 def decode_image(args, bitstream: Path, checkpoint: Path, dev: str) -> int:
     """``.nvc`` image stream → PNG (at the source's bit depth, or ``--depth``)."""
     from nvc_train.errors import check_output_file
-    from nvc_train.io.images import image_md5, to_levels, write_image
+    from nvc_train.io.images import image_md5, write_image
 
     refuse_video_options(args, "decode")
     out = Path(args.output) if args.output else None
@@ -87,9 +89,9 @@ def decode_image(args, bitstream: Path, checkpoint: Path, dev: str) -> int:
         if out.suffix.lower() != ".png":
             raise UserError(f"decode writes an image stream as one PNG (-o FILE.png), not {out.name}")
         check_output_file(out, args.overwrite)
-    stream, decoded = _decode(bitstream, checkpoint, dev)
+    stream, decoded, codec = _decode(bitstream, checkpoint, dev)
     bits = args.depth or stream.bits
-    levels = to_levels(decoded.x_hat[0, :, :stream.height, :stream.width].cpu(), bits)
+    levels = decoded.levels(bits, stream.height, stream.width)
     if out is not None:
         write_image(out, levels, bits, overwrite=args.overwrite)
     if not args.quiet:
@@ -97,15 +99,21 @@ def decode_image(args, bitstream: Path, checkpoint: Path, dev: str) -> int:
               f"{bits}-bit, latent SHA-256 {decoded.latent_sha256}", file=sys.stderr if args.md5 else sys.stdout)
     if args.md5:
         print(f"0 I {image_md5(levels, bits)}")
-        _float_note()
+        _float_note(codec)
     return 0
 
 
 def hashes_image(args, bitstream: Path, checkpoint: Path, dev: str) -> int:
-    """One line, as ``hashes`` prints for a frame: index, type, SHA-256 of the decoded latent."""
+    """One line, as ``hashes`` prints for a frame: index, type, SHA-256 of the decoded latent
+    and, for a pixel-exact checkpoint, the MD5 of the image at the source's depth (the
+    pixels are then part of the contract)."""
+    from nvc_train.io.images import image_md5
+
     refuse_video_options(args, "hashes")
-    _, decoded = _decode(bitstream, checkpoint, dev)
-    print(f"0 I {decoded.latent_sha256}")
+    stream, decoded, codec = _decode(bitstream, checkpoint, dev)
+    md5 = f" {image_md5(decoded.levels(stream.bits, stream.height, stream.width), stream.bits)}" \
+        if codec.pixel_exact else ""
+    print(f"0 I {decoded.latent_sha256}{md5}")
     return 0
 
 

@@ -1,10 +1,11 @@
 """``nvc-train demo --model bmshj2018-hyperprior|mbt2018-mean``: the image pipeline on generated images.
 
-Float training (``configs/demo/image_float.yaml``) → QAT of the hyper-decoder
-(``configs/demo/image_qat.yaml``) → integer export → conformance → encode and decode three
-unseen generated images: the RD of the float model (CompressAI's own compress/decompress)
-and of the integer checkpoint, and the decoded latents compared across thread counts,
-oneDNN on and off, and every exact GEMM path. Run folders go to ``--out-dir/<architecture>``.
+Float training (``configs/demo/image_float.yaml``) → QAT of the hyper-decoder and the
+synthesis (``configs/demo/image_qat.yaml``, qat scope "decoder") → integer export →
+conformance → encode and decode three unseen generated images: the RD of the float model
+(CompressAI's own compress/decompress) and of the integer checkpoint, and the decoded
+latents and image MD5s compared across thread counts, oneDNN on and off, and every exact
+GEMM path. Run folders go to ``--out-dir/<architecture>``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def run_image_demo(architecture: str, out: Path, float_steps: int | None, qat_st
 
     from nvc_train.data.synthetic import synthetic_clip
     from nvc_train.eval.metrics import bits_of, psnr
+    from nvc_train.io.images import image_md5
     from nvc_train.lit.checkpoints import export_integer_from_lightning, lit_module_from_checkpoint, save_float_state_dict
     from nvc_train.quant.image_export import load_image_checkpoint, run_records, self_test_problems
 
@@ -43,7 +45,7 @@ def run_image_demo(architecture: str, out: Path, float_steps: int | None, qat_st
     float_pth = run_dir / f"{architecture}-float.pth.tar"
     save_float_state_dict(float_module.model, float_pth, float_module.hparams.get("quality"), float_module.lmbda)
 
-    _say(quiet, "[demo] 2/5 QAT fine-tuning of the hyper-decoder (configs/demo/image_qat.yaml)")
+    _say(quiet, "[demo] 2/5 QAT fine-tuning of the hyper-decoder and the synthesis (configs/demo/image_qat.yaml)")
     qat_ckpt = _fit(run_dir, "image_qat", qat_steps, [*arch, "--model.init_weights", str(float_pth)], quiet)
 
     _say(quiet, "[demo] 3/5 integer export")
@@ -72,7 +74,8 @@ def run_image_demo(architecture: str, out: Path, float_steps: int | None, qat_st
             rows["float"].append((bits_of(result["strings"]), float(psnr(decoded, x))))
             coded, encoded = ck.codec.compress(x)
             rows["integer"].append((8 * (len(coded.y_string) + len(coded.z_string)), float(psnr(encoded.x_hat, x))))
-            latent_hashes.append(encoded.latent_sha256)
+            digest = (encoded.latent_sha256, image_md5(encoded.levels(8, h, w), 8) if ck.codec.pixel_exact else None)
+            latent_hashes.append(digest)
             # The decoder under settings that change float arithmetic: the latents must not move.
             settings = [("default GEMMs", None, threads, True), ("1 thread", None, 1, True),
                         ("oneDNN off", None, threads, False), ("float32 GEMMs", "float32", threads, True),
@@ -84,7 +87,9 @@ def run_image_demo(architecture: str, out: Path, float_steps: int | None, qat_st
                         # oneDNN's flags() also sets its TF32 switch and warns that no Intel GPU has one.
                         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
                         with torch.backends.mkldnn.flags(enabled=onednn):
-                            got = ck.codec.set_gemm_path(path).decompress(coded).latent_sha256
+                            decoded = ck.codec.set_gemm_path(path).decompress(coded)
+                            got = (decoded.latent_sha256,
+                                   image_md5(decoded.levels(8, h, w), 8) if ck.codec.pixel_exact else None)
                 finally:
                     torch.set_num_threads(threads)
                     ck.codec.set_gemm_path(None)
@@ -94,18 +99,21 @@ def run_image_demo(architecture: str, out: Path, float_steps: int | None, qat_st
     print()
     print("| model | bpp | PSNR-RGB (dB) |")
     print("|---|---|---|")
-    for label, key in (("float (CompressAI compress/decompress)", "float"), ("integer hyper-decoder (QAT)", "integer")):
+    integer_label = "integer decoder (QAT, pixel-exact)" if ck.codec.pixel_exact else "integer hyper-decoder (QAT)"
+    for label, key in (("float (CompressAI compress/decompress)", "float"), (integer_label, "integer")):
         bpp = sum(b for b, _ in rows[key]) / (pixels * len(images))
         print(f"| {label} | {bpp:.4f} | {sum(p for _, p in rows[key]) / len(images):.2f} |")
     print()
     print(f"float model:        {float_pth}")
     print(f"integer checkpoint: {int_path} (also {fixed}), model card {fixed.with_suffix('.md')}")
     print(f"run folders:        {run_dir / 'image_float'}, {run_dir / 'image_qat'} (W&B offline runs in */wandb)")
-    print("decoded latents (SHA-256), identical under every setting below on this machine:")
-    for seed, digest in zip(EVAL_SEEDS, latent_hashes):
-        print(f"  image {seed}: {digest}")
+    what = "latents (SHA-256) and 8-bit images (MD5)" if ck.codec.pixel_exact else "latents (SHA-256)"
+    print(f"decoded {what}, identical under every setting below on this machine:")
+    for seed, (latent, md5) in zip(EVAL_SEEDS, latent_hashes):
+        print(f"  image {seed}: {latent}" + (f"  MD5 {md5}" if md5 else ""))
     identical = all(n == len(images) for n in same.values())
-    print(f"latents:            {'identical' if identical else 'DIFFER'} under "
+    print(f"{'latents + MD5s' if ck.codec.pixel_exact else 'latents'}:{' ' * (4 if ck.codec.pixel_exact else 12)}"
+          f"{'identical' if identical else 'DIFFER'} under "
           + ", ".join(f"{name} ({n}/{len(images)})" for name, n in same.items()))
     print(f"conformance:        {'PASS' if conformance_ok else 'FAIL'} ({len(checks) + 1} checks: small and stress "
           "records, every layer on every GEMM path)")

@@ -25,7 +25,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 
 
 class ImageEvalModel(NamedTuple):
-    """A model under evaluation: ``code(x) → (bits, x_hat, latents_match)`` on a padded image."""
+    """A model under evaluation: ``code(x) → (bits, decoded, latents_match)`` on a padded image,
+    ``decoded`` a :class:`~nvc_train.codec.image_codec.DecodedImage` (its ``levels`` are what
+    ``decode`` writes: the integer rounding of a pixel-exact checkpoint's samples)."""
 
     name: str
     family: str
@@ -86,7 +88,7 @@ def load_image_eval_model(path: Path, device: str) -> ImageEvalModel:
             coded, encoded = codec.compress(x)
             decoded = codec.decompress(coded, x.device)
             bits = 8 * (len(coded.y_string) + len(coded.z_string))
-            return bits, decoded.x_hat, decoded.latent_sha256 == encoded.latent_sha256
+            return bits, decoded, decoded.latent_sha256 == encoded.latent_sha256
 
         return ImageEvalModel(path.stem, "qat", ck.metadata.get("quality"), None, code_integer)
     from compressai.models import MeanScaleHyperprior, ScaleHyperprior
@@ -99,9 +101,11 @@ def load_image_eval_model(path: Path, device: str) -> ImageEvalModel:
     model.update(force=True)
 
     def code_float(x: Tensor):
+        from nvc_train.codec.image_codec import DecodedImage
+
         result = model.compress(x)
         x_hat = model.decompress(result["strings"], result["shape"])["x_hat"]
-        return bits_of(result["strings"]), x_hat, None
+        return bits_of(result["strings"]), DecodedImage(x_hat, ""), None
 
     return ImageEvalModel(path.stem, "float", None, None, code_float)
 
@@ -109,17 +113,17 @@ def load_image_eval_model(path: Path, device: str) -> ImageEvalModel:
 def evaluate_image(model: ImageEvalModel, path: Path, device: str) -> dict:
     """One image with one model: CompressAI-style results and the reconstruction."""
     from nvc_train.codec.image_codec import pad_image
-    from nvc_train.io.images import read_image, to_levels, to_unit_float
+    from nvc_train.io.images import read_image, to_unit_float
 
     image = read_image(path)
     x = to_unit_float(image.levels, image.bits).unsqueeze(0).to(device)
     height, width = x.shape[-2:]
     with torch.no_grad():
         start = time.perf_counter()
-        bits, x_hat, latents_match = model.code(pad_image(x))
+        bits, decoded, latents_match = model.code(pad_image(x))
         seconds = time.perf_counter() - start
     peak = 2**image.bits - 1
-    x_hat = torch.from_numpy(to_levels(x_hat[0, :, :height, :width].cpu(), image.bits).astype("float32")) / peak
+    x_hat = torch.from_numpy(decoded.levels(image.bits, height, width).astype("float32")) / peak
     x_hat = x_hat.unsqueeze(0).to(device)
     results = {"bpp": bits / (height * width), "psnr-rgb": psnr(x_hat, x), "coding_time": seconds}
     value = ms_ssim(x_hat, x)

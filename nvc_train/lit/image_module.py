@@ -30,6 +30,7 @@ from nvc_train.models.zoo_files import zoo_entry
 from nvc_train.models.ssf import FrameOutput
 from nvc_train.quant.config import QuantConfig
 from nvc_train.quant.image_hyper import Head, ImageHyperpriorQAT, decoder_layers
+from nvc_train.quant.image_synthesis import synthesis_stages
 
 IMAGE_QUALITIES = range(1, 9)
 
@@ -61,14 +62,18 @@ class ImageLitModule(CodecLitModule):
             ``"mbt2018-mean-ms-ssim-3"``; fetched by ``torch.hub`` into its cache and
             hash-checked (:mod:`nvc_train.models.zoo`), loaded when a run starts from scratch
             (never on a resume). The zoo's channels for that quality.
-        qat: quantization settings (scope "hyperprior"); the hyper-decoder then trains
-            through the exact integer arithmetic from ``qat_start_step`` on.
+        qat: quantization settings; the hyper-decoder then trains through the exact integer
+            arithmetic from ``qat_start_step`` on (scope "hyperprior": identical latents
+            everywhere), and with scope "decoder" the synthesis ``g_s`` through its simulated
+            integer model too (identical pixels everywhere).
         qat_start_step: global step at which QAT begins.
         real_coding_images: validation images that are also really compressed and decoded.
         train_scope: "all" trains every parameter; "hyperprior" freezes the analysis and
             synthesis transforms and trains only the hyperprior (``h_a``, ``h_s``, the entropy
             bottleneck) and the QAT scales, so that a QAT fine-tuning changes nothing but the
-            entropy model and its RD compares directly with the float parent's.
+            entropy model and its RD compares directly with the float parent's; "decoder"
+            freezes only the analysis (what a decoder runs trains: the hyperprior and ``g_s``,
+            whose weights adapt to int8 under qat scope "decoder").
     """
 
     def __init__(
@@ -86,7 +91,7 @@ class ImageLitModule(CodecLitModule):
         qat: QuantConfig | None = None,
         qat_start_step: int = 0,
         real_coding_images: int = 1,
-        train_scope: Literal["all", "hyperprior"] = "all",
+        train_scope: Literal["all", "hyperprior", "decoder"] = "all",
         pretrained: bool | str = False,
     ):
         super().__init__()
@@ -121,10 +126,12 @@ class ImageLitModule(CodecLitModule):
         if qat is not None:
             hp = image_hyperprior(self.model)
             layers = decoder_layers(hp.hyper_decoder)
-            self.qat = ImageHyperpriorQAT(len(layers), Head.of(layers[-1].conv.out_channels, hp.has_means), qat)
-        if train_scope == "hyperprior":
+            self.qat = ImageHyperpriorQAT(len(layers), Head.of(layers[-1].conv.out_channels, hp.has_means), qat,
+                                          len(synthesis_stages(self.model.g_s)) - 1)
+        if train_scope != "all":
+            trained = ("h_a.", "h_s.", "entropy_bottleneck.") + (("g_s.",) if train_scope == "decoder" else ())
             for name, p in self.model.named_parameters():
-                p.requires_grad_(name.startswith(("h_a.", "h_s.", "entropy_bottleneck.")))
+                p.requires_grad_(name.startswith(trained))
 
     def load_parent_weights(self, state_dict: dict[str, Tensor], source: str) -> None:
         load_image_state_dict(self.model, state_dict, source)
@@ -133,6 +140,9 @@ class ImageLitModule(CodecLitModule):
         if self.qat is None:
             return "off (float training)"
         start = f", from step {self.hparams.qat_start_step}" if self.hparams.qat_start_step else ""
+        if self.qat.config.pixel_exact:
+            return (f"qat.scope=decoder{start}: the hyper-decoder and the synthesis integer; export-integer "
+                    "writes a pixel-exact image checkpoint (identical images everywhere)")
         return (f"qat.scope=hyperprior{start}: the hyper-decoder integer; export-integer writes an integer "
                 "image checkpoint (identical latents everywhere, float synthesis)")
 
@@ -141,7 +151,9 @@ class ImageLitModule(CodecLitModule):
         return self.qat is not None and self.global_step >= self.hparams.qat_start_step
 
     def forward(self, x: Tensor) -> dict:
-        return image_forward(self.model, x, self.qat.hyperprior_forward if self.qat_active else None)
+        if not self.qat_active:
+            return image_forward(self.model, x)
+        return image_forward(self.model, x, self.qat.hyperprior_forward, self.qat.synthesis_forward)
 
     def _step(self, batch: Tensor, stage: str):
         out = self(batch)

@@ -79,9 +79,11 @@ def image_hyperprior(model: ScaleHyperprior) -> ImageHyperprior:
 HyperpriorForward = Callable[[ImageHyperprior, Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
-def image_forward(model: ScaleHyperprior, x: Tensor, hp_forward: HyperpriorForward | None = None) -> dict:
+def image_forward(model: ScaleHyperprior, x: Tensor, hp_forward: HyperpriorForward | None = None,
+                  synthesis: Callable[[nn.Module, Tensor], Tensor] | None = None) -> dict:
     """Training forward: CompressAI's ``model(x)`` when ``hp_forward`` is None, else the
-    analysis, ``hp_forward(hyperprior, y) → (y_hat, likelihoods)`` and the synthesis.
+    analysis, ``hp_forward(hyperprior, y) → (y_hat, likelihoods)`` and the synthesis
+    (``synthesis(g_s, y_hat)`` when given, e.g. the simulated integer one, else ``g_s(y_hat)``).
 
     Args:
         x: (N, 3, H, W) float32 in [0, 1], H and W multiples of 64.
@@ -93,7 +95,8 @@ def image_forward(model: ScaleHyperprior, x: Tensor, hp_forward: HyperpriorForwa
         return model(x)
     y = model.g_a(x)
     y_hat, likelihoods = hp_forward(image_hyperprior(model), y)
-    return {"x_hat": model.g_s(y_hat), "likelihoods": likelihoods}
+    x_hat = synthesis(model.g_s, y_hat) if synthesis is not None else model.g_s(y_hat)
+    return {"x_hat": x_hat, "likelihoods": likelihoods}
 
 
 def float_hyperprior_forward(hp: ImageHyperprior, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -1,7 +1,8 @@
-"""Exact integer 3×3 convolution (stride 1, zero padding 1) as GEMMs of digit planes.
+"""Exact integer k×k convolution (k = 3 or 1, stride 1, zero padding k // 2) as GEMMs of digit planes.
 
 CompressAI's image hyperpriors end their hyper-decoder with ``conv(C_in, C_out,
-kernel_size=3, stride=1)`` (bmshj2018-hyperprior: N → M; mbt2018-mean: 3M/2 → 2M). The
+kernel_size=3, stride=1)`` (bmshj2018-hyperprior: N → M; mbt2018-mean: 3M/2 → 2M), and
+the inverse GDN of their synthesis sums ``γ · x²`` over channels, a 1×1 convolution. The
 integer function is ``acc = conv2d(x, w) + b`` over the integers, with a zero border
 (docs/integer-contract.md, "Image architectures"). It is computed with the GEMM paths of
 :mod:`nvc_train.quant.exact_conv` and the same guarantees: ``int8`` (``torch._int_mm`` of
@@ -27,44 +28,45 @@ from torch import Tensor
 from nvc_train.quant import exact_conv
 from nvc_train.quant.exact_conv import DIGIT_MIN, INT32_LIMIT, PATH_DTYPES, PATHS, PITCH_ALIGN, RADIX
 
-KERNEL = 3
-TAPS = KERNEL * KERNEL
+KERNELS = (1, 3)
 
 
 class PreparedConv(NamedTuple):
-    """One 3×3 layer's integer weights as GEMM operands of one path.
+    """One k×k layer's integer weights as GEMM operands of one path.
 
     Attributes:
         digits: per weight digit plane j (lowest first), its chunks of the (C_out_pad, K_pad)
             matrix whose columns are (ky, kx, input channel); one chunk except on float32.
         weight_sums: (C_out,) int64 Σ w over input channels and taps (the offset correction).
-        c_in, c_out: channels.
+        c_in, c_out: channels; kernel: k.
     """
 
     digits: tuple[tuple[exact_conv.Chunk, ...], ...]
     weight_sums: Tensor
     c_in: int
     c_out: int
+    kernel: int = 3
 
 
 def plane_bound(weight_int: Tensor) -> int:
     """Largest |GEMM result| of one input digit plane with one weight digit plane:
-    ``max_out Σ|w_digit| · 128`` over input channels and the nine taps (Python int)."""
+    ``max_out Σ|w_digit| · 128`` over input channels and the k² taps (Python int)."""
     return max(int(d.abs().sum(dim=(1, 2, 3)).max()) for d in exact_conv.weight_digits(weight_int)) * -DIGIT_MIN
 
 
 def prepare_conv_weights(weight_int: Tensor, path: str, device) -> PreparedConv:
-    """GEMM operands of (C_out, C_in, 3, 3) integer weights for ``path`` on ``device``."""
+    """GEMM operands of (C_out, C_in, k, k) integer weights (k = 3 or 1) for ``path`` on ``device``."""
     if path not in PATHS:
         raise ValueError(f"exact GEMM path must be one of {', '.join(PATHS)}, got {path!r}")
     w = weight_int.detach().long()
     c_out, c_in = w.shape[:2]
-    if tuple(w.shape[2:]) != (KERNEL, KERNEL):
-        raise ValueError(f"expected 3×3 weights, got {tuple(w.shape)}")
+    kernel = w.shape[-1]
+    if kernel not in KERNELS or tuple(w.shape[2:]) != (kernel, kernel):
+        raise ValueError(f"expected 3×3 or 1×1 weights, got {tuple(w.shape)}")
     if path == "int8" and plane_bound(w) >= INT32_LIMIT:
-        raise ValueError(f"a {c_in}-channel 3×3 layer's int8 plane sums may exceed 2**31")
+        raise ValueError(f"a {c_in}-channel {kernel}×{kernel} layer's int8 plane sums may exceed 2**31")
     digits = [w] if path == "float64" else list(exact_conv.weight_digits(w))
-    k = TAPS * c_in
+    k = kernel * kernel * c_in
     rows, cols = max(32, exact_conv.round_up(c_out, PITCH_ALIGN)), exact_conv.round_up(k, PITCH_ALIGN)
     prepared = []
     for d in digits:
@@ -74,16 +76,17 @@ def prepare_conv_weights(weight_int: Tensor, path: str, device) -> PreparedConv:
         matrix = a.to(PATH_DTYPES[path]).to(device)
         prepared.append(tuple(exact_conv.Chunk(k0, k1, matrix[:, k0:k1].contiguous())
                               for k0, k1 in zip(cuts[:-1], cuts[1:])))
-    return PreparedConv(tuple(prepared), w.sum(dim=(1, 2, 3)).to(device), c_in, c_out)
+    return PreparedConv(tuple(prepared), w.sum(dim=(1, 2, 3)).to(device), c_in, c_out, kernel)
 
 
-def _columns(plane: Tensor, h: int, w: int, k_pad: int, n_pad: int) -> Tensor:
-    """(K_pad, N_pad) column matrix of one padded digit plane (N, C, H + 2, W + 2): rows
-    (ky, kx, c), columns (n, y, x); the padding rows and columns are zero."""
+def _columns(plane: Tensor, h: int, w: int, k_pad: int, n_pad: int, kernel: int) -> Tensor:
+    """(K_pad, N_pad) column matrix of one padded digit plane (N, C, H + k − 1, W + k − 1):
+    rows (ky, kx, c), columns (n, y, x); the padding rows and columns are zero."""
     n, c = plane.shape[:2]
-    views = torch.stack([plane[:, :, ky:ky + h, kx:kx + w] for ky in range(KERNEL) for kx in range(KERNEL)])
+    views = torch.stack([plane[:, :, ky:ky + h, kx:kx + w] for ky in range(kernel) for kx in range(kernel)])
     cols = plane.new_zeros(k_pad, n_pad)
-    cols[:TAPS * c, :n * h * w] = views.permute(0, 2, 1, 3, 4).reshape(TAPS * c, n * h * w)
+    taps = kernel * kernel
+    cols[:taps * c, :n * h * w] = views.permute(0, 2, 1, 3, 4).reshape(taps * c, n * h * w)
     return cols
 
 
@@ -96,16 +99,18 @@ def conv_accumulators(x_int: Tensor, weights: PreparedConv, path: str, bias_int:
     x = x_int.long()
     count, offset = exact_conv.choose_digits(*exact_conv.value_span(x), path)
     dtype = PATH_DTYPES[path]
-    planes = torch.empty(count, n, c, h + 2, w + 2, dtype=dtype, device=x.device)
-    exact_conv.write_digits(planes, torch.zeros((), dtype=torch.int64, device=x.device).expand(planes.shape[1:]),
-                            offset, path)  # the border: the digits of the value 0
-    exact_conv.write_digits(planes[:, :, :, 1:h + 1, 1:w + 1], x, offset, path)
+    pad = weights.kernel // 2
+    planes = torch.empty(count, n, c, h + 2 * pad, w + 2 * pad, dtype=dtype, device=x.device)
+    if pad:
+        exact_conv.write_digits(planes, torch.zeros((), dtype=torch.int64, device=x.device).expand(planes.shape[1:]),
+                                offset, path)  # the border: the digits of the value 0
+    exact_conv.write_digits(planes[:, :, :, pad:h + pad, pad:w + pad], x, offset, path)
     k_pad, n_pad = weights.digits[0][-1].k1, exact_conv.round_up(n * h * w, PITCH_ALIGN)
     acc = None
     for j in reversed(range(len(weights.digits))):  # Horner over weight digits, then input digits
         inner = None
         for d in reversed(range(count)):
-            g = exact_conv.chunked_gemm(weights.digits[j], _columns(planes[d], h, w, k_pad, n_pad), 0, path)
+            g = exact_conv.chunked_gemm(weights.digits[j], _columns(planes[d], h, w, k_pad, n_pad, weights.kernel), 0, path)
             g = g[:weights.c_out].long() if path != "float64" else g[:weights.c_out].round().long()
             inner = g if inner is None else inner.mul_(RADIX).add_(g)
         acc = inner if acc is None else acc.mul_(RADIX).add_(inner)
@@ -117,12 +122,12 @@ def conv_accumulators(x_int: Tensor, weights: PreparedConv, path: str, bias_int:
 
 
 def conv3x3_exact(x_int: Tensor, weight_int: Tensor, bias_int: Tensor | None = None, path: str | None = None) -> Tensor:
-    """Exact ``conv2d(x, w, padding=1) (+ b)`` of integer tensors by ``path`` (default:
+    """Exact ``conv2d(x, w, padding=k // 2) (+ b)`` of integer tensors by ``path`` (default:
     :func:`nvc_train.quant.exact_conv.default_path` of the input's device).
 
     Args:
         x_int: (N, C_in, H, W) integer-valued tensor.
-        weight_int: (C_out, C_in, 3, 3) integer-valued tensor (Conv2d layout).
+        weight_int: (C_out, C_in, k, k) integer-valued tensor (Conv2d layout), k = 3 or 1.
         bias_int: optional (C_out,) int64.
 
     Returns:

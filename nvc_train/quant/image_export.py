@@ -10,14 +10,18 @@ architecture and its channels.
 Conformance records (decoded on the exporting machine, checked on every other):
 
 * ``small``: a generated 128×128 image coded by the checkpoint; its strings must decode to
-  the stored latent SHA-256;
+  the stored latent SHA-256 (and, pixel-exact, to the stored MD5 of the 8-bit image);
 * ``stress``: the hyper-decoder at two fixed inputs, symbols at the clamp (±2**15, a
   checkerboard of signs) and a ramp of ordinary symbols; SHA-256 of every layer's
   accumulators (a change of any weight or bias shows) and of the means and CDF indexes.
+  Pixel-exact checkpoints add the synthesis at two fixed latents (the largest |y_int| a
+  bitstream can give, in a checkerboard of signs, and a ramp): SHA-256 of every layer's
+  accumulators, every inverse GDN's norms, and the output samples.
 
-Loading runs a self-test before anything decodes: accumulator bounds recomputed from the
-stored integers, every layer at a bound-reaching input on every GEMM path against int64
-tap sums on the host, and the stress record's hashes.
+Loading runs a self-test before anything decodes: accumulator and norm bounds recomputed
+from the stored integers, every layer (the synthesis's transposed layers and γ sums too) at
+a bound-reaching input on every GEMM path against int64 tap sums on the host, the integer
+square root against Python's ``math.isqrt``, and the stress record's hashes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +40,7 @@ from torch import Tensor
 from nvc_train.codec.image_codec import IntegerImageCodec, build_integer_image_codec
 from nvc_train.errors import UserError
 from nvc_train.io.atomic import atomic_write_bytes
+from nvc_train.io.images import image_md5
 from nvc_train.models.image import IMAGE_MODELS, architecture_of, build_image_model
 from nvc_train.quant import arith, exact_conv
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
@@ -42,6 +48,7 @@ from nvc_train.quant.export import read_verified_payload, resolved_config_sectio
 from nvc_train.quant.fake_quant import input_bound, integer_hyper_input
 from nvc_train.quant.header import HEADER, IMAGE_FORMAT_VERSION, MAGIC
 from nvc_train.quant.image_hyper import KINDS, ImageHyperpriorQAT, image_integer_tensors, layer_bound
+from nvc_train.quant.synthesis import INPUT_BOUND as SYNTHESIS_INPUT_BOUND
 
 SMALL_SIZE = 128
 """Side of the small record's generated image (pixels)."""
@@ -80,6 +87,16 @@ def stress_inputs(channels: int) -> dict[str, Tensor]:
     return {"clamp": checker * SYMBOL_LIMIT, "ramp": (idx * 7) % 121 - 60}
 
 
+def synthesis_stress_inputs(channels: int) -> dict[str, Tensor]:
+    """The synthesis stress latents y_int, (1, channels, 4, 6) int64, built without randomness:
+    ``clamp`` is ±INPUT_BOUND (the largest |y_int| a bitstream gives) in a checkerboard of
+    signs, ``ramp`` ordinary symbols with fractional means."""
+    h, w = STRESS_SHAPE
+    idx = torch.arange(channels * h * w).reshape(1, channels, h, w)
+    checker = (idx + idx // w) % 2 * 2 - 1
+    return {"clamp": checker * SYNTHESIS_INPUT_BOUND, "ramp": ((idx * 7) % 121 - 60) * 256 + (idx * 37) % 256 - 128}
+
+
 def build_records(codec: IntegerImageCodec) -> list[dict]:
     """The conformance records of ``codec``, decoded here (see the module docstring)."""
     from nvc_train.data.synthetic import synthetic_clip
@@ -89,11 +106,17 @@ def build_records(codec: IntegerImageCodec) -> list[dict]:
     coded, decoded = codec.compress(x)
     records = [{"kind": "small", "size": SMALL_SIZE, "y_string": coded.y_string.hex(), "z_string": coded.z_string.hex(),
                 "z_shape": list(coded.z_shape), "latent_sha256": decoded.latent_sha256}]
+    if codec.pixel_exact:
+        records[0]["image_md5"] = image_md5(decoded.levels(8, SMALL_SIZE, SMALL_SIZE), 8)
     checks = []
     for name, symbols in stress_inputs(hp.median_q.numel()).items():
         z_int = integer_hyper_input(symbols, hp.median_q, hp.input_frac_bits)
         checks.append({"input": name, "sha256": int_digest(*hp.scale_decoder(z_int)),
                        "layers_sha256": [int_digest(acc) for acc in hp.scale_decoder.accumulators(z_int)]})
+    if codec.pixel_exact:
+        for name, y_int in synthesis_stress_inputs(codec.synthesis.layer_weight(0).shape[0]).items():
+            checks.append({"input": name, "synthesis": True, "sha256": int_digest(codec.synthesis(y_int)),
+                           "layers_sha256": [int_digest(t) for t in codec.synthesis.accumulators(y_int)]})
     records.append({"kind": "stress", "checks": checks})
     return records
 
@@ -107,12 +130,18 @@ def run_records(codec: IntegerImageCodec, records: list[dict], device: torch.dev
     for rec in records:
         if rec["kind"] == "small":
             coded = CodedLatent(bytes.fromhex(rec["y_string"]), bytes.fromhex(rec["z_string"]), tuple(rec["z_shape"]))
-            got = codec.decompress(coded, device).latent_sha256
+            decoded = codec.decompress(coded, device)
             results.append((f"small record ({rec['size']}x{rec['size']} image): latent SHA-256",
-                            got == rec["latent_sha256"]))
+                            decoded.latent_sha256 == rec["latent_sha256"]))
+            if "image_md5" in rec:
+                got = image_md5(decoded.levels(8, rec["size"], rec["size"]), 8) if codec.pixel_exact else None
+                results.append((f"small record ({rec['size']}x{rec['size']} image): image MD5", got == rec["image_md5"]))
         elif rec["kind"] == "stress":
             inputs = stress_inputs(hp.median_q.numel())
             for check in rec["checks"]:
+                if check.get("synthesis"):
+                    results.extend(_synthesis_check(codec, check, device))
+                    continue
                 z_int = integer_hyper_input(inputs[check["input"]].to(device), hp.median_q.to(device), hp.input_frac_bits)
                 got = int_digest(*hp.scale_decoder(z_int))
                 results.append((f"stress record ({check['input']} symbols): means and CDF indexes", got == check["sha256"]))
@@ -120,6 +149,21 @@ def run_records(codec: IntegerImageCodec, records: list[dict], device: torch.dev
                     results.append((f"stress record ({check['input']} symbols): layer {i} accumulators",
                                     int_digest(acc) == want))
     return results
+
+
+def _synthesis_check(codec: IntegerImageCodec, check: dict, device) -> list[tuple[str, bool]]:
+    where = f"stress record (synthesis, {check['input']} latents)"
+    if not codec.pixel_exact:
+        return [(f"{where}: the checkpoint has no integer synthesis", False)]
+    syn = codec.synthesis
+    y_int = synthesis_stress_inputs(syn.layer_weight(0).shape[0])[check["input"]].to(device)
+    results = [(f"{where}: output samples", int_digest(syn(y_int)) == check["sha256"])]
+    trace = syn.accumulators(y_int)
+    if len(trace) != len(check["layers_sha256"]):
+        return results + [(f"{where}: {len(check['layers_sha256'])} traced tensors", False)]
+    names = [f"layer {i // 2} accumulators" if i % 2 == 0 else f"GDN {i // 2} norms" for i in range(len(trace))]
+    return results + [(f"{where}: {name}", int_digest(t) == want)
+                      for name, t, want in zip(names, trace, check["layers_sha256"])]
 
 
 def _tap_sums(kind: str, x: Tensor, w: Tensor) -> Tensor:
@@ -172,9 +216,65 @@ def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: to
                     arith.check_fixed_point(dec._fp(prefix))
                 except ValueError as exc:
                     problems.append(f"layer {i}: {exc}")
+    if codec.pixel_exact:
+        problems += synthesis_self_test(codec.synthesis, device, paths)
     for description, passed in run_records(codec, [r for r in records if r["kind"] == "stress"], device):
         if not passed:
             problems.append(f"fails the {description}")
+    return problems
+
+
+SQRT_CASES = [0, 1, 2, 3, 4, 15, 16, 17, 2**52 - 1, 2**52, 2**53 + 1, (2**31 - 1) ** 2 - 1, (2**31 - 1) ** 2,
+              (2**26 + 3) ** 2 - 1, (2**26 + 3) ** 2, (2**26 + 3) ** 2 + 1, 2**62 - 1]
+"""Square-root self-test inputs: perfect squares and their neighbours, where a float square
+root rounds up past the integer one (e.g. (2**31 − 1)**2 − 1 in float64), and both ends."""
+
+
+def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> list[str]:
+    """What is wrong with the integer synthesis on ``device``: bounds, every transposed layer
+    and every γ sum on every GEMM path against int64 on the host, the integer square root."""
+    from nvc_train.quant import exact_conv2d
+    from nvc_train.quant.image_hyper import layer_accumulators
+    from nvc_train.quant.image_synthesis import floor_sqrt, norm_bound
+
+    problems = []
+    bound = SYNTHESIS_INPUT_BOUND
+    for i in range(syn.num_layers):
+        w, b = syn.layer_weight(i), syn.layer_bias(i)
+        if arith.accumulator_bound(w, b, bound) != int(syn._t(f"layer{i}.acc_bound")) \
+                or int(syn._t(f"layer{i}.acc_bound")) >= 2**53:
+            problems.append(f"synthesis layer {i}'s accumulator bound does not hold")
+        idx = torch.arange(w.shape[0] * 3 * 5).reshape(1, w.shape[0], 3, 5)
+        x = ((idx + idx // 5) % 2 * 2 - 1) * bound
+        expected = _tap_sums("transposed", x, w) + b.cpu().view(1, -1, 1, 1)
+        for path in paths:
+            if not torch.equal(layer_accumulators("transposed", x.to(device), w.to(device), b.to(device), path).cpu(),
+                               expected):
+                problems.append(f"computes synthesis layer {i} on the {path} path differently from int64 arithmetic")
+        prefixes = [f"layer{i}."] if i == syn.num_layers - 1 else [f"gdn{i}.in.", f"gdn{i}.out."]
+        for prefix in prefixes:
+            try:
+                arith.check_fixed_point(syn._fp(prefix))
+            except ValueError as exc:
+                problems.append(f"synthesis {prefix[:-1]}: {exc}")
+        if i == syn.num_layers - 1:
+            break
+        q = int(syn._t(f"gdn{i}.act_hi"))
+        gamma, beta = syn._t(f"gdn{i}.gamma"), syn._t(f"gdn{i}.beta")
+        nb = int(syn._t(f"gdn{i}.norm_bound"))
+        if norm_bound(gamma, beta, q) != nb or nb >= 2**53 or int(gamma.min()) < 0 or int(beta.min()) < 0:
+            problems.append(f"synthesis GDN {i}'s norm bound does not hold")
+        c = gamma.shape[0]
+        squares = (torch.arange(c * 15).reshape(1, c, 3, 5) % 2) * q * q  # x² at the bound on every other input
+        expected = torch.einsum("nchw,dc->ndhw", squares, gamma.cpu().long()[:, :, 0, 0]) + beta.cpu().view(1, -1, 1, 1)
+        for path in paths:
+            got = exact_conv2d.conv3x3_exact(squares.to(device), gamma.to(device), beta.to(device), path)
+            if not torch.equal(got.cpu(), expected):
+                problems.append(f"computes synthesis GDN {i}'s norms on the {path} path differently from int64 arithmetic")
+        bound = q
+    roots = floor_sqrt(torch.tensor(SQRT_CASES, dtype=torch.int64, device=device)).cpu().tolist()
+    if roots != [math.isqrt(v) for v in SQRT_CASES]:
+        problems.append("computes integer square roots differently from Python's math.isqrt")
     return problems
 
 
@@ -189,7 +289,10 @@ def export_image_checkpoint(model, qat: ImageHyperpriorQAT, out_dir: Path, name:
                 "channels": [int(model.N), int(model.M)], "quant": asdict(qat.config),
                 "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
                              "weights": "int8 per output channel", "accumulation": "exact, float64 < 2**53",
-                             "requantization": "int64 (acc*m + 2**(s-1)) >> s; LeakyReLU: m*0.01 below zero"}}
+                             "requantization": "int64 (acc*m + 2**(s-1)) >> s; LeakyReLU: m*0.01 below zero",
+                             "synthesis": ("integer: int8 deconvs, inverse GDN with 12-bit gamma, exact norms "
+                                           "< 2**53 and floor square roots, 255*2**8 samples per unit"
+                                           if qat.synthesis is not None else "CompressAI's float g_s")}}
     records = build_records(_codec_from_tensors(tensors, metadata))
     buf = io.BytesIO()
     torch.save({"tensors": tensors, "metadata": json.dumps(metadata, sort_keys=True), "records": json.dumps(records)}, buf)
@@ -244,14 +347,20 @@ def model_card(filename: str, digest: str, metadata: dict, tensors: dict[str, Te
 
     bounds = [int(v) for k, v in tensors.items() if k.endswith("acc_bound")]
     arch = metadata["architecture"]
-    checks = sum(1 if r["kind"] == "small" else sum(1 + len(c["layers_sha256"]) for c in r["checks"]) for r in records)
+    checks = sum(1 + ("image_md5" in r) if r["kind"] == "small" else sum(1 + len(c["layers_sha256"]) for c in r["checks"])
+                 for r in records)
+    pixel_exact = any(k.startswith("int.synthesis.") for k in tensors)
     lines = [
         f"# {filename}",
         "",
-        f"CompressAI `{arch}` ({architecture(arch).summary}) with an integer hyper-decoder: the decoded",
-        "latents are bit-identical on every machine, under nvc-train's integer contract",
-        "(docs/integer-contract.md in the nvc-train repository, \"Image architectures\"). The synthesis",
-        "is CompressAI's float one: pixels may differ in the last level between machines.",
+        *([f"CompressAI `{arch}` ({architecture(arch).summary}) with an integer hyper-decoder and an integer",
+           "synthesis (inverse GDN included): the decoded images are bit-identical on every machine, under",
+           "nvc-train's integer contract (docs/integer-contract.md in the nvc-train repository, \"Image",
+           "architectures\", \"Pixel-exact images\")."] if pixel_exact else
+          [f"CompressAI `{arch}` ({architecture(arch).summary}) with an integer hyper-decoder: the decoded",
+           "latents are bit-identical on every machine, under nvc-train's integer contract",
+           "(docs/integer-contract.md in the nvc-train repository, \"Image architectures\"). The synthesis",
+           "is CompressAI's float one: pixels may differ in the last level between machines."]),
         "",
         f"- SHA-256 of the payload: `{digest}`",
         f"- format version: {metadata['format_version']} (integer image checkpoint)",

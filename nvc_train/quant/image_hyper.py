@@ -33,6 +33,7 @@ from nvc_train.quant import arith, exact_conv, exact_conv2d
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, QuantConfig
 from nvc_train.quant.fake_quant import hyper_input, input_bound, quantize_medians
 from nvc_train.quant.frozen import FrozenLayers
+from nvc_train.quant.image_synthesis import FakeQuantImageSynthesis, image_synthesis_tensors
 from nvc_train.quant.integer import ExportError
 from nvc_train.quant.qat_conv import fake_quant_lsq, value_of_accumulators
 
@@ -389,12 +390,17 @@ class ImageHyperpriorQAT(nn.Module):
     """Fake-quant state of an image model's hyper-decoder (``decoder``) and its training
     forward, the image counterpart of :class:`~nvc_train.quant.fake_quant.HyperpriorQAT`."""
 
-    def __init__(self, num_layers: int, head: Head, config: QuantConfig | None = None):
+    def __init__(self, num_layers: int, head: Head, config: QuantConfig | None = None, synthesis_gdns: int = 3):
         super().__init__()
         self.config = config or QuantConfig()
-        if self.config.pixel_exact:
-            raise ValueError("image models have no integer synthesis yet: use qat scope 'hyperprior'")
         self.decoder = FakeQuantImageHyperDecoder(num_layers, head, self.config)
+        # scope "decoder": the synthesis g_s too (pixel-exact images)
+        self.synthesis = FakeQuantImageSynthesis(synthesis_gdns, self.config) if self.config.pixel_exact else None
+
+    def synthesis_forward(self, g_s: nn.Module, y_hat: Tensor) -> Tensor:
+        """``g_s`` on the latents (on the 2**-8 grid): through the simulated integer synthesis
+        with scope "decoder", CompressAI's float one otherwise."""
+        return g_s(y_hat) if self.synthesis is None else self.synthesis(g_s, y_hat)
 
     def hyperprior_forward(self, hp, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Training forward of an :class:`~nvc_train.models.image.ImageHyperprior` whose
@@ -410,10 +416,14 @@ class ImageHyperpriorQAT(nn.Module):
 
 
 def image_integer_tensors(model: nn.Module, qat: ImageHyperpriorQAT) -> dict[str, Tensor]:
-    """``median_q`` and the converted hyper-decoder (``decoder.*``) of an image model whose
-    entropy tables are computed (``model.update(force=True)``)."""
+    """``median_q``, the converted hyper-decoder (``decoder.*``) and, with scope "decoder",
+    the converted synthesis (``synthesis.*``) of an image model whose entropy tables are
+    computed (``model.update(force=True)``)."""
     k = qat.config.input_frac_bits
     median_q = quantize_medians(model.entropy_bottleneck._get_medians(), k)
     tensors = convert_image_decoder(model.h_s, qat.decoder, input_bound(median_q, k),
                                     model.gaussian_conditional.scale_table)
-    return {"median_q": median_q, **{f"decoder.{name}": t for name, t in tensors.items()}}
+    out = {"median_q": median_q, **{f"decoder.{name}": t for name, t in tensors.items()}}
+    if qat.synthesis is not None:
+        out.update(image_synthesis_tensors(model, qat.synthesis))
+    return out

@@ -178,6 +178,25 @@ class SynthesisQAT(nn.Module):
         return self.decoders[name](decoder, x)
 
 
+def integer_layer(conv: nn.ConvTranspose2d, s_in: Tensor, bound: int, where: str, out: dict[str, Tensor],
+                  i: int) -> Tensor:
+    """Quantize one transposed layer for input step ``s_in`` and |input| <= ``bound``: store
+    ``layer{i}.weight`` (int8), ``.bias`` (int64 at the accumulator scale) and ``.acc_bound``
+    in ``out`` once the bound is proven below 2**53; return the (C_out,) float64 accumulator scale."""
+    from nvc_train.quant.integer import ExportError
+
+    w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
+    acc_scale = arith.accumulator_scale(s_in, s_w)
+    b_int = arith.quantize_bias(conv.bias, acc_scale)
+    acc_bound = arith.accumulator_bound(w_int, b_int, bound)
+    if acc_bound >= arith.EXACT_FLOAT64:
+        raise ExportError(f"{where} layer {i}: accumulators may reach {acc_bound:.3g} >= 2**53")
+    out[f"layer{i}.weight"] = w_int.to(torch.int8)
+    out[f"layer{i}.bias"] = b_int
+    out[f"layer{i}.acc_bound"] = torch.tensor(acc_bound, dtype=torch.int64)
+    return acc_scale
+
+
 def convert_synthesis(decoder: nn.Module, fq: FakeQuantSynthesis) -> dict[str, Tensor]:
     """Integer tensors of one synthesis decoder, each accumulator bound proven exact.
 
@@ -195,15 +214,7 @@ def convert_synthesis(decoder: nn.Module, fq: FakeQuantSynthesis) -> dict[str, T
     out: dict[str, Tensor] = {}
     layers = synthesis_layers(decoder)
     for i, conv in enumerate(layers):
-        w_int, s_w = arith.quantize_weight_per_channel(conv.weight)
-        acc_scale = arith.accumulator_scale(s_in, s_w)
-        b_int = arith.quantize_bias(conv.bias, acc_scale)
-        acc_bound = arith.accumulator_bound(w_int, b_int, bound)
-        if acc_bound >= arith.EXACT_FLOAT64:
-            raise ExportError(f"{fq.name} decoder layer {i}: accumulators may reach {acc_bound:.3g} >= 2**53")
-        out[f"layer{i}.weight"] = w_int.to(torch.int8)
-        out[f"layer{i}.bias"] = b_int
-        out[f"layer{i}.acc_bound"] = torch.tensor(acc_bound, dtype=torch.int64)
+        acc_scale = integer_layer(conv, s_in, bound, f"{fq.name} decoder", out, i)
         if i < len(layers) - 1:
             s_out, _, hi = fq.act_spec(i)
             fp = arith.fixed_point(arith.requantization_multiplier(acc_scale, s_out.detach()), hi)

@@ -1,6 +1,10 @@
 """Image architectures through the real command line: ``fit`` (LightningCLI, W&B offline) float
 then QAT, ``export-integer``, ``conformance``, ``encode``/``decode``/``hashes``/``info`` on PNG
-files, and the inputs that must be refused in one line."""
+files, and the inputs that must be refused in one line.
+
+bmshj2018-hyperprior is trained with qat scope "hyperprior" (latent-exact, float synthesis)
+and mbt2018-mean with scope "decoder" (pixel-exact: integer synthesis, identical MD5s); the
+two share their synthesis, so each scope is run end to end once."""
 
 from __future__ import annotations
 
@@ -31,6 +35,10 @@ def _fit(tmp, config: str, name: str, steps: int, *extra: str):
     return run
 
 
+PIXEL_EXACT = {"mbt2018-mean"}
+"""Architectures whose test run uses qat scope "decoder" (configs/image/qat_decoder.yaml)."""
+
+
 @pytest.fixture(scope="module", params=["bmshj2018-hyperprior", "mbt2018-mean"])
 def trained(request, tmp_path_factory):
     """(architecture, folder, float run, QAT run, integer checkpoint) of a tiny image run."""
@@ -38,12 +46,29 @@ def trained(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(arch)
     float_run = _fit(tmp, "configs/image/float.yaml", "float", 8, "--model.architecture", arch,
                      "--model.learning_rate", "1e-3")
-    qat_run = _fit(tmp, "configs/image/qat.yaml", "qat", 6, "--model.architecture", arch, "--model.init_weights",
+    qat_config = "configs/image/qat_decoder.yaml" if arch in PIXEL_EXACT else "configs/image/qat.yaml"
+    qat_run = _fit(tmp, qat_config, "qat", 6, "--model.architecture", arch, "--model.init_weights",
                    str(float_run / "checkpoints" / "last.ckpt"))
     result = cli("export-integer", qat_run / "checkpoints" / "last.ckpt", "--out-dir", tmp / "models")
     assert result.returncode == 0, result.stderr
     (ckpt,) = (tmp / "models").glob("*.ckpt")
     return arch, tmp, float_run, qat_run, ckpt
+
+
+def _rehashed(ckpt, out, change):
+    """A copy of integer checkpoint ``ckpt`` at ``out`` whose tensors ``change(tensors)``
+    altered, with the payload's SHA-256 rewritten so that only the content checks can notice."""
+    import hashlib
+
+    data = ckpt.read_bytes()
+    obj = torch.load(io.BytesIO(data[HEADER.size:]), weights_only=True)
+    change(obj["tensors"])
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    _, version, _, _ = HEADER.unpack_from(data)
+    out.write_bytes(HEADER.pack(MAGIC, version, len(payload), hashlib.sha256(payload).digest()) + payload)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +86,8 @@ def test_fit_runs_write_wandb_files_and_record_the_architecture(trained):
         assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
         hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["hyper_parameters"]
         assert hparams["architecture"] == arch and hparams["channels"] == [16, 24]
-    assert hparams["qat"]["scope"] == "hyperprior"
+    assert hparams["qat"]["scope"] == ("decoder" if arch in PIXEL_EXACT else "hyperprior")
+    assert hparams["train_scope"] == ("decoder" if arch in PIXEL_EXACT else "hyperprior")
 
 
 def test_export_writes_an_image_checkpoint_that_passes_conformance(trained):
@@ -69,14 +95,17 @@ def test_export_writes_an_image_checkpoint_that_passes_conformance(trained):
     assert ckpt.name.startswith(f"{arch}-int-")
     card = ckpt.with_suffix(".md").read_text()
     assert f"CompressAI `{arch}`" in card and "format version: 5" in card
+    assert ("the decoded images are bit-identical" in card) == (arch in PIXEL_EXACT)
     result = cli("conformance", ckpt)
     assert result.returncode == 0, result.stdout
-    # small record, two stress inputs × (outputs + 3 layers), the layer self-test
-    assert "conformance PASS: 10 checks" in result.stdout
+    # small record (latents; pixel-exact: and the image MD5), two stress inputs × (outputs +
+    # 3 layers), pixel-exact: two synthesis stress inputs × (samples + 4 layers + 3 GDN
+    # norms), the layer self-test
+    assert f"conformance PASS: {27 if arch in PIXEL_EXACT else 10} checks" in result.stdout
 
 
 def test_encode_decode_hashes_round_trip_8_and_10_bit(trained, images, tmp_path):
-    _, _, _, _, ckpt = trained
+    arch, _, _, _, ckpt = trained
     for name, bits, size in (("a.png", 8, (150, 100)), ("b10.png", 10, (90, 70))):
         stream, out = tmp_path / f"{name}.nvc", tmp_path / f"out-{name}"
         enc = cli("encode", images / name, "-o", stream, "--checkpoint", ckpt, "--md5")
@@ -87,13 +116,16 @@ def test_encode_decode_hashes_round_trip_8_and_10_bit(trained, images, tmp_path)
         assert decoded.bits == bits and decoded.levels.shape == (3, size[1], size[0])
         # The decoder's MD5 is the PNG's, and the encoder's reconstruction is what it decoded.
         assert dec.stdout.strip() == enc.stdout.strip() == f"0 I {image_md5(decoded.levels, bits)}"
+        # Only the float synthesis warns that its MD5s are machine-dependent.
+        assert ("can differ between machines" in dec.stderr) == (arch not in PIXEL_EXACT)
         info = json.loads(cli("info", stream, "--json", "--checkpoint", ckpt).stdout)
         assert (info["kind"], info["width"], info["height"], info["source_bits"]) == ("image", *size, bits)
         assert info["bytes"] == stream.stat().st_size
 
 
 def test_latents_are_identical_across_gemm_paths_and_thread_counts(trained, images, tmp_path):
-    _, _, _, _, ckpt = trained
+    """The latent SHA-256 and, pixel-exact, the image MD5 (a fourth field) of `hashes`."""
+    arch, _, _, _, ckpt = trained
     stream = tmp_path / "a.nvc"
     assert cli("encode", images / "a.png", "-o", stream, "--checkpoint", ckpt, "--quiet").returncode == 0
     lines = set()
@@ -106,30 +138,44 @@ def test_latents_are_identical_across_gemm_paths_and_thread_counts(trained, imag
             lines.add(result.stdout)
     finally:
         torch.set_num_threads(threads)
-    assert len(lines) == 1 and lines.pop().startswith("0 I ")
+    assert len(lines) == 1
+    line = lines.pop()
+    assert line.startswith("0 I ") and len(line.split()) == (4 if arch in PIXEL_EXACT else 3)
+    if arch in PIXEL_EXACT:  # the MD5 is the decoded PNG's
+        out = tmp_path / "a-out.png"
+        assert cli("decode", stream, "-o", out, "--checkpoint", ckpt, "--quiet").returncode == 0
+        assert line.split()[3] == image_md5(read_image(out).levels, 8)
 
 
 def test_a_changed_weight_is_refused_at_load(trained, images, tmp_path):
     """Control of the load-time self-test: one integer weight of the hyper-decoder changed by
     one and the payload re-hashed (so only the self-test can notice) is refused in one line."""
-    import hashlib
-
     _, _, _, _, ckpt = trained
-    data = ckpt.read_bytes()
-    obj = torch.load(io.BytesIO(data[HEADER.size:]), weights_only=True)
-    w = obj["tensors"]["int.decoder.layer2.weight"]
-    w.view(-1)[0] = w.view(-1)[0] + (1 if int(w.view(-1)[0]) < 127 else -1)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    payload = buf.getvalue()
-    digest = hashlib.sha256(payload).digest()
-    tampered = tmp_path / "tampered.ckpt"
-    _, version, _, _ = HEADER.unpack_from(data)
-    tampered.write_bytes(HEADER.pack(MAGIC, version, len(payload), digest) + payload)
+
+    def change(tensors):
+        w = tensors["int.decoder.layer2.weight"].view(-1)
+        w[0] = w[0] + (1 if int(w[0]) < 127 else -1)
+
+    tampered = _rehashed(ckpt, tmp_path / "tampered.ckpt", change)
     result = cli("encode", images / "a.png", "-o", tmp_path / "x.nvc", "--checkpoint", tampered)
     assert_one_line_error(result, "refused on cpu")
     assert "layer 2 accumulators" in result.stderr
     assert cli("conformance", tampered).returncode == 1
+
+
+def test_a_changed_gamma_of_the_integer_synthesis_is_refused_at_load(trained, images, tmp_path):
+    """The same control for the pixel path: one γ of the second inverse GDN changed by one."""
+    arch, _, _, _, ckpt = trained
+    if arch not in PIXEL_EXACT:
+        pytest.skip("a latent-exact checkpoint has no integer synthesis")
+    tampered = _rehashed(ckpt, tmp_path / "tampered.ckpt",
+                         lambda tensors: tensors["int.synthesis.gdn1.gamma"][3, 5].add_(1))
+    stream = tmp_path / "a.nvc"
+    assert cli("encode", images / "a.png", "-o", stream, "--checkpoint", ckpt, "--quiet").returncode == 0
+    result = cli("decode", stream, "-o", tmp_path / "x.png", "--checkpoint", tampered)
+    assert_one_line_error(result, "refused on cpu")
+    assert "GDN 1 norms" in result.stderr
+    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +262,6 @@ def test_eval_on_images_writes_compressai_results_for_both_families(trained, ima
 def test_crafted_streams_and_checkpoints_are_one_line_errors(trained, images, tmp_path):
     """Damage that passes the CRCs or the SHA-256 (rewritten after the change) is still refused
     in one line: a hyper-latent shape that does not fit the image, a layer of unknown kind."""
-    import hashlib
     import struct
     import zlib
 
@@ -233,15 +278,7 @@ def test_crafted_streams_and_checkpoints_are_one_line_errors(trained, images, tm
     crafted.write_bytes(bytes(data))
     assert_one_line_error(cli("decode", crafted, "-o", tmp_path / "c.png", "--checkpoint", ckpt), "does not fit")
 
-    raw = ckpt.read_bytes()
-    obj = torch.load(io.BytesIO(raw[HEADER.size:]), weights_only=True)
-    obj["tensors"]["int.decoder.layout"][0, 0] = 7
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    payload = buf.getvalue()
-    _, version, _, _ = HEADER.unpack_from(raw)
-    bad = tmp_path / "bad-layout.ckpt"
-    bad.write_bytes(HEADER.pack(MAGIC, version, len(payload), hashlib.sha256(payload).digest()) + payload)
+    bad = _rehashed(ckpt, tmp_path / "bad-layout.ckpt", lambda tensors: tensors["int.decoder.layout"][0, 0].fill_(7))
     assert_one_line_error(cli("encode", images / "a.png", "-o", tmp_path / "x.nvc", "--checkpoint", bad),
                           "not a valid image checkpoint")
     assert_one_line_error(cli("conformance", bad), "malformed")

@@ -1,15 +1,19 @@
-"""An independent reference of the image hyper-decoders' integer function: numpy int64 and
-Python integers, sharing no code with ``nvc_train.quant``.
+"""An independent reference of the image hyper-decoders' and synthesis' integer functions:
+numpy int64 and Python integers, sharing no code with ``nvc_train.quant``.
 
 It starts from the *float* weights of ``h_s`` and the learned activation steps and follows
 docs/integer-contract.md ("Image architectures"): weights quantized per output channel, the
 3×3 convolution and the transposed convolution as explicit tap loops, ReLU and LeakyReLU
 requantized with unbounded Python integers (the LeakyReLU's negative side by the
 multiplier times 0.01), means onto the 2**-8 grid, and CDF indexes as float64 comparisons
-with the scale table.
+with the scale table. The synthesis (:func:`synthesis`) follows "Pixel-exact images": the
+inverse GDN's γ on its 12-bit grid, norms as int64 sums, square roots by Python's
+``math.isqrt``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -75,3 +79,56 @@ def hyper_decoder(layers: list[tuple[str, np.ndarray, np.ndarray, str]], act_ste
                        -MEAN_BOUND, MEAN_BOUND)
     return means, indexes, accumulators
 
+
+
+GAMMA_QMAX = 2**11 - 1
+BETA_LIMIT = 2**50
+SAMPLE_UNITS = 255 * 2**8
+SAMPLE_BOUND = 2**17 - 1
+ROOT_BITS = 24
+
+
+def _shifted_root(v: int, f: int) -> int:
+    """floor(sqrt(v·4**f)) or floor(sqrt(v >> −2f)) with Python's exact integer square root."""
+    return math.isqrt(v << (2 * f) if f >= 0 else v >> (-2 * f))
+
+
+def synthesis(layers: list[tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]],
+              act_steps: list[float], qmax: int, y_int: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(samples, [layer 0 accumulators, GDN 0 norms, layer 1 accumulators, …]) of an image
+    synthesis, from its float weights, docs/integer-contract.md "Pixel-exact images".
+
+    Args:
+        layers: per transposed layer (float32 weight (C_in, C_out, 5, 5), float32 bias, and
+            the inverse GDN after it as (γ (C, C) float32, β (C,) float32), or None).
+        act_steps: float32 steps of each GDN's input and output, in order.
+        qmax: Q, activations are in [−Q, Q].
+        y_int: (N, M, h, w) int64 latents on the 2**-8 grid.
+    """
+    s_in = np.float32(2.0**-MEAN_FRAC_BITS)
+    x, trace = y_int, []
+    for i, (weight, bias, gdn) in enumerate(layers):
+        w_int, s_w = quantize_weight(weight)
+        acc_scale = np.float64(s_in) * s_w.astype(np.float64)
+        b_int = np.rint(bias.astype(np.float64) / acc_scale).astype(np.int64)
+        acc = conv_transpose(x, w_int) + b_int.reshape(1, -1, 1, 1)
+        trace.append(acc)
+        if gdn is None:
+            return requantize(acc, acc_scale * SAMPLE_UNITS, SAMPLE_BOUND, -SAMPLE_BOUND, SAMPLE_BOUND), trace
+        s_x, s_y = np.float32(act_steps[2 * i]), np.float32(act_steps[2 * i + 1])
+        xq = requantize(acc, acc_scale / np.float64(s_x), qmax, -qmax, qmax)
+        gamma, beta = (a.astype(np.float64) for a in gdn)
+        # γ's step per output channel: its row's max / GAMMA_QMAX, or coarser where β dominates.
+        step = np.maximum(gamma.max(axis=1) / GAMMA_QMAX, beta / (np.float64(s_x) ** 2 * BETA_LIMIT))
+        step = np.where(step > 0, step, 1.0).astype(np.float32).astype(np.float64)
+        g_int = np.clip(np.rint(gamma / step[:, None]), 0, GAMMA_QMAX).astype(np.int64)
+        b_norm = np.rint(beta / (step * np.float64(s_x) ** 2)).astype(np.int64)
+        norm = np.einsum("nchw,dc->ndhw", xq * xq, g_int) + b_norm.reshape(1, -1, 1, 1)
+        trace.append(norm)
+        bound = max(int(b) + int(g.sum()) * qmax * qmax for b, g in zip(b_norm.tolist(), g_int))
+        f = ROOT_BITS - (bound.bit_length() + 1) // 2
+        roots = np.vectorize(lambda v: _shifted_root(int(v), f), otypes=[np.int64])(norm)
+        real = np.array([float(s_x) ** 2 * math.sqrt(g) * 2.0**-f / float(s_y) for g in step.tolist()])
+        x = requantize(xq * roots, real, qmax, -qmax, qmax)
+        s_in = s_y
+    raise AssertionError("unreachable")
