@@ -1,10 +1,13 @@
-"""RD cost of QAT for the image hyperpriors: the integer checkpoint against its float parent.
+"""RD cost of QAT for the image hyperpriors: the integer checkpoint against its float parent
+and against a float fine-tune of the same steps (the control).
 
 For each architecture and quality: the demo presets (configs/demo/image_float.yaml, then
-configs/demo/image_qat.yaml from the float model; toy channels [32, 48], generated 128²
-crops) at that quality, ``export-integer``, then both models code the same unseen generated
-images: the float parent with CompressAI's own ``compress``/``decompress``, the integer
-checkpoint with nvc-train's codec (integer hyper-decoder). Real bits of the entropy-coded
+configs/demo/image_qat.yaml from the float model: pixel-exact QAT, qat scope and train scope
+"decoder"; toy channels [32, 48], generated 128² crops) at that quality, ``export-integer``;
+the control runs the same QAT preset with ``--model.qat null`` (the same parameters train for
+the same steps, in float). All three code the same unseen generated images: the float
+models with CompressAI's own ``compress``/``decompress``, the integer checkpoint with
+nvc-train's codec (integer hyper-decoder and synthesis). Real bits of the entropy-coded
 strings, PSNR-RGB of the reconstruction. Toy scale: the numbers say what QAT costs a toy
 model on generated images, not what it costs CompressAI's zoo models on Kodak.
 
@@ -40,27 +43,32 @@ def one_point(architecture: str, quality: int, out: Path, float_steps: int, qat_
     pth = run / "float.pth.tar"
     save_float_state_dict(module.model, pth, quality, module.lmbda)
     qat_ckpt = _fit(run, "image_qat", qat_steps, [*common, "--model.init_weights", str(pth)], quiet=True)
+    control_ckpt = _fit(run / "control", "image_qat", qat_steps,
+                        [*common, "--model.init_weights", str(pth), "--model.qat", "null"], quiet=True)
     ck = load_image_checkpoint(export_integer_from_lightning(qat_ckpt, run, "int"))
-    model = module.model.eval()
-    model.update(force=True)
+    floats = {"float": module.model.eval(), "control": lit_module_from_checkpoint(control_ckpt)[0].model.eval()}
+    for model in floats.values():
+        model.update(force=True)
     h, w = EVAL_SIZE
-    totals = {"float": [0, 0.0], "integer": [0, 0.0]}
+    totals = {"float": [0, 0.0], "control": [0, 0.0], "integer": [0, 0.0]}
     with torch.no_grad():
         for seed in EVAL_SEEDS:
             x = synthetic_clip(seed, 1, h, w)
-            result = model.compress(x)
-            x_float = model.decompress(result["strings"], result["shape"])["x_hat"]
+            for key, model in floats.items():
+                result = model.compress(x)
+                x_float = model.decompress(result["strings"], result["shape"])["x_hat"]
+                totals[key][0] += bits_of(result["strings"])
+                totals[key][1] += float(psnr(x_float.clamp(0, 1), x))
             coded, decoded = ck.codec.compress(x)
-            for key, bits, x_hat in (("float", bits_of(result["strings"]), x_float),
-                                     ("integer", 8 * (len(coded.y_string) + len(coded.z_string)), decoded.x_hat)):
-                totals[key][0] += bits
-                totals[key][1] += float(psnr(x_hat.clamp(0, 1), x))
+            totals["integer"][0] += 8 * (len(coded.y_string) + len(coded.z_string))
+            totals["integer"][1] += float(psnr(decoded.x_hat, x))
     n = len(EVAL_SEEDS)
     point = {"architecture": architecture, "quality": quality, "lmbda": module.lmbda,
              **{f"{k}_bpp": v[0] / (n * h * w) for k, v in totals.items()},
              **{f"{k}_psnr": v[1] / n for k, v in totals.items()}}
-    point["bpp_change_percent"] = 100 * (point["integer_bpp"] / point["float_bpp"] - 1)
-    point["psnr_change_db"] = point["integer_psnr"] - point["float_psnr"]
+    point["bpp_change_percent"] = 100 * (point["integer_bpp"] / point["control_bpp"] - 1)
+    point["psnr_change_db"] = point["integer_psnr"] - point["control_psnr"]
+    point["pixel_exact"] = ck.codec.pixel_exact
     return point
 
 
@@ -74,17 +82,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     points = []
-    print("| architecture | quality | float bpp | float PSNR | integer bpp | integer PSNR | Δ bpp | Δ PSNR |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| architecture | quality | parent bpp / dB | float fine-tune bpp / dB | integer bpp / dB "
+          "| Δ bpp vs fine-tune | Δ PSNR vs fine-tune |")
+    print("|---|---:|---|---|---|---:|---:|")
     for architecture in args.architectures:
         for quality in args.qualities:
             start = time.perf_counter()
             p = one_point(architecture, quality, args.out_dir, args.float_steps, args.qat_steps)
             p["seconds"] = round(time.perf_counter() - start, 1)
             points.append(p)
-            print(f"| {architecture} | {quality} | {p['float_bpp']:.4f} | {p['float_psnr']:.2f} | {p['integer_bpp']:.4f} "
-                  f"| {p['integer_psnr']:.2f} | {p['bpp_change_percent']:+.1f} % | {p['psnr_change_db']:+.2f} dB |",
-                  flush=True)
+            print(f"| {architecture} | {quality} | {p['float_bpp']:.4f} / {p['float_psnr']:.2f} "
+                  f"| {p['control_bpp']:.4f} / {p['control_psnr']:.2f} | {p['integer_bpp']:.4f} / {p['integer_psnr']:.2f} "
+                  f"| {p['bpp_change_percent']:+.1f} % | {p['psnr_change_db']:+.2f} dB |", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"eval_images": len(EVAL_SEEDS), "eval_size": EVAL_SIZE, "points": points},
                                         indent=2) + "\n")

@@ -14,13 +14,14 @@ def add_parsers(sub) -> None:
                                    "(Hub YAML header, RD results from --eval) and nvc-train.json, the manifest through "
                                    "which `--checkpoint hf://OWNER/NAME` finds and hash-checks it. Needs a write token "
                                    "(`hf auth login` or HF_TOKEN).")
-    s.add_argument("checkpoint", help="integer checkpoint from `nvc-train export-integer` or `ptq`")
+    s.add_argument("checkpoint", help="integer checkpoint (video or image) from `nvc-train export-integer` or `ptq`")
     s.add_argument("--repo", required=True, metavar="OWNER/NAME", help="Hub model repository (created if missing)")
     s.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (created if missing; "
                                                                          "default: main)")
     s.add_argument("--private", action="store_true", help="create the repository private")
     s.add_argument("--float", dest="float_parent", default=None, metavar="PTH",
-                   help="also publish the float parent (.pth.tar from `nvc-train export-float`)")
+                   help="also publish the float parent (.pth.tar from `nvc-train export-float`, the checkpoint's "
+                        "architecture)")
     s.add_argument("--eval", dest="eval_dir", default=None, metavar="DIR",
                    help="`nvc-train eval --out-dir` folder with results for this checkpoint (model-index, BD-rate)")
     s.add_argument("--license", default=None, help="licence id for the card (default: bsd-3-clause-clear, "

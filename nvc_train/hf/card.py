@@ -21,6 +21,9 @@ LIBRARY = "nvc-train"
 TAGS = ["video-compression", "learned-video-compression", "scale-space-flow", "compressai", "nvc-train",
         "integer-hyperprior", "deterministic-decoding"]
 TASK = "video-compression"
+IMAGE_TAGS = ["image-compression", "learned-image-compression", "compressai", "nvc-train", "integer-hyperprior",
+              "deterministic-decoding"]
+IMAGE_TASK = "image-compression"
 METRICS = ("bpp", "psnr-rgb", "psnr-yuv", "ms-ssim-rgb")
 """Results copied into ``model-index``, as ``nvc-train eval`` names them (CompressAI's keys)."""
 ZOO_LICENSE = "bsd-3-clause-clear"
@@ -107,39 +110,39 @@ def model_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     zoo_name = (metadata.get("config") or {}).get("model", {}).get("pretrained") or None
+    architecture = metadata.get("architecture", "ssf2020")
+    image = architecture != "ssf2020"
     eval_results = None
     if evaluation is not None:
         sequences = evaluation.point.sequences
         dataset = f"{len(sequences)} sequences: {', '.join(sequences)}" if sequences else "nvc-train eval sequences"
-        eval_results = [EvalResult(task_type=TASK, task_name="Video compression", dataset_type="nvc-train-eval",
-                                   dataset_name=dataset, metric_type=metric, metric_name=metric, metric_value=value)
+        eval_results = [EvalResult(task_type=IMAGE_TASK if image else TASK,
+                                   task_name="Image compression" if image else "Video compression",
+                                   dataset_type="nvc-train-eval", dataset_name=dataset, metric_type=metric,
+                                   metric_name=metric, metric_value=value)
                         for metric, value in evaluation.point.results.items()]
     data = ModelCardData(
-        license=license or (ZOO_LICENSE if zoo_name else "other"), library_name=LIBRARY, tags=TAGS,
+        license=license or (ZOO_LICENSE if zoo_name else "other"), library_name=LIBRARY,
+        tags=[*IMAGE_TAGS, architecture] if image else TAGS,
         base_model=base_model, datasets=datasets or None, model_name=repo_id.split("/")[-1],
         eval_results=eval_results, metrics=list(evaluation.point.results) if evaluation else None,
     )
     quant = metadata.get("quant") or {}
+    if image:
+        intro, use, widths = _image_lines(repo_id, architecture, metadata, quant)
+    else:
+        intro, use, widths = _video_lines(repo_id, metadata, quant)
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        *(["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose whole decoder is exact",
-           "integer arithmetic: a bitstream decodes to identical frames (MD5) on every machine, CPU or GPU,",
-           "under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train repository,",
-           "\"Pixel path\"). `nvc-train decode --md5` prints each frame's MD5."]
-          if quant.get("scope") == "decoder" else
-          ["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose hyperprior decoding",
-           "is exact integer arithmetic: a bitstream decodes to bit-identical latents on every machine,",
-           "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
-           "repository)."]),
+        *intro,
         "",
         "## Use",
         "",
         "```bash",
         "pip install nvc-train",
         f"nvc-train conformance hf://{repo_id}            # check this machine decodes it exactly",
-        f"nvc-train encode clip.mp4 -o clip.nvc --checkpoint hf://{repo_id}",
-        f"nvc-train decode clip.nvc -o clip.y4m --checkpoint hf://{repo_id}",
+        *use,
         "```",
         "",
         "## Checkpoint",
@@ -148,12 +151,8 @@ def model_card(
         f"- SHA-256 of the payload: `{digest}`",
         f"- integer contract: checkpoint format {metadata.get('format_version')}; "
         f"{_contract_line(metadata.get('contract') or {})}",
-        f"- bit widths: weights int8 per output channel, activations {quant.get('activation_bits', '?')}-bit, "
-        f"hyper-latent inputs with {quant.get('input_frac_bits', '?')} fractional bits"
-        + (f"; synthesis decoders int8 weights, {quant.get('decoder_activation_bits')}-bit activations"
-           if quant.get("scope") == "decoder" else ""),
+        *widths,
         f"- quality: {metadata.get('quality')}, λ: {metadata.get('lmbda')}",
-        f"- flow reference: {metadata.get('flow_reference') or 'none (CompressAI flow units)'}",
         f"- conformance records: {conformance}; `nvc-train conformance hf://{repo_id}` decodes them all "
         "(exit status 0 only if every hash matches)",
         f"- training data: {metadata.get('training_data')}",
@@ -165,16 +164,67 @@ def model_card(
         "",
     ]
     lines += _results_lines(evaluation)
-    lines += ["", "## Verified environments", ""] + _environment_lines(verified, repo_id)
+    lines += ["", "## Verified environments", ""] + _environment_lines(verified, repo_id, image)
     lines += ["", "## Resolved training config", "", "```json",
               json.dumps(metadata.get("config"), indent=2, sort_keys=True, default=str), "```"]
     # Parsed back by the Hub's own reader: a header it cannot read is an error here, not on the Hub.
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n").content
 
 
-def _environment_lines(verified: dict | None, repo_id: str) -> list[str]:
+def _video_lines(repo_id: str, metadata: dict, quant: dict) -> tuple[list[str], list[str], list[str]]:
+    """(introduction, usage commands, bit-width lines) of an SSF checkpoint's card."""
+    intro = (["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose whole decoder is exact",
+              "integer arithmetic: a bitstream decodes to identical frames (MD5) on every machine, CPU or GPU,",
+              "under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train repository,",
+              "\"Pixel path\"). `nvc-train decode --md5` prints each frame's MD5."]
+             if quant.get("scope") == "decoder" else
+             ["Scale-Space Flow video codec (CompressAI's `ssf2020` architecture) whose hyperprior decoding",
+              "is exact integer arithmetic: a bitstream decodes to bit-identical latents on every machine,",
+              "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
+              "repository)."])
+    use = [f"nvc-train encode clip.mp4 -o clip.nvc --checkpoint hf://{repo_id}",
+           f"nvc-train decode clip.nvc -o clip.y4m --checkpoint hf://{repo_id}"]
+    widths = [f"- bit widths: weights int8 per output channel, activations {quant.get('activation_bits', '?')}-bit, "
+              f"hyper-latent inputs with {quant.get('input_frac_bits', '?')} fractional bits"
+              + (f"; synthesis decoders int8 weights, {quant.get('decoder_activation_bits')}-bit activations"
+                 if quant.get("scope") == "decoder" else ""),
+              f"- flow reference: {metadata.get('flow_reference') or 'none (CompressAI flow units)'}"]
+    return intro, use, widths
+
+
+def _image_lines(repo_id: str, architecture: str, metadata: dict, quant: dict) -> tuple[list[str], list[str], list[str]]:
+    """(introduction, usage commands, bit-width lines) of an image checkpoint's card."""
+    pixel_exact = quant.get("scope") == "decoder"
+    intro = ([f"CompressAI's `{architecture}` image codec whose whole decoder is exact integer arithmetic (its",
+              "inverse GDN included): a `.nvc` image stream decodes to the same image (MD5) on every machine,",
+              "CPU or GPU, under nvc-train's integer contract (`docs/integer-contract.md` in the nvc-train",
+              "repository, \"Pixel-exact images\"). `nvc-train decode --md5` prints the image's MD5."]
+             if pixel_exact else
+             [f"CompressAI's `{architecture}` image codec whose hyper-decoder is exact integer arithmetic: a `.nvc`",
+              "image stream decodes to bit-identical latents on every machine, CPU or GPU, under nvc-train's",
+              "integer contract (`docs/integer-contract.md` in the nvc-train repository, \"Image",
+              "architectures\"). The synthesis is CompressAI's float one: pixels may differ in the last level."])
+    use = [f"nvc-train encode photo.png -o photo.nvc --checkpoint hf://{repo_id}",
+           f"nvc-train decode photo.nvc -o photo-decoded.png --checkpoint hf://{repo_id}"]
+    channels = metadata.get("channels") or ["?", "?"]
+    widths = [f"- architecture: `{architecture}`, N={channels[0]}, M={channels[1]}",
+              f"- bit widths: weights int8 per output channel, hyper-decoder activations "
+              f"{quant.get('activation_bits', '?')}-bit, hyper-latent inputs with {quant.get('input_frac_bits', '?')} "
+              "fractional bits"
+              + (f"; synthesis int8 weights, {quant.get('decoder_activation_bits')}-bit signed activations, "
+                 "inverse GDN with γ in [0, 2047] and exact integer square roots" if pixel_exact else
+                 "; synthesis: CompressAI's float `g_s`")]
+    return intro, use, widths
+
+
+def _environment_lines(verified: dict | None, repo_id: str, image: bool = False) -> list[str]:
     """Where this checkpoint was shown to decode identically: the rows of an ``nvc-train
     cross-check --report`` entry, or only the publishing machine."""
+    if image:
+        return ["Every conformance record decoded exactly on the publishing machine (the load-time self-test",
+                "runs every layer on every GEMM path the machine has). `nvc-train cross-check` does not cover",
+                "image checkpoints yet; `nvc-train hashes photo.nvc --checkpoint …` on two machines, compared",
+                "with `nvc-train compare`, shows them identical."]
     if verified is None:
         return ["Every conformance record decoded exactly on the publishing machine. No cross-check report was",
                 f"given: `nvc-train cross-check {repo_id.split('/')[-1]}.ckpt --report R.json` runs the matrix (CPU "

@@ -45,42 +45,82 @@ def prepare(
     cross_check: Path | None = None,
 ) -> PublishPlan:
     """Check the checkpoint on this machine and build every file of the publication."""
-    from nvc_train.quant.conformance import run_checks
-    from nvc_train.quant.export import load_integer_checkpoint
+    from nvc_train.quant.header import read_checkpoint_header
 
     _check_repo_id(repo_id)
     checkpoint = require_file(checkpoint, "checkpoint")
+    image = read_checkpoint_header(checkpoint).image
+    if image and cross_check is not None:
+        raise UserError("--cross-check: `nvc-train cross-check` does not cover image checkpoints yet")
     # Before the conformance run: a report of another checkpoint, or with a difference, is refused at once.
     verified = read_cross_check(cross_check, checkpoint) if cross_check is not None else None
-    ck = load_integer_checkpoint(checkpoint, device="cpu")
-    checks = list(run_checks(ck.codec, ck.conformance, "cpu"))
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise UserError(f"refusing to publish {checkpoint.name}: {len(failed)} of {len(checks)} conformance checks "
-                        f"differ on this machine (`nvc-train conformance {checkpoint}` lists them)")
+    verify = _verify_image if image else _verify_video
+    metadata, digest, n_checks, conformance = verify(checkpoint)
     files: dict[str, Path | bytes] = {checkpoint.name: checkpoint}
     parent_name = None
     if float_parent is not None:
-        from nvc_train.models.ssf import load_ssf
-
         float_parent = require_file(float_parent, "float parent")
-        load_ssf(float_parent)  # a readable ScaleSpaceFlow, or a one-line error now
+        _check_float_parent(float_parent, metadata if image else None)  # readable, or a one-line error now
         parent_name = float_parent.name
         files[parent_name] = float_parent
     evaluation: EvalSummary | None = None
     if eval_dir is not None:
         parent_stem = parent_name.removesuffix(".tar").removesuffix(".pth") if parent_name else None
         evaluation = read_eval(Path(eval_dir), checkpoint.stem, parent_stem)
-    hub_datasets = list(datasets or []) + _hub_datasets(ck.metadata)
-    card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=ck.sha256, metadata=ck.metadata,
-                      conformance=ck.conformance.describe(), float_parent=parent_name, evaluation=evaluation,
+    hub_datasets = list(datasets or []) + _hub_datasets(metadata)
+    card = model_card(repo_id=repo_id, checkpoint=checkpoint.name, digest=digest, metadata=metadata,
+                      conformance=conformance, float_parent=parent_name, evaluation=evaluation,
                       license=license, base_model=base_model, datasets=sorted(set(hub_datasets)), verified=verified)
     file_sha256 = {name: sha256_file(p) for name, p in files.items()}
     manifest = {"format": MANIFEST_FORMAT, "checkpoint": checkpoint.name, "float_parent": parent_name,
-                "payload_sha256": ck.sha256, "files": file_sha256}
+                "payload_sha256": digest, "files": file_sha256}
     files["README.md"] = card.encode()
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    return PublishPlan(repo_id, revision, files, checkpoint.name, len(checks), file_sha256)
+    return PublishPlan(repo_id, revision, files, checkpoint.name, n_checks, file_sha256)
+
+
+def _refuse_failures(checkpoint: Path, failed: int, total: int) -> None:
+    if failed:
+        raise UserError(f"refusing to publish {checkpoint.name}: {failed} of {total} conformance checks "
+                        f"differ on this machine (`nvc-train conformance {checkpoint}` lists them)")
+
+
+def _verify_video(checkpoint: Path) -> tuple[dict, str, int, str]:
+    """(metadata, payload SHA-256, checks run, records described) of a video checkpoint whose
+    every conformance record decodes exactly here."""
+    from nvc_train.quant.conformance import run_checks
+    from nvc_train.quant.export import load_integer_checkpoint
+
+    ck = load_integer_checkpoint(checkpoint, device="cpu")
+    checks = list(run_checks(ck.codec, ck.conformance, "cpu"))
+    _refuse_failures(checkpoint, sum(not c.ok for c in checks), len(checks))
+    return ck.metadata, ck.sha256, len(checks), ck.conformance.describe()
+
+
+def _verify_image(checkpoint: Path) -> tuple[dict, str, int, str]:
+    """The same for an integer image checkpoint (loading runs its self-test)."""
+    from nvc_train.quant.image_export import SMALL_SIZE, load_image_checkpoint, run_records
+
+    ck = load_image_checkpoint(checkpoint, device="cpu")
+    results = run_records(ck.codec, ck.records, "cpu")
+    _refuse_failures(checkpoint, sum(not ok for _, ok in results), len(results))
+    pixels = "latent SHA-256 and image MD5" if ck.codec.pixel_exact else "latent SHA-256"
+    described = (f"small (a generated {SMALL_SIZE}x{SMALL_SIZE} image: {pixels}) and stress (every layer's "
+                 f"accumulators at the input bound and at ordinary inputs), {len(results)} checks")
+    return ck.metadata, ck.sha256, len(results), described
+
+
+def _check_float_parent(path: Path, image_metadata: dict | None) -> None:
+    """A float parent must load as the checkpoint's architecture (one-line error otherwise)."""
+    if image_metadata is None:
+        from nvc_train.models.ssf import load_ssf
+
+        load_ssf(path)
+        return
+    from nvc_train.models.image import build_image_model, load_image_state_dict, read_image_state_dict
+
+    model = build_image_model(image_metadata["architecture"], tuple(image_metadata["channels"]))
+    load_image_state_dict(model, read_image_state_dict(str(path)), f"--float {path}")
 
 
 def read_cross_check(report: Path, checkpoint: Path) -> dict:

@@ -48,7 +48,8 @@ class CheckpointHeader(NamedTuple):
     @property
     def kind(self) -> str:
         if self.image:
-            return "integer image hyperprior (identical latents on every machine; pixels from the float synthesis)"
+            return ("integer image checkpoint (identical latents on every machine; identical pixels too when "
+                    "exported with qat scope decoder: its model card says which)")
         return ("pixel-exact (the whole decoder integer: identical frames on every machine)" if self.pixel_exact
                 else "hyperprior-integer (identical latents on every machine; frames from the float synthesis)")
 

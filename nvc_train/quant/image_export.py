@@ -217,7 +217,10 @@ def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: to
                 except ValueError as exc:
                     problems.append(f"layer {i}: {exc}")
     if codec.pixel_exact:
-        problems += synthesis_self_test(codec.synthesis, device, paths)
+        fatal, others = synthesis_self_test(codec.synthesis, device, paths)
+        if fatal:  # values outside the contract: running the records on them proves nothing (and may not end)
+            return problems + fatal + others
+        problems += others
     for description, passed in run_records(codec, [r for r in records if r["kind"] == "stress"], device):
         if not passed:
             problems.append(f"fails the {description}")
@@ -230,14 +233,15 @@ SQRT_CASES = [0, 1, 2, 3, 4, 15, 16, 17, 2**52 - 1, 2**52, 2**53 + 1, (2**31 - 1
 root rounds up past the integer one (e.g. (2**31 − 1)**2 − 1 in float64), and both ends."""
 
 
-def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> list[str]:
-    """What is wrong with the integer synthesis on ``device``: bounds, every transposed layer
-    and every γ sum on every GEMM path against int64 on the host, the integer square root."""
+def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> tuple[list[str], list[str]]:
+    """What is wrong with the integer synthesis on ``device``, as (values outside the contract:
+    γ, β, activation range, root shift; other problems: bounds, every transposed layer and
+    every γ sum on every GEMM path against int64 on the host, the integer square root)."""
     from nvc_train.quant import exact_conv2d
     from nvc_train.quant.image_hyper import layer_accumulators
-    from nvc_train.quant.image_synthesis import floor_sqrt, norm_bound
+    from nvc_train.quant.image_synthesis import GAMMA_QMAX, floor_sqrt, norm_bound, root_shift
 
-    problems = []
+    problems, fatal = [], []
     bound = SYNTHESIS_INPUT_BOUND
     for i in range(syn.num_layers):
         w, b = syn.layer_weight(i), syn.layer_bias(i)
@@ -261,11 +265,23 @@ def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> list[str
             break
         q = int(syn._t(f"gdn{i}.act_hi"))
         gamma, beta = syn._t(f"gdn{i}.gamma"), syn._t(f"gdn{i}.beta")
-        nb = int(syn._t(f"gdn{i}.norm_bound"))
-        if norm_bound(gamma, beta, q) != nb or nb >= 2**53 or int(gamma.min()) < 0 or int(beta.min()) < 0:
+        nb, f = int(syn._t(f"gdn{i}.norm_bound")), int(syn._t(f"gdn{i}.root_shift"))
+        if q not in (2**7 - 1, 2**15 - 1):
+            fatal.append(f"synthesis GDN {i}'s activation range ±{q} is not 8- or 16-bit")
+        if not (0 <= int(gamma.min()) and int(gamma.max()) <= GAMMA_QMAX and 0 <= int(beta.min())):
+            fatal.append(f"synthesis GDN {i}'s γ or β is outside its range")
+        if fatal:
+            break
+        if norm_bound(gamma, beta, q) != nb or nb >= 2**53:
             problems.append(f"synthesis GDN {i}'s norm bound does not hold")
+        if f != root_shift(nb):
+            fatal.append(f"synthesis GDN {i}'s root shift {f} is not the one of its norm bound ({root_shift(nb)})")
+            break
         c = gamma.shape[0]
-        squares = (torch.arange(c * 15).reshape(1, c, 3, 5) % 2) * q * q  # x² at the bound on every other input
+        # x² at the bound and at values whose digits are all non-zero (one of them −128 in the
+        # balanced base-256 digits of the int8 path), on alternate inputs: every digit plane works.
+        values = torch.tensor([q * q, 0, 0x2F807F81, 0, 0x00FF01FF, q * q // 3])
+        squares = values[torch.arange(c * 15) % len(values)].reshape(1, c, 3, 5)
         expected = torch.einsum("nchw,dc->ndhw", squares, gamma.cpu().long()[:, :, 0, 0]) + beta.cpu().view(1, -1, 1, 1)
         for path in paths:
             got = exact_conv2d.conv3x3_exact(squares.to(device), gamma.to(device), beta.to(device), path)
@@ -275,7 +291,7 @@ def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> list[str
     roots = floor_sqrt(torch.tensor(SQRT_CASES, dtype=torch.int64, device=device)).cpu().tolist()
     if roots != [math.isqrt(v) for v in SQRT_CASES]:
         problems.append("computes integer square roots differently from Python's math.isqrt")
-    return problems
+    return fatal, problems
 
 
 def export_image_checkpoint(model, qat: ImageHyperpriorQAT, out_dir: Path, name: str, metadata: dict) -> Path:
@@ -290,7 +306,7 @@ def export_image_checkpoint(model, qat: ImageHyperpriorQAT, out_dir: Path, name:
                 "contract": {"mean_frac_bits": MEAN_FRAC_BITS, "mean_bound": MEAN_BOUND, "symbol_limit": SYMBOL_LIMIT,
                              "weights": "int8 per output channel", "accumulation": "exact, float64 < 2**53",
                              "requantization": "int64 (acc*m + 2**(s-1)) >> s; LeakyReLU: m*0.01 below zero",
-                             "synthesis": ("integer: int8 deconvs, inverse GDN with 12-bit gamma, exact norms "
+                             "synthesis": ("integer: int8 deconvs, inverse GDN with gamma in [0, 2047], exact norms "
                                            "< 2**53 and floor square roots, 255*2**8 samples per unit"
                                            if qat.synthesis is not None else "CompressAI's float g_s")}}
     records = build_records(_codec_from_tensors(tensors, metadata))

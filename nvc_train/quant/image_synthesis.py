@@ -16,8 +16,8 @@ function (docs/integer-contract.md, "Image architectures", "Pixel-exact images")
 
   - ``x = requantize(acc)`` (fixed point, round half up, clamp);
   - ``norm = β_int + Σ_j γ_int · x_j²``: a 1×1 exact convolution of ``x²``
-    (:mod:`nvc_train.quant.exact_conv2d`) with γ as non-negative integers of
-    :data:`GAMMA_BITS` bits per output channel and β at the norm's scale, proven below 2**53;
+    (:mod:`nvc_train.quant.exact_conv2d`) with γ as integers in [0, :data:`GAMMA_QMAX`] per
+    output channel and β at the norm's scale, proven below 2**53;
   - ``r = floor(sqrt(norm · 4**f))`` (``norm >> −2f`` when f < 0), an exact integer square
     root (:func:`floor_sqrt`), with f chosen at export so that r < 2**:data:`ROOT_BITS`;
   - ``out = requantize(x · r)`` into [−Q, Q];
@@ -50,15 +50,17 @@ from nvc_train.quant.integer import ExportError
 from nvc_train.quant.qat_conv import fake_quant_lsq
 from nvc_train.quant.synthesis import INPUT_BOUND, SAMPLE_BOUND, SAMPLE_UNITS, integer_layer
 
-GAMMA_BITS = 12
-"""γ is stored as integers in [0, 2**11 − 1] per output channel: GDN's γ is a diagonal of
-~0.1 with much smaller off-diagonal terms, which int8 would round to zero."""
-
-GAMMA_QMAX = 2 ** (GAMMA_BITS - 1) - 1
+GAMMA_QMAX = 2**11 - 1
+"""γ is stored as integers in [0, 2047] per output channel (rounded half to even, then
+clamped): GDN's γ is a diagonal of ~0.1 with much smaller off-diagonal terms, which int8
+would round to zero."""
 
 ROOT_BITS = 24
 """The scaled square root r stays below 2**24: precise to 2**-24 of its range, and
 ``x · r`` stays below 2**39, far inside int64."""
+
+SQRT_LIMIT = 2**62
+""":func:`floor_sqrt` takes integers in [0, 2**62)."""
 
 BETA_LIMIT = 2**50
 """β_int stays at or below about 2**50: where β dominates the norm (small activations), γ's
@@ -109,24 +111,30 @@ def quantize_gamma(gamma: Tensor, beta: Tensor, s_x: Tensor) -> tuple[Tensor, Te
     return g_int.float(), scale
 
 
-def floor_sqrt(v: Tensor) -> Tensor:
+SQRT_CORRECTIONS = 512
+"""Most correction steps :func:`floor_sqrt` takes each way: a float32 estimate below 2**62 is
+off by at most a few hundred (203 measured), a float64 one by one."""
+
+
+def floor_sqrt(v: Tensor, estimate_dtype: torch.dtype | None = None) -> Tensor:
     """``floor(sqrt(v))`` of int64 ``v`` in [0, 2**62), exact on every device.
 
-    A float estimate (float64, or float32 where a backend has no float64) is corrected
-    with integer comparisons until ``r² <= v < (r + 1)²``; that integer is unique, so the
-    result does not depend on how the estimate was rounded."""
-    dtype = torch.float32 if v.device.type == "mps" else torch.float64
+    A float estimate (float64, or float32 where a backend has no float64; ``estimate_dtype``
+    chooses) is corrected with integer comparisons until ``r² <= v < (r + 1)²``; that
+    integer is unique, so the result does not depend on how the estimate was rounded.
+    Raises ValueError for values outside [0, 2**62)."""
+    if v.numel() and (bool((v < 0).any()) or bool((v >= SQRT_LIMIT).any())):
+        raise ValueError("integer square roots are defined on [0, 2**62)")
+    dtype = estimate_dtype or (torch.float32 if v.device.type == "mps" else torch.float64)
     r = torch.sqrt(v.to(dtype)).floor_().long().clamp_(0, 2**31 - 1)
-    while True:
-        high = (r * r > v).long()
-        if not bool(high.any()):
-            break
-        r.sub_(high)
-    while True:
-        low = ((r + 1) * (r + 1) <= v).long()
-        if not bool(low.any()):
-            break
-        r.add_(low)
+    for step, test in ((-1, lambda r: r * r > v), (1, lambda r: (r + 1) * (r + 1) <= v)):
+        for _ in range(SQRT_CORRECTIONS):
+            wrong = test(r)
+            if not bool(wrong.any()):
+                break
+            r.add_(wrong.long() * step)
+        else:
+            raise ValueError("integer square root did not converge")  # an estimate off by > 512: a broken sqrt
     return r
 
 
@@ -136,15 +144,19 @@ def root_shift(norm_bound: int) -> int:
 
 
 def scaled_root(norm: Tensor, f: int) -> Tensor:
-    """``floor(sqrt(norm · 4**f))`` (f >= 0) or ``floor(sqrt(norm >> −2f))`` (f < 0), int64."""
+    """``floor(sqrt(norm · 4**f))`` (f >= 0) or ``floor(sqrt(norm >> −2f))`` (f < 0), int64.
+    ``f`` is the exported :func:`root_shift` of the norm bound, so ``norm · 4**f`` < 2**49."""
+    if not -32 < f < 32:
+        raise ValueError(f"root shift {f} is outside (-32, 32)")
     scaled = norm << (2 * f) if f >= 0 else norm >> (-2 * f)
     return floor_sqrt(scaled)
 
 
 def norm_bound(gamma_int: Tensor, beta_int: Tensor, x_bound: int) -> int:
-    """Largest ``β_int + Σ_j γ_int · x_j²`` over |x| <= x_bound (Python int)."""
-    per_channel = gamma_int.detach().long().reshape(gamma_int.shape[0], -1).sum(dim=1)
-    return int((per_channel * int(x_bound) ** 2 + beta_int.long().cpu()).max().item())
+    """Largest ``β_int + Σ_j γ_int · x_j²`` over |x| <= x_bound, in Python integers on the host
+    (no int64 wrap, whatever device the tensors are on)."""
+    rows = gamma_int.detach().long().reshape(gamma_int.shape[0], -1).sum(dim=1).cpu().tolist()
+    return max(int(b) + int(g) * int(x_bound) ** 2 for g, b in zip(rows, beta_int.detach().cpu().tolist()))
 
 
 class FakeQuantImageSynthesis(nn.Module):
@@ -256,7 +268,7 @@ def convert_image_synthesis(g_s: nn.Module, fq: FakeQuantImageSynthesis) -> dict
         if gdn is None:
             fp = _checked(arith.fixed_point(acc_scale * SAMPLE_UNITS, SAMPLE_BOUND), f"layer {i}")
             out[f"layer{i}.multiplier"], out[f"layer{i}.shift"], out[f"layer{i}.saturation"] = fp
-            return out
+            return {k: v.cpu() for k, v in out.items()}  # host tensors, whichever device trained
         s_x, s_y = fq.act_step(2 * i).detach(), fq.act_step(2 * i + 1).detach()
         gamma, beta = gdn_parameters(gdn)
         g_int, s_g = quantize_gamma(gamma, beta, s_x)
@@ -277,7 +289,7 @@ def convert_image_synthesis(g_s: nn.Module, fq: FakeQuantImageSynthesis) -> dict
             key = f"gdn{i}.{prefix}"
             out[key + "multiplier"], out[key + "shift"], out[key + "saturation"] = fp
         c = g_int.shape[0]
-        out[f"gdn{i}.gamma"] = g_int.long().reshape(c, c, 1, 1)
+        out[f"gdn{i}.gamma"] = g_int.long().reshape(c, c, 1, 1).cpu()
         out[f"gdn{i}.beta"] = beta_int
         out[f"gdn{i}.norm_bound"] = torch.tensor(nb, dtype=torch.int64)
         out[f"gdn{i}.root_shift"] = torch.tensor(f, dtype=torch.int64)

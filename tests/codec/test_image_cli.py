@@ -163,18 +163,23 @@ def test_a_changed_weight_is_refused_at_load(trained, images, tmp_path):
     assert cli("conformance", tampered).returncode == 1
 
 
-def test_a_changed_gamma_of_the_integer_synthesis_is_refused_at_load(trained, images, tmp_path):
-    """The same control for the pixel path: one γ of the second inverse GDN changed by one."""
+@pytest.mark.parametrize("key, change, fragment", [
+    ("gdn1.gamma", lambda t: t[3, 5].add_(1), "GDN 1"),  # within the contract: the records notice
+    ("gdn0.beta", lambda t: t.neg_(), "GDN 0's γ or β is outside its range"),  # would not end
+    ("gdn2.root_shift", lambda t: t.add_(9), "GDN 2's root shift"),  # would overflow int64
+])
+def test_a_changed_synthesis_is_refused_at_load(trained, images, tmp_path, key, change, fragment):
+    """The same control for the pixel path: the integer synthesis changed in a re-hashed
+    checkpoint is refused in one line, before anything decodes."""
     arch, _, _, _, ckpt = trained
     if arch not in PIXEL_EXACT:
         pytest.skip("a latent-exact checkpoint has no integer synthesis")
-    tampered = _rehashed(ckpt, tmp_path / "tampered.ckpt",
-                         lambda tensors: tensors["int.synthesis.gdn1.gamma"][3, 5].add_(1))
+    tampered = _rehashed(ckpt, tmp_path / "tampered.ckpt", lambda tensors: change(tensors[f"int.synthesis.{key}"]))
     stream = tmp_path / "a.nvc"
     assert cli("encode", images / "a.png", "-o", stream, "--checkpoint", ckpt, "--quiet").returncode == 0
     result = cli("decode", stream, "-o", tmp_path / "x.png", "--checkpoint", tampered)
     assert_one_line_error(result, "refused on cpu")
-    assert "GDN 1 norms" in result.stderr
+    assert fragment in result.stderr
     assert not (tmp_path / "x.png").exists()
 
 

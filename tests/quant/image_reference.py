@@ -7,7 +7,7 @@ docs/integer-contract.md ("Image architectures"): weights quantized per output c
 requantized with unbounded Python integers (the LeakyReLU's negative side by the
 multiplier times 0.01), means onto the 2**-8 grid, and CDF indexes as float64 comparisons
 with the scale table. The synthesis (:func:`synthesis`) follows "Pixel-exact images": the
-inverse GDN's γ on its 12-bit grid, norms as int64 sums, square roots by Python's
+inverse GDN's γ as integers in [0, 2047], norms as int64 sums, square roots by Python's
 ``math.isqrt``.
 """
 
