@@ -31,8 +31,11 @@ def test_ranges_calibrated_on_128_crops_cover_512_frames_only_with_headroom(floa
         model.update(force=True)
         codec = load_integer_checkpoint(export_integer_checkpoint(model, qat, tmp_path / str(headroom), "x", {})).codec
         saturation[headroom] = (keyframe_saturation(codec, frame, "scale"), keyframe_saturation(codec, frame, "mean"))
-    assert min(saturation[1.0]) > 0.15  # measured 44 % / 28 %
-    assert max(saturation[QuantConfig().range_headroom]) < 0.02  # measured 0.4 % / 0.2 %
+    # Measured 44 % / 28 % without headroom and 0.4 % / 0.2 % with it on an AMD EPYC runner;
+    # 14 % / 22 % without on an Intel Xeon (AMX) one, whose float training rounds differently.
+    assert min(saturation[1.0]) > 0.10
+    assert max(saturation[QuantConfig().range_headroom]) < 0.02
+    assert min(saturation[1.0]) > 5 * max(saturation[QuantConfig().range_headroom])
 
 
 def test_headroom_is_validated():
