@@ -21,7 +21,6 @@ from functools import partial
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 from compressai.layers.layers import QReLU
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from nvc_train.models.ssf import PARTS
 from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, QRELU_MAX, SYMBOL_LIMIT, QuantConfig
-from nvc_train.quant.qat_conv import LayerCache, conv_transpose_qat, fake_quant_lsq
+from nvc_train.quant.qat_conv import LayerCache, conv_transpose_qat, fake_quant_lsq, observed_quantile
 from nvc_train.quant.synthesis import SynthesisQAT
 
 ROLES = ("mean", "scale")
@@ -163,12 +162,8 @@ class FakeQuantHyperDecoder(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, layer: int, pre_activation: Tensor) -> None:
-        x = torch.clamp(pre_activation.detach().float(), 0, self.activation_ceiling).flatten()
-        if x.numel() > 1_000_000:  # torch.quantile limit; a strided sample is enough
-            x = x[:: x.numel() // 1_000_000 + 1]
-        value = torch.quantile(x, self.config.observe_quantile)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)  # same scales on every rank
+        x = torch.clamp(pre_activation.detach().float(), 0, self.activation_ceiling)
+        value = observed_quantile(x, self.config.observe_quantile)  # same scales on every rank
         value = torch.clamp(value * self.config.range_headroom, max=self.activation_ceiling)
         self.act_scale[layer] = torch.clamp(value, min=1e-3) / self.config.activation_qmax / self.step_per_parameter
 

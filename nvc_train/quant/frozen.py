@@ -35,14 +35,17 @@ class FrozenLayers(nn.Module):
         for key, value in tensors.items():
             self.register_buffer(key.replace(".", "_"), value.clone())
         self.gemm_path: str | None = None
-        self._prepared: dict[tuple, exact_conv.PreparedWeights] = {}
+        self._prepared: dict[tuple, object] = {}
 
     def _t(self, key: str) -> Tensor:
         return getattr(self, key.replace(".", "_"))
 
+    def _fp(self, prefix: str) -> arith.FixedPoint:
+        """The fixed-point multiplier stored as ``{prefix}multiplier/shift/saturation``."""
+        return arith.FixedPoint(self._t(prefix + "multiplier"), self._t(prefix + "shift"), self._t(prefix + "saturation"))
+
     def _fixed_point(self, i: int) -> arith.FixedPoint:
-        return arith.FixedPoint(self._t(f"layer{i}.multiplier"), self._t(f"layer{i}.shift"),
-                                self._t(f"layer{i}.saturation"))
+        return self._fp(f"layer{i}.")
 
     def layer_weight(self, i: int) -> Tensor:
         """(C_in, C_out, 5, 5) integer weights of layer ``i``."""
@@ -62,12 +65,17 @@ class FrozenLayers(nn.Module):
     def prepared_weights(self, i: int, path: str, device: torch.device) -> exact_conv.PreparedWeights:
         """Layer ``i``'s GEMM operands for ``path`` on ``device``, built once (rebuilt if the
         weight buffer was replaced or changed in place, e.g. by ``load_state_dict``)."""
-        w = self.layer_weight(i)
-        key = (i, path, str(device), w.data_ptr(), w._version)
-        if key not in self._prepared:
-            self._prepared = {k: v for k, v in self._prepared.items() if k[:3] != key[:3]}
-            self._prepared[key] = exact_conv.prepare_weights(w, path, device)
-        return self._prepared[key]
+        return self.prepared(f"layer{i}.weight", path, device, exact_conv.prepare_weights)
+
+    def prepared(self, key: str, path: str, device: torch.device, prepare: Callable):
+        """``prepare(buffer, path, device)`` of the buffer stored as ``key``, built once per
+        path and device and rebuilt when the buffer is replaced or changed in place."""
+        t = self._t(key)
+        cache_key = (key, path, str(device), t.data_ptr(), t._version)
+        if cache_key not in self._prepared:
+            self._prepared = {k: v for k, v in self._prepared.items() if k[:3] != cache_key[:3]}
+            self._prepared[cache_key] = prepare(t, path, device)
+        return self._prepared[cache_key]
 
     def layer_accumulator(self, i: int, x: Tensor, path: str | None = None) -> Tensor:
         """Exact int64 accumulators (bias included) of layer ``i``: (N, C, h, w) → (N, C, 2h, 2w)."""

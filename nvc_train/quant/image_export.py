@@ -181,32 +181,41 @@ def _tap_sums(kind: str, x: Tensor, w: Tensor) -> Tensor:
     return full[:, :, 2:2 + 2 * h, 2:2 + 2 * wd]
 
 
+def layer_problems(name: str, kind: str, w: Tensor, b: Tensor, stored_bound: int, in_bound: int,
+                   device: torch.device, paths: list[str]) -> list[str]:
+    """What is wrong with one stored layer: its accumulator bound recomputed from the stored
+    integers, and its accumulators on every GEMM path against int64 tap sums on the host.
+
+    The input is the input bound with alternating signs. It does not drive every accumulator
+    to its bound (that needs sign(w)·bound per output) but uses every digit plane the bound
+    needs, which is where a GEMM path that drops or saturates a plane shows."""
+    from nvc_train.quant.image_hyper import layer_accumulators
+
+    problems = []
+    if layer_bound(kind, w, b, in_bound) != stored_bound or stored_bound >= 2**53:
+        problems.append(f"{name}'s accumulator bound does not hold")
+    c_in = w.shape[0] if kind == "transposed" else w.shape[1]
+    idx = torch.arange(c_in * 3 * 5).reshape(1, c_in, 3, 5)
+    x = ((idx + idx // 5) % 2 * 2 - 1) * in_bound
+    expected = _tap_sums(kind, x, w) + b.cpu().view(1, -1, 1, 1)
+    for path in paths:
+        got = layer_accumulators(kind, x.to(device), w.to(device), b.to(device), path)
+        if not torch.equal(got.cpu(), expected):
+            problems.append(f"computes {name} on the {path} path differently from int64 arithmetic")
+    return problems
+
+
 def self_test_problems(codec: IntegerImageCodec, records: list[dict], device: torch.device | str) -> list[str]:
     """What is wrong on ``device`` (empty: nothing): bounds, layers on every GEMM path, the
     stress record's hashes."""
-    from nvc_train.quant.image_hyper import layer_accumulators
-
     device = torch.device(device)
     dec = codec.hyperprior.scale_decoder
     problems = []
     bound = input_bound(codec.hyperprior.median_q, codec.hyperprior.input_frac_bits)
     paths = [p for p in exact_conv.PATHS if p != "int8" or exact_conv.int_mm_works(device.type, device.index)]
-    # The input: the bound with alternating signs. It does not drive every accumulator to its
-    # bound (that needs sign(w)·bound per output) but uses every digit plane the bound needs,
-    # which is where a GEMM path that drops or saturates a plane shows.
     for i, (kind_code, _) in enumerate(dec._t("layout").tolist()):
-        kind = KINDS[kind_code]
-        w, b = dec._t(f"layer{i}.weight"), dec._t(f"layer{i}.bias")
-        if layer_bound(kind, w, b, bound) != int(dec._t(f"layer{i}.acc_bound")) or int(dec._t(f"layer{i}.acc_bound")) >= 2**53:
-            problems.append(f"layer {i}'s accumulator bound does not hold")
-        c_in = w.shape[0] if kind == "transposed" else w.shape[1]
-        idx = torch.arange(c_in * 3 * 5).reshape(1, c_in, 3, 5)
-        x = ((idx + idx // 5) % 2 * 2 - 1) * bound  # the bound with alternating signs
-        expected = _tap_sums(kind, x, w) + b.cpu().view(1, -1, 1, 1)
-        for path in paths:
-            got = layer_accumulators(kind, x.to(device), w.to(device), b.to(device), path)
-            if not torch.equal(got.cpu(), expected):
-                problems.append(f"computes layer {i} on the {path} path differently from int64 arithmetic")
+        problems += layer_problems(f"layer {i}", KINDS[kind_code], dec._t(f"layer{i}.weight"), dec._t(f"layer{i}.bias"),
+                                   int(dec._t(f"layer{i}.acc_bound")), bound, device, paths)
         if i < len(dec._t("layout")) - 1:
             bound = max(abs(int(dec._t(f"layer{i}.act_lo"))), abs(int(dec._t(f"layer{i}.act_hi"))))
         fixed = [f"layer{i}.", f"layer{i}.neg_"] if i < len(dec._t("layout")) - 1 else ["mean."]
@@ -238,23 +247,13 @@ def synthesis_self_test(syn, device: torch.device, paths: list[str]) -> tuple[li
     γ, β, activation range, root shift; other problems: bounds, every transposed layer and
     every γ sum on every GEMM path against int64 on the host, the integer square root)."""
     from nvc_train.quant import exact_conv2d
-    from nvc_train.quant.image_hyper import layer_accumulators
     from nvc_train.quant.image_synthesis import GAMMA_QMAX, floor_sqrt, norm_bound, root_shift
 
     problems, fatal = [], []
     bound = SYNTHESIS_INPUT_BOUND
     for i in range(syn.num_layers):
-        w, b = syn.layer_weight(i), syn.layer_bias(i)
-        if arith.accumulator_bound(w, b, bound) != int(syn._t(f"layer{i}.acc_bound")) \
-                or int(syn._t(f"layer{i}.acc_bound")) >= 2**53:
-            problems.append(f"synthesis layer {i}'s accumulator bound does not hold")
-        idx = torch.arange(w.shape[0] * 3 * 5).reshape(1, w.shape[0], 3, 5)
-        x = ((idx + idx // 5) % 2 * 2 - 1) * bound
-        expected = _tap_sums("transposed", x, w) + b.cpu().view(1, -1, 1, 1)
-        for path in paths:
-            if not torch.equal(layer_accumulators("transposed", x.to(device), w.to(device), b.to(device), path).cpu(),
-                               expected):
-                problems.append(f"computes synthesis layer {i} on the {path} path differently from int64 arithmetic")
+        problems += layer_problems(f"synthesis layer {i}", "transposed", syn.layer_weight(i), syn.layer_bias(i),
+                                   int(syn._t(f"layer{i}.acc_bound")), bound, device, paths)
         prefixes = [f"layer{i}."] if i == syn.num_layers - 1 else [f"gdn{i}.in.", f"gdn{i}.out."]
         for prefix in prefixes:
             try:

@@ -24,7 +24,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
@@ -35,7 +34,7 @@ from nvc_train.quant.fake_quant import hyper_input, input_bound, quantize_median
 from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.image_synthesis import FakeQuantImageSynthesis, image_synthesis_tensors
 from nvc_train.quant.integer import ExportError
-from nvc_train.quant.qat_conv import fake_quant_lsq, value_of_accumulators
+from nvc_train.quant.qat_conv import fake_quant_lsq, observed_quantile, value_of_accumulators
 
 KINDS = ("transposed", "conv3")
 """Layer kinds: ConvTranspose2d(k=5, stride 2, padding 2, output padding 1), Conv2d(k=3, padding 1)."""
@@ -210,12 +209,7 @@ class FakeQuantImageHyperDecoder(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, i: int, pre_activation: Tensor) -> None:
-        x = torch.clamp(pre_activation.detach().float(), min=0).flatten()
-        if x.numel() > 1_000_000:  # torch.quantile limit; a strided sample is enough
-            x = x[:: x.numel() // 1_000_000 + 1]
-        value = torch.quantile(x, self.config.observe_quantile)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        value = observed_quantile(torch.clamp(pre_activation.detach().float(), min=0), self.config.observe_quantile)
         self.act_log_range[i] = torch.log(torch.clamp(value * self.config.range_headroom, min=1e-3))
 
     def forward(self, h_s: nn.Module, z_int: Tensor, z_hat: Tensor) -> ImageDecoderOutput:
@@ -344,9 +338,6 @@ class IntegerImageHyperDecoder(FrozenLayers):
     "float32" or "float64", or None for the device's default). Its layers run one by one with
     int64 activations: the hyper-latent is 1/64 of the image, where SSF's banded digit-plane
     pipeline would buy nothing."""
-
-    def _fp(self, prefix: str) -> arith.FixedPoint:
-        return arith.FixedPoint(self._t(prefix + "multiplier"), self._t(prefix + "shift"), self._t(prefix + "saturation"))
 
     @property
     def head(self) -> Head:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from compressai.layers import GDN
 from compressai.ops import quantize_ste
@@ -47,7 +46,7 @@ from nvc_train.quant import arith, exact_conv, exact_conv2d
 from nvc_train.quant.config import MEAN_FRAC_BITS, QuantConfig
 from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer import ExportError
-from nvc_train.quant.qat_conv import fake_quant_lsq
+from nvc_train.quant.qat_conv import fake_quant_lsq, observed_quantile
 from nvc_train.quant.synthesis import INPUT_BOUND, SAMPLE_BOUND, SAMPLE_UNITS, integer_layer
 
 GAMMA_QMAX = 2**11 - 1
@@ -185,12 +184,7 @@ class FakeQuantImageSynthesis(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, k: int, value: Tensor) -> None:
-        x = value.detach().float().abs().flatten()
-        if x.numel() > 1_000_000:  # torch.quantile's limit; a strided sample is enough
-            x = x[:: x.numel() // 1_000_000 + 1]
-        v = torch.quantile(x, self.config.observe_quantile)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(v, op=dist.ReduceOp.MAX)
+        v = observed_quantile(value.detach().float().abs(), self.config.observe_quantile)
         self.act_log_range[k] = torch.log(torch.clamp(v * self.config.range_headroom, min=1e-3))
 
     def forward(self, g_s: nn.Module, y_hat: Tensor) -> Tensor:
@@ -305,19 +299,10 @@ class IntegerImageSynthesis(FrozenLayers):
     def __init__(self, tensors: dict[str, Tensor]):
         super().__init__(tensors)
         self.num_layers = sum(1 for k in tensors if k.startswith("layer") and k.endswith(".weight"))
-        self._prepared_gamma: dict[tuple, exact_conv2d.PreparedConv] = {}
-
-    def _fp(self, prefix: str) -> arith.FixedPoint:
-        return arith.FixedPoint(self._t(prefix + "multiplier"), self._t(prefix + "shift"), self._t(prefix + "saturation"))
 
     def gamma_weights(self, i: int, path: str, device: torch.device) -> exact_conv2d.PreparedConv:
         """GDN ``i``'s γ as 1×1 GEMM operands for ``path``, built once per buffer version."""
-        g = self._t(f"gdn{i}.gamma")
-        key = (i, path, str(device), g.data_ptr(), g._version)
-        if key not in self._prepared_gamma:
-            self._prepared_gamma = {k: v for k, v in self._prepared_gamma.items() if k[:3] != key[:3]}
-            self._prepared_gamma[key] = exact_conv2d.prepare_conv_weights(g, path, device)
-        return self._prepared_gamma[key]
+        return self.prepared(f"gdn{i}.gamma", path, device, exact_conv2d.prepare_conv_weights)
 
     def inverse_gdn(self, i: int, acc: Tensor, path: str, trace: list[Tensor] | None = None) -> Tensor:
         """Layer ``i``'s accumulators (N, C, H, W) int64 → the next layer's input in [−Q, Q]."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from nvc_train.quant import exact_conv
@@ -180,3 +181,21 @@ def fake_quant_lsq(y: Tensor, s: Tensor, lo: int, hi: int) -> Tensor:
         s: scalar float32 step (a 0-dim tensor).
     """
     return _FakeQuantLSQ.apply(y, s, lo, hi)
+
+
+QUANTILE_SAMPLE = 1_000_000
+"""torch.quantile's input limit; larger activations are sampled with a stride."""
+
+
+@torch.no_grad()
+def observed_quantile(x: Tensor, q: float) -> Tensor:
+    """The ``q`` quantile of ``x`` (any shape, float32), from a strided sample of at most
+    ``QUANTILE_SAMPLE`` values, and the maximum over ranks under DDP, so that every rank
+    calibrates the same activation range. 0-dim float32."""
+    x = x.detach().float().flatten()
+    if x.numel() > QUANTILE_SAMPLE:
+        x = x[:: x.numel() // QUANTILE_SAMPLE + 1]
+    value = torch.quantile(x, q)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
@@ -38,7 +37,7 @@ from nvc_train.quant import arith
 from nvc_train.quant.config import MEAN_BOUND, MEAN_FRAC_BITS, SYMBOL_LIMIT, QuantConfig
 from nvc_train.quant.frozen import FrozenLayers
 from nvc_train.quant.integer_warp import SAMPLE_FRAC_BITS, round_shift
-from nvc_train.quant.qat_conv import LayerCache, fake_quant_lsq
+from nvc_train.quant.qat_conv import LayerCache, fake_quant_lsq, observed_quantile
 
 DECODERS = SYNTHESIS_ATTR
 """Synthesis decoders by short name → ScaleSpaceFlow attribute."""
@@ -119,12 +118,7 @@ class FakeQuantSynthesis(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, layer: int, pre_activation: Tensor) -> None:
-        x = pre_activation.detach().float().clamp(min=0).flatten()
-        if x.numel() > 1_000_000:  # torch.quantile's limit; a strided sample is enough
-            x = x[:: x.numel() // 1_000_000 + 1]
-        value = torch.quantile(x, self.config.observe_quantile)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        value = observed_quantile(pre_activation.detach().float().clamp(min=0), self.config.observe_quantile)
         self.act_range[layer] = torch.clamp(value * self.config.range_headroom, min=1e-3)
 
     def forward(self, decoder: nn.Module, x: Tensor) -> Tensor:
